@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("imgtool: not implemented yet");
+    std::process::exit(1);
+}

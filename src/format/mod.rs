@@ -1,0 +1,240 @@
+//! Format drivers. Each format owns its on-disk structures in its own module
+//! and is reached only through [`Driver`] and the registry functions here.
+
+pub mod options;
+pub mod qcow2;
+pub mod raw;
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::io::HostFile;
+use crate::json::Json;
+pub use options::{CreateOptions, OptDesc, OptKind};
+
+/// Allocation state of a run of guest bytes in one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    /// Data stored in this layer.
+    Data,
+    /// Reads as zeros, decided by this layer.
+    Zero,
+    /// Not allocated here: the backing file (or zeros) decides.
+    Unallocated,
+}
+
+/// One run of guest bytes with the same status in one layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub status: Status,
+    /// Host offset of the first byte, when the data sits at a known offset
+    /// in the image file (for `map`).
+    pub offset: Option<u64>,
+    pub compressed: bool,
+}
+
+/// Reads from below the top layer: the backing chain, or zeros.
+pub trait BackingRead: Sync {
+    fn read_backing(&self, buf: &mut [u8], off: u64) -> Result<()>;
+    /// True when there is no backing file at all (unallocated reads as zero).
+    fn is_none(&self) -> bool;
+}
+
+/// No backing file: everything below reads as zeros.
+pub struct NoBacking;
+impl BackingRead for NoBacking {
+    fn read_backing(&self, buf: &mut [u8], _off: u64) -> Result<()> {
+        buf.fill(0);
+        Ok(())
+    }
+    fn is_none(&self) -> bool {
+        true
+    }
+}
+
+/// The backing reference stored in an image header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackingRef {
+    pub filename: String,
+    pub format: Option<String>,
+}
+
+/// Driver-level facts for `info`.
+#[derive(Debug, Clone, Default)]
+pub struct DriverInfo {
+    pub cluster_size: Option<u64>,
+    pub encrypted: bool,
+    pub dirty: bool,
+    /// `{"type": fmt, "data": {...}}` as in QAPI ImageInfoSpecific.
+    pub format_specific: Option<Json>,
+    pub snapshots: Vec<SnapshotInfo>,
+}
+
+/// An internal snapshot (qcow2), fields as in QAPI SnapshotInfo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    pub id: String,
+    pub name: String,
+    pub vm_state_size: u64,
+    pub date_sec: u64,
+    pub date_nsec: u32,
+    pub vm_clock_nsec: u64,
+    pub icount: Option<u64>,
+}
+
+/// What preallocation a create or truncate asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prealloc {
+    #[default]
+    Off,
+    Metadata,
+    Falloc,
+    Full,
+}
+
+impl Prealloc {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "off" => Prealloc::Off,
+            "metadata" => Prealloc::Metadata,
+            "falloc" => Prealloc::Falloc,
+            "full" => Prealloc::Full,
+            _ => return Err(Error::invalid(format!("Invalid parameter '{s}'"))),
+        })
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Prealloc::Off => "off",
+            Prealloc::Metadata => "metadata",
+            Prealloc::Falloc => "falloc",
+            Prealloc::Full => "full",
+        }
+    }
+}
+
+/// One opened layer of an image. Implementations are `Send + Sync`: every
+/// method takes `&self` and may be called from several threads at once.
+pub trait Driver: Send + Sync {
+    fn format_name(&self) -> &'static str;
+    fn virtual_size(&self) -> u64;
+    /// The image file (for `disk size` and the `file` child in `info`).
+    fn host_file(&self) -> &HostFile;
+    fn backing(&self) -> Option<BackingRef> {
+        None
+    }
+    fn info(&self) -> DriverInfo {
+        DriverInfo::default()
+    }
+    /// Status of the run starting at `off`, at most `max` bytes (`max` > 0,
+    /// `off` < virtual size).
+    fn block_status(&self, off: u64, max: u64) -> Result<Extent>;
+    /// Fill `buf` with guest data at `off`, reading unallocated parts from
+    /// `backing`.
+    fn read_at(&self, buf: &mut [u8], off: u64, backing: &dyn BackingRead) -> Result<()>;
+    fn write_at(&self, buf: &[u8], off: u64, backing: &dyn BackingRead) -> Result<()>;
+    /// Make a range read as zeros. `may_unmap` allows deallocation.
+    fn write_zeroes(
+        &self,
+        off: u64,
+        len: u64,
+        may_unmap: bool,
+        backing: &dyn BackingRead,
+    ) -> Result<()>;
+    fn discard(&self, _off: u64, _len: u64) -> Result<()> {
+        Ok(())
+    }
+    /// Cluster granularity for compressed writes, if the format compresses.
+    fn compression_cluster_size(&self) -> Option<u64> {
+        None
+    }
+    /// Write one whole cluster compressed (`buf.len()` == cluster size, or the
+    /// tail of the image).
+    fn write_compressed(&self, _buf: &[u8], _off: u64) -> Result<()> {
+        Err(Error::unsupported(
+            "Compression not supported for this file format",
+        ))
+    }
+    /// Compress a cluster without writing it (runs on worker threads in
+    /// parallel convert). Returns None when compression does not pay.
+    fn compress_cluster(&self, _buf: &[u8]) -> Result<Option<Vec<u8>>> {
+        Err(Error::unsupported(
+            "Compression not supported for this file format",
+        ))
+    }
+    /// Store a cluster that [`Driver::compress_cluster`] produced.
+    fn write_compressed_raw(&self, _data: &[u8], _off: u64) -> Result<()> {
+        Err(Error::unsupported(
+            "Compression not supported for this file format",
+        ))
+    }
+    fn flush(&self) -> Result<()>;
+    fn truncate(&self, _size: u64, _prealloc: Prealloc) -> Result<()> {
+        Err(Error::unsupported(
+            "Image format driver does not support resize",
+        ))
+    }
+    /// Preferred I/O granularity for copying (cluster size or 64 KiB).
+    fn io_granularity(&self) -> u64 {
+        65536
+    }
+    /// Clean shutdown: write back caches, clear dirty state.
+    fn close(&self) -> Result<()> {
+        self.flush()
+    }
+}
+
+/// Options a driver gets at open time.
+#[derive(Debug, Clone, Default)]
+pub struct DriverOpenOptions {
+    pub writable: bool,
+}
+
+/// Formats this build knows, in the order `qemu-img --help` lists ours.
+pub const FORMATS: &[&str] = &["qcow2", "raw"];
+
+/// Guess a file's format from its first bytes (raw when nothing matches).
+pub fn probe(file: &HostFile) -> Result<&'static str> {
+    let mut head = [0u8; 512];
+    file.read_at(&mut head, 0)?;
+    if qcow2::probe(&head) {
+        return Ok("qcow2");
+    }
+    Ok("raw")
+}
+
+pub fn is_known(format: &str) -> bool {
+    FORMATS.contains(&format)
+}
+
+/// Open a driver of the given format on an already-open host file.
+pub fn open_driver(
+    format: &str,
+    file: HostFile,
+    opts: &DriverOpenOptions,
+) -> Result<Box<dyn Driver>> {
+    match format {
+        "raw" => Ok(Box::new(raw::Raw::open(file)?)),
+        "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
+        _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
+    }
+}
+
+/// Creation options a format accepts (for `-o help` and validation).
+pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
+    match format {
+        "raw" => Ok(raw::CREATE_OPTS),
+        "qcow2" => Ok(qcow2::CREATE_OPTS),
+        _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
+    }
+}
+
+/// Create a new image file. `opts` holds the format's -o options, already
+/// validated against [`create_options`]; `size` is in bytes.
+pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
+    match format {
+        "raw" => raw::create(path, size, opts),
+        "qcow2" => qcow2::create(path, size, opts),
+        _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
+    }
+}

@@ -1,0 +1,329 @@
+//! An opened image: the top driver plus its backing chain, with reads,
+//! writes and block status resolved across the chain.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+use crate::format::{self, BackingRead, Driver, DriverOpenOptions, Extent, NoBacking, Status};
+use crate::io::{CacheMode, HostFile, LockMode};
+
+/// Deepest backing chain we follow; far beyond any real deployment, and it
+/// keeps a hostile chain from exhausting descriptors.
+pub const MAX_CHAIN_DEPTH: usize = 1024;
+
+/// How to open an image.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Format name; probed when None.
+    pub format: Option<String>,
+    pub writable: bool,
+    pub cache: CacheMode,
+    /// `-U`: take no locks.
+    pub force_share: bool,
+    /// Do not open the backing chain (`-u`-style operations, `info`
+    /// without `--backing-chain` still opens it, as qemu-img does).
+    pub no_backing: bool,
+    /// Override the backing file recorded in the header (`-o backing_file`).
+    pub backing_override: Option<(String, Option<String>)>,
+}
+
+impl OpenOptions {
+    pub fn read_only() -> Self {
+        Self::default()
+    }
+    pub fn read_write() -> Self {
+        OpenOptions {
+            writable: true,
+            ..Self::default()
+        }
+    }
+}
+
+/// Status of a run of guest bytes resolved through the whole chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChainExtent {
+    pub len: u64,
+    /// Layer that decided this run (0 = top).
+    pub depth: usize,
+    /// Allocated in some layer (false: no layer has it, reads as zeros).
+    pub present: bool,
+    pub zero: bool,
+    pub data: bool,
+    pub compressed: bool,
+    /// Host offset in the deciding layer's file, when known.
+    pub offset: Option<u64>,
+}
+
+pub struct Image {
+    driver: Box<dyn Driver>,
+    backing: Option<Box<Image>>,
+    filename: String,
+    format: &'static str,
+    /// Whether the format was given or guessed (guessed raw restricts block 0 writes).
+    probed: bool,
+}
+
+fn file_id(path: &Path) -> Option<(u64, u64)> {
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
+}
+
+/// Resolve a backing filename relative to the image that names it, as
+/// QEMU's path_combine does.
+pub fn combine_backing_path(image: &str, backing: &str) -> String {
+    if backing.starts_with('/') || backing.contains("://") {
+        return backing.to_string();
+    }
+    match image.rfind('/') {
+        Some(i) => format!("{}{}", &image[..=i], backing),
+        None => backing.to_string(),
+    }
+}
+
+impl Image {
+    /// Open `path` and its backing chain.
+    pub fn open(path: &str, opts: &OpenOptions) -> Result<Image> {
+        let mut seen = Vec::new();
+        Self::open_inner(path, opts, &mut seen, 0).map_err(|e| {
+            let m = format!("Could not open '{path}': {}", e.message());
+            e.with_message(m)
+        })
+    }
+
+    fn open_inner(
+        path: &str,
+        opts: &OpenOptions,
+        seen: &mut Vec<(u64, u64)>,
+        depth: usize,
+    ) -> Result<Image> {
+        if depth > MAX_CHAIN_DEPTH {
+            return Err(Error::invalid(format!(
+                "Backing chain of '{path}' is too deep"
+            )));
+        }
+        let file = HostFile::open(Path::new(path), opts.writable, opts.cache)?;
+        if let Some(id) = file_id(Path::new(path)) {
+            if seen.contains(&id) {
+                return Err(Error::invalid(format!(
+                    "Backing file '{path}' creates an infinite loop."
+                )));
+            }
+            seen.push(id);
+        }
+        let (format, probed) = match &opts.format {
+            Some(f) => {
+                let f = format::FORMATS
+                    .iter()
+                    .find(|k| **k == f.as_str())
+                    .ok_or_else(|| Error::invalid(format!("Unknown driver '{f}'")))?;
+                (*f, false)
+            }
+            None => (format::probe(&file)?, true),
+        };
+        if !opts.force_share {
+            file.lock(if opts.writable {
+                LockMode::Write
+            } else {
+                LockMode::Read
+            })?;
+        }
+        let driver = format::open_driver(
+            format,
+            file,
+            &DriverOpenOptions {
+                writable: opts.writable,
+            },
+        )?;
+        let backing_ref = match &opts.backing_override {
+            Some((f, fmt)) if !f.is_empty() => Some(format::BackingRef {
+                filename: f.clone(),
+                format: fmt.clone(),
+            }),
+            Some(_) => None,
+            None => driver.backing(),
+        };
+        let backing = match backing_ref {
+            Some(b) if !opts.no_backing => {
+                let bpath = combine_backing_path(path, &b.filename);
+                let bopts = OpenOptions {
+                    format: b.format.clone(),
+                    writable: false,
+                    cache: opts.cache,
+                    force_share: opts.force_share,
+                    no_backing: false,
+                    backing_override: None,
+                };
+                let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
+                    if e.message().contains("creates an infinite loop")
+                        || e.message().starts_with("Could not open backing file")
+                    {
+                        return e;
+                    }
+                    let m = format!("Could not open backing file: {}", e.message());
+                    e.with_message(m)
+                })?;
+                Some(Box::new(img))
+            }
+            _ => None,
+        };
+        Ok(Image {
+            driver,
+            backing,
+            filename: path.to_string(),
+            format,
+            probed,
+        })
+    }
+
+    pub fn filename(&self) -> &str {
+        &self.filename
+    }
+    pub fn format(&self) -> &'static str {
+        self.format
+    }
+    pub fn format_was_probed(&self) -> bool {
+        self.probed
+    }
+    pub fn driver(&self) -> &dyn Driver {
+        self.driver.as_ref()
+    }
+    pub fn backing(&self) -> Option<&Image> {
+        self.backing.as_deref()
+    }
+    pub fn size(&self) -> u64 {
+        self.driver.virtual_size()
+    }
+    /// Number of layers (1 without a backing file).
+    pub fn chain_len(&self) -> usize {
+        1 + self.backing.as_ref().map_or(0, |b| b.chain_len())
+    }
+
+    fn below(&self) -> &dyn BackingRead {
+        match &self.backing {
+            Some(b) => b.as_ref(),
+            None => &NoBacking,
+        }
+    }
+
+    fn check_range(&self, off: u64, len: u64) -> Result<()> {
+        match off.checked_add(len) {
+            Some(end) if end <= self.size() => Ok(()),
+            _ => Err(Error::out_of_range(format!(
+                "Request [{off}, +{len}) is beyond the end of the image ({} bytes)",
+                self.size()
+            ))),
+        }
+    }
+
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.check_range(off, buf.len() as u64)?;
+        self.driver.read_at(buf, off, self.below())
+    }
+
+    pub fn write_at(&self, buf: &[u8], off: u64) -> Result<()> {
+        self.check_range(off, buf.len() as u64)?;
+        self.driver.write_at(buf, off, self.below())
+    }
+
+    pub fn write_zeroes(&self, off: u64, len: u64, may_unmap: bool) -> Result<()> {
+        self.check_range(off, len)?;
+        self.driver.write_zeroes(off, len, may_unmap, self.below())
+    }
+
+    pub fn discard(&self, off: u64, len: u64) -> Result<()> {
+        self.check_range(off, len)?;
+        self.driver.discard(off, len)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        self.driver.flush()
+    }
+
+    /// Write back everything and mark the image clean.
+    pub fn close(self) -> Result<()> {
+        self.driver.close()
+    }
+
+    /// Status of the top layer alone.
+    pub fn layer_status(&self, off: u64, max: u64) -> Result<Extent> {
+        self.driver.block_status(off, max)
+    }
+
+    /// Status of the run at `off` (at most `max` bytes) through the chain.
+    pub fn block_status(&self, off: u64, max: u64) -> Result<ChainExtent> {
+        self.check_range(off, 0)?;
+        let max = max.min(self.size() - off);
+        if max == 0 {
+            return Err(Error::out_of_range("block status at end of image"));
+        }
+        self.chain_status(off, max, 0)
+    }
+
+    fn chain_status(&self, off: u64, max: u64, depth: usize) -> Result<ChainExtent> {
+        let e = self.driver.block_status(off, max)?;
+        let len = e.len.clamp(1, max);
+        match e.status {
+            Status::Data => Ok(ChainExtent {
+                len,
+                depth,
+                present: true,
+                zero: false,
+                data: true,
+                compressed: e.compressed,
+                offset: e.offset,
+            }),
+            Status::Zero => Ok(ChainExtent {
+                len,
+                depth,
+                present: true,
+                zero: true,
+                data: false,
+                compressed: false,
+                offset: e.offset,
+            }),
+            Status::Unallocated => match &self.backing {
+                Some(b) if off < b.size() => {
+                    let mut r = b.chain_status(off, len.min(b.size() - off), depth + 1)?;
+                    r.len = r.len.min(len);
+                    Ok(r)
+                }
+                _ => Ok(ChainExtent {
+                    len,
+                    depth,
+                    present: false,
+                    zero: true,
+                    data: false,
+                    compressed: false,
+                    offset: None,
+                }),
+            },
+        }
+    }
+
+    /// Allocated size on the host of this layer's file.
+    pub fn actual_size(&self) -> Option<u64> {
+        self.driver.host_file().allocated_size().ok()
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(&self.filename)
+    }
+}
+
+impl BackingRead for Image {
+    fn read_backing(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        let size = self.size();
+        if off >= size {
+            buf.fill(0);
+            return Ok(());
+        }
+        let n = ((size - off).min(buf.len() as u64)) as usize;
+        let (head, tail) = buf.split_at_mut(n);
+        self.driver.read_at(head, off, self.below())?;
+        tail.fill(0);
+        Ok(())
+    }
+    fn is_none(&self) -> bool {
+        false
+    }
+}

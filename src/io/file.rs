@@ -1,0 +1,280 @@
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Error, Result};
+
+/// QEMU's cache modes (`-t` / `-T`): they decide O_DIRECT and whether
+/// flushes reach the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CacheMode {
+    #[default]
+    Writeback,
+    Unsafe,
+    None,
+    Directsync,
+    Writethrough,
+}
+
+impl CacheMode {
+    pub fn parse(s: &str) -> Result<Self> {
+        Ok(match s {
+            "writeback" => CacheMode::Writeback,
+            "unsafe" => CacheMode::Unsafe,
+            "none" | "off" => CacheMode::None,
+            "directsync" => CacheMode::Directsync,
+            "writethrough" => CacheMode::Writethrough,
+            _ => return Err(Error::invalid(format!("Invalid cache option: {s}"))),
+        })
+    }
+    fn direct(self) -> bool {
+        matches!(self, CacheMode::None | CacheMode::Directsync)
+    }
+    fn ignores_flush(self) -> bool {
+        self == CacheMode::Unsafe
+    }
+}
+
+/// An open host file. All I/O is positional, so one `HostFile` is shared by
+/// many threads without a lock.
+#[derive(Debug)]
+pub struct HostFile {
+    file: File,
+    path: PathBuf,
+    writable: bool,
+    cache: CacheMode,
+}
+
+fn open_error(path: &Path, e: std::io::Error) -> Error {
+    let err = Error::from(e);
+    let m = format!("Could not open '{}': {}", path.display(), err.message());
+    err.with_message(m)
+}
+
+impl HostFile {
+    /// Open an existing file. Errors read `Could not open 'path': <strerror>`.
+    pub fn open(path: &Path, writable: bool, cache: CacheMode) -> Result<Self> {
+        let mut oo = OpenOptions::new();
+        oo.read(true).write(writable);
+        if cache.direct() {
+            oo.custom_flags(libc::O_DIRECT);
+        }
+        let file = match oo.open(path) {
+            Ok(f) => f,
+            // O_DIRECT is not supported everywhere (tmpfs); QEMU reports it too,
+            // but falling back would silently change semantics, so keep the error.
+            Err(e) => return Err(open_error(path, e)),
+        };
+        if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
+            return Err(Error::invalid(format!(
+                "Could not open '{}': Is a directory",
+                path.display()
+            )));
+        }
+        Ok(HostFile {
+            file,
+            path: path.to_path_buf(),
+            writable,
+            cache,
+        })
+    }
+
+    /// Create (or truncate) a file for writing.
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o644)
+            .open(path)
+            .map_err(|e| open_error(path, e))?;
+        Ok(HostFile {
+            file,
+            path: path.to_path_buf(),
+            writable: true,
+            cache: CacheMode::Writeback,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn is_writable(&self) -> bool {
+        self.writable
+    }
+    pub fn cache_mode(&self) -> CacheMode {
+        self.cache
+    }
+    pub fn raw_fd(&self) -> i32 {
+        self.file.as_raw_fd()
+    }
+
+    /// Current length of the file in bytes.
+    pub fn len(&self) -> Result<u64> {
+        Ok(self.file.metadata()?.len())
+    }
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// Bytes actually allocated on the host (st_blocks * 512), what qemu-img
+    /// calls "disk size".
+    pub fn allocated_size(&self) -> Result<u64> {
+        use std::os::unix::fs::MetadataExt;
+        Ok(self.file.metadata()?.blocks() * 512)
+    }
+
+    /// Read exactly `buf.len()` bytes; bytes past end of file read as zero.
+    pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            match self.file.read_at(&mut buf[done..], off + done as u64) {
+                Ok(0) => {
+                    buf[done..].fill(0);
+                    return Ok(());
+                }
+                Ok(n) => done += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    /// Read exactly `buf.len()` bytes; a short read is an error (for
+    /// metadata that must exist).
+    pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.file.read_exact_at(buf, off).map_err(Error::from)
+    }
+
+    pub fn write_at(&self, buf: &[u8], off: u64) -> Result<()> {
+        self.file.write_all_at(buf, off).map_err(Error::from)
+    }
+
+    pub fn flush(&self) -> Result<()> {
+        if self.cache.ignores_flush() || !self.writable {
+            return Ok(());
+        }
+        // SAFETY: fdatasync on a valid, owned descriptor.
+        let r = unsafe { libc::fdatasync(self.file.as_raw_fd()) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error().into());
+        }
+        Ok(())
+    }
+
+    pub fn set_len(&self, len: u64) -> Result<()> {
+        self.file.set_len(len).map_err(Error::from)
+    }
+
+    fn fallocate_raw(&self, mode: i32, off: u64, len: u64) -> std::io::Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        // SAFETY: fallocate on a valid, owned descriptor with plain integers.
+        let r = unsafe { libc::fallocate(self.file.as_raw_fd(), mode, off as i64, len as i64) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reserve space (preallocation=falloc); may extend the file.
+    pub fn allocate(&self, off: u64, len: u64) -> Result<()> {
+        self.fallocate_raw(0, off, len).map_err(Error::from)
+    }
+
+    /// Deallocate a range, keeping the file size; reads then return zeros.
+    /// Returns false when the host cannot punch holes.
+    pub fn punch_hole(&self, off: u64, len: u64) -> Result<bool> {
+        match self.fallocate_raw(
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            off,
+            len,
+        ) {
+            Ok(()) => Ok(true),
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Make a range read as zeros: punch a hole when allowed, else zero-range,
+    /// else write zeros.
+    pub fn write_zeroes(&self, off: u64, len: u64, may_unmap: bool) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let end = off + len;
+        let flen = self.len()?;
+        if may_unmap && end <= flen && self.punch_hole(off, len)? {
+            return Ok(());
+        }
+        if off >= flen {
+            // Past EOF already reads as zero; just extend.
+            if end > flen {
+                self.set_len(end)?;
+            }
+            return Ok(());
+        }
+        if self
+            .fallocate_raw(libc::FALLOC_FL_ZERO_RANGE, off, len)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        let chunk = vec![0u8; (len.min(1 << 20)) as usize];
+        let mut pos = off;
+        while pos < end {
+            let n = (end - pos).min(chunk.len() as u64) as usize;
+            self.write_at(&chunk[..n], pos)?;
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    fn lseek(&self, off: u64, whence: i32) -> std::io::Result<Option<u64>> {
+        // SAFETY: lseek on a valid, owned descriptor.
+        let r = unsafe { libc::lseek(self.file.as_raw_fd(), off as libc::off_t, whence) };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ENXIO) {
+                return Ok(None);
+            }
+            return Err(e);
+        }
+        Ok(Some(r as u64))
+    }
+
+    /// Sparseness at `off`: `(is_data, bytes)` for the run starting at `off`,
+    /// limited to `max`. Hosts without SEEK_DATA report everything as data.
+    pub fn data_status(&self, off: u64, max: u64) -> Result<(bool, u64)> {
+        let flen = self.len()?;
+        if off >= flen {
+            return Ok((false, max));
+        }
+        let data = match self.lseek(off, libc::SEEK_DATA) {
+            Ok(d) => d,
+            Err(_) => return Ok((true, max.min(flen - off))),
+        };
+        match data {
+            None => Ok((false, max)),
+            Some(d) if d > off => Ok((false, (d - off).min(max))),
+            Some(_) => {
+                let hole = match self.lseek(off, libc::SEEK_HOLE) {
+                    Ok(Some(h)) => h,
+                    _ => flen,
+                };
+                Ok((true, (hole.max(off + 1) - off).min(max)))
+            }
+        }
+    }
+}

@@ -1,0 +1,8 @@
+//! Host files: positional I/O, allocation control, sparseness queries and
+//! locks. The only place (besides `ffi`) that talks to libc directly.
+
+mod file;
+mod lock;
+
+pub use file::{CacheMode, HostFile};
+pub use lock::LockMode;

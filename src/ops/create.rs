@@ -1,0 +1,97 @@
+//! `create`: validate options, resolve the size from the backing file when
+//! none is given, and let the format write the new image.
+
+use std::path::Path;
+
+use crate::error::{Error, Result};
+use crate::format::{self, CreateOptions};
+use crate::image::{combine_backing_path, Image, OpenOptions};
+
+/// A create request as `qemu-img create` builds it.
+#[derive(Debug, Clone, Default)]
+pub struct CreateRequest {
+    pub format: String,
+    pub filename: String,
+    /// Virtual size; taken from the backing file when None.
+    pub size: Option<u64>,
+    /// `-o` options (backing_file/backing_fmt may also sit here).
+    pub options: CreateOptions,
+    /// `-u`: do not open the backing file (size must then be given).
+    pub unsafe_backing: bool,
+}
+
+/// The resolved size and options a create will use (what qemu-img prints
+/// in its "Formatting ..." line).
+#[derive(Debug, Clone)]
+pub struct CreatePlan {
+    pub size: u64,
+    pub options: CreateOptions,
+}
+
+/// Check a create request and work out its size, without writing anything.
+pub fn plan(req: &CreateRequest) -> Result<CreatePlan> {
+    if !format::is_known(&req.format) {
+        return Err(Error::invalid(format!(
+            "Unknown file format '{}'",
+            req.format
+        )));
+    }
+    let known = format::create_options(&req.format)?;
+    let mut opts = req.options.clone();
+    opts.validate(known)?;
+    let mut size = match opts.remove("size") {
+        Some(s) => Some(crate::size::parse_size(&s).ok_or_else(|| {
+            Error::invalid("Parameter 'size' expects a non-negative number below 2^64\nOptional suffix k, M, G, T, P or E means kilo-, mega-, giga-, tera-, peta-\nand exabytes, respectively.")
+        })?),
+        None => None,
+    };
+    if req.size.is_some() {
+        size = req.size;
+    }
+    if let Some(bf) = opts.get("backing_file").map(str::to_string) {
+        if bf == req.filename {
+            return Err(Error::invalid(
+                "Error: Trying to create an image with the same filename as the backing file",
+            ));
+        }
+        if !req.unsafe_backing {
+            let bpath = combine_backing_path(&req.filename, &bf);
+            let bopts = OpenOptions {
+                format: opts.get("backing_fmt").map(str::to_string),
+                force_share: true,
+                ..OpenOptions::default()
+            };
+            match Image::open(&bpath, &bopts) {
+                Ok(b) => {
+                    if opts.get("backing_fmt").is_none() {
+                        opts.set("backing_fmt", b.format());
+                    }
+                    if size.is_none() {
+                        size = Some(b.size());
+                    }
+                }
+                Err(e) => {
+                    let m = format!("Could not open backing image: {}", e.message());
+                    return Err(e.with_message(m));
+                }
+            }
+        }
+    }
+    let size = size.ok_or_else(|| Error::invalid("Image creation needs a size parameter"))?;
+    Ok(CreatePlan {
+        size,
+        options: opts,
+    })
+}
+
+/// Create the image file.
+pub fn create(req: &CreateRequest) -> Result<CreatePlan> {
+    let plan = plan(req)?;
+    format::create(
+        &req.format,
+        Path::new(&req.filename),
+        plan.size,
+        &plan.options,
+    )?;
+    Ok(plan)
+}

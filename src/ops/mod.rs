@@ -1,0 +1,8 @@
+//! Whole-image operations: what the CLI commands and the C ABI both call.
+
+pub mod convert;
+pub mod create;
+
+/// Progress callback: gets the percentage done (0.0 ..= 100.0); returning
+/// false cancels the operation.
+pub type Progress<'a> = &'a mut (dyn FnMut(f64) -> bool + Send);
