@@ -48,7 +48,11 @@ fn info_backing_chain(name: &str) {
     let args = ["info", "--backing-chain", "--output=json", b.file.as_str()];
     let q = qemu_img(dir.path(), &args).expect_ok();
     let o = imgtool(dir.path(), &args);
-    assert!(o.ok(), "imgtool info --backing-chain failed:\n{}", o.describe());
+    assert!(
+        o.ok(),
+        "imgtool info --backing-chain failed:\n{}",
+        o.describe()
+    );
     assert_text_eq(
         &format!("{name}: info --backing-chain --output=json"),
         &json_without_actual_size(&q.stdout),
@@ -57,7 +61,11 @@ fn info_backing_chain(name: &str) {
     let args = ["info", "--backing-chain", b.file.as_str()];
     let q = qemu_img(dir.path(), &args).expect_ok();
     let o = imgtool(dir.path(), &args);
-    assert!(o.ok(), "imgtool info --backing-chain failed:\n{}", o.describe());
+    assert!(
+        o.ok(),
+        "imgtool info --backing-chain failed:\n{}",
+        o.describe()
+    );
     assert_text_eq(
         &format!("{name}: info --backing-chain"),
         &human_without_disk_size(&q.stdout),

@@ -33,7 +33,11 @@ pub fn imgtool_timeout(dir: &Path, args: &[&str], timeout: Duration) -> Out {
     let mut c = Command::new(bin());
     c.arg0("imgtool").args(args).current_dir(dir);
     let o = run_with_timeout(&mut c, timeout);
-    assert!(!o.timed_out, "imgtool hung (killed after {timeout:?}):\n{}", o.describe());
+    assert!(
+        !o.timed_out,
+        "imgtool hung (killed after {timeout:?}):\n{}",
+        o.describe()
+    );
     assert!(
         !o.stderr.contains("panicked") && !o.stderr.contains("RUST_BACKTRACE"),
         "imgtool panicked:\n{}",
@@ -66,7 +70,11 @@ pub fn assert_outcome_matches(q: &Out, o: &Out) {
         q.describe(),
         o.describe()
     );
-    assert_text_eq(&format!("stderr of {:?}", o.cmdline), &as_imgtool(&q.stderr), &o.stderr);
+    assert_text_eq(
+        &format!("stderr of {:?}", o.cmdline),
+        &as_imgtool(&q.stderr),
+        &o.stderr,
+    );
     assert_text_eq(&format!("stdout of {:?}", o.cmdline), &q.stdout, &o.stdout);
 }
 
