@@ -26,6 +26,8 @@ pub struct OpenOptions {
     pub no_backing: bool,
     /// Override the backing file recorded in the header (`-o backing_file`).
     pub backing_override: Option<(String, Option<String>)>,
+    /// Open this internal snapshot of the top image, read-only (`-l`).
+    pub snapshot: Option<String>,
 }
 
 impl OpenOptions {
@@ -152,6 +154,7 @@ impl Image {
                     force_share: opts.force_share,
                     no_backing: false,
                     backing_override: None,
+                    snapshot: None,
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
                     if e.message().contains("creates an infinite loop")

@@ -12,28 +12,38 @@ use crate::error::{Error, Result};
 /// 64 KiB clusters); beyond it we refuse rather than allocate unboundedly.
 const MAX_COUNTED: usize = 1 << 26;
 
+/// Clusters counted so far, with how many references each has.
+struct Counter {
+    cluster_bits: u32,
+    counts: HashMap<u64, u64>,
+}
+
+impl Counter {
+    fn add(&mut self, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        for c in (off >> self.cluster_bits)..=((off + len - 1) >> self.cluster_bits) {
+            *self.counts.entry(c).or_insert(0) += 1;
+        }
+        if self.counts.len() > MAX_COUNTED {
+            return Err(Error::invalid("Image too large to check in memory"));
+        }
+        Ok(())
+    }
+}
+
 impl Qcow2 {
     /// Reference counts implied by the image's metadata.
     pub(super) fn count_references(&self) -> Result<HashMap<u64, u64>> {
         let cs = self.cs();
-        let cb = self.geo.cluster_bits;
-        let mut counts: HashMap<u64, u64> = HashMap::new();
-        let mut add = |counts: &mut HashMap<u64, u64>, off: u64, len: u64| -> Result<()> {
-            if len == 0 {
-                return Ok(());
-            }
-            for c in (off >> cb)..=((off + len - 1) >> cb) {
-                *counts.entry(c).or_insert(0) += 1;
-            }
-            if counts.len() > MAX_COUNTED {
-                return Err(Error::invalid("Image too large to check in memory"));
-            }
-            Ok(())
+        let mut n = Counter {
+            cluster_bits: self.geo.cluster_bits,
+            counts: HashMap::new(),
         };
         let h = self.hdr.lock().clone();
-        add(&mut counts, 0, cs)?;
-        add(
-            &mut counts,
+        n.add(0, cs)?;
+        n.add(
             h.refcount_table_offset,
             h.refcount_table_clusters as u64 * cs,
         )?;
@@ -41,21 +51,21 @@ impl Qcow2 {
             let m = self.meta.lock();
             (m.l1.clone(), m.l1_offset)
         };
-        add(&mut counts, l1_off, l1.len() as u64 * 8)?;
+        n.add(l1_off, l1.len() as u64 * 8)?;
         let mut tables = vec![l1];
         if h.nb_snapshots > 0 {
             let mut size = 0u64;
             for s in &self.snapshots {
                 size += s.entry_bytes;
-                add(&mut counts, s.l1_table_offset, s.l1_size as u64 * 8)?;
                 if s.l1_size as u64 * 8 > super::header::MAX_L1_BYTES {
                     return Err(Error::corrupt("Snapshot L1 table too large"));
                 }
+                n.add(s.l1_table_offset, s.l1_size as u64 * 8)?;
                 let mut raw = vec![0u8; s.l1_size as usize * 8];
                 self.file.read_at(&mut raw, s.l1_table_offset)?;
                 tables.push(raw.chunks_exact(8).map(super::be64).collect());
             }
-            add(&mut counts, h.snapshots_offset, size)?;
+            n.add(h.snapshots_offset, size)?;
         }
         for l1 in &tables {
             for &e in l1 {
@@ -63,41 +73,32 @@ impl Qcow2 {
                 if l2off == 0 {
                     continue;
                 }
-                add(&mut counts, l2off, cs)?;
+                n.add(l2off, cs)?;
                 let mut raw = vec![0u8; cs as usize];
                 self.file.read_at(&mut raw, l2off)?;
                 for s in l2::decode(&raw, self.geo.extended) {
-                    self.count_slot(&s, &mut counts, &mut add)?;
+                    self.count_slot(&s, &mut n)?;
                 }
             }
         }
         let blocks: Vec<u64> = self.meta.lock().rc.block_offsets().collect();
         for b in blocks {
-            add(&mut counts, b, cs)?;
+            n.add(b, cs)?;
         }
-        Ok(counts)
+        Ok(n.counts)
     }
 
-    fn count_slot(
-        &self,
-        s: &Slot,
-        counts: &mut HashMap<u64, u64>,
-        add: &mut dyn FnMut(&mut HashMap<u64, u64>, u64, u64) -> Result<()>,
-    ) -> Result<()> {
+    fn count_slot(&self, s: &Slot, n: &mut Counter) -> Result<()> {
         if self.geo.is_compressed(s) {
-            let (first, n) = self.geo.compressed_clusters(s);
-            return add(
-                counts,
-                first << self.geo.cluster_bits,
-                n << self.geo.cluster_bits,
-            );
+            let (first, k) = self.geo.compressed_clusters(s);
+            return n.add(first << self.geo.cluster_bits, k << self.geo.cluster_bits);
         }
         if self.data_file.is_some() {
             return Ok(());
         }
         let off = s.entry & l2::L2E_OFFSET_MASK;
         if off != 0 {
-            add(counts, off, 1)?;
+            n.add(off, 1)?;
         }
         Ok(())
     }

@@ -6,7 +6,6 @@ use crate::format::BackingRef;
 pub const EXT_END: u32 = 0;
 pub const EXT_BACKING_FORMAT: u32 = 0xe279_2aca;
 pub const EXT_FEATURE_TABLE: u32 = 0x6803_f857;
-pub const EXT_BITMAPS: u32 = 0x2385_2875;
 pub const EXT_CRYPTO: u32 = 0x0537_be77;
 pub const EXT_DATA_FILE: u32 = 0x4441_5441;
 
@@ -17,7 +16,6 @@ pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 const INCOMPAT_KNOWN: u64 = 0x1f;
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
-pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 
 pub const V2_HEADER_LEN: u32 = 72;
@@ -209,7 +207,7 @@ impl Header {
         if h.size > i64::MAX as u64 {
             return Err(Error::invalid("Image size too large"));
         }
-        if h.refcount_table_offset % cs != 0
+        if !h.refcount_table_offset.is_multiple_of(cs)
             || h.refcount_table_offset >= limit
             || h.refcount_table_offset == 0
         {
@@ -223,7 +221,7 @@ impl Header {
         if h.l1_size as u64 * 8 > MAX_L1_BYTES {
             return Err(Error::invalid("Active L1 table too large"));
         }
-        if h.l1_size > 0 && (h.l1_table_offset % cs != 0 || h.l1_table_offset >= limit) {
+        if h.l1_size > 0 && (!h.l1_table_offset.is_multiple_of(cs) || h.l1_table_offset >= limit) {
             return Err(Error::corrupt("Invalid L1 table offset"));
         }
         let needed_l1 = h.size.div_ceil(h.l2_coverage());
@@ -233,7 +231,9 @@ impl Header {
         if h.nb_snapshots > MAX_SNAPSHOTS {
             return Err(Error::invalid("Snapshot table too large"));
         }
-        if h.nb_snapshots > 0 && (h.snapshots_offset % cs != 0 || h.snapshots_offset >= limit) {
+        if h.nb_snapshots > 0
+            && (!h.snapshots_offset.is_multiple_of(cs) || h.snapshots_offset >= limit)
+        {
             return Err(Error::corrupt("Invalid snapshot table offset"));
         }
         for (what, off, len) in [

@@ -158,11 +158,6 @@ impl L2Cache {
         }
     }
 
-    pub fn clear(&mut self) {
-        self.tables.clear();
-        self.order.clear();
-    }
-
     pub fn get(&mut self, file: &HostFile, g: &Geometry, off: u64) -> Result<&mut Vec<Slot>> {
         if !self.tables.contains_key(&off) {
             let mut raw = vec![0u8; g.cs() as usize];
@@ -185,12 +180,6 @@ impl L2Cache {
         }
         if self.tables.insert(off, t).is_none() {
             self.order.push_back(off);
-        }
-    }
-
-    pub fn remove(&mut self, off: u64) {
-        if self.tables.remove(&off).is_some() {
-            self.order.retain(|&k| k != off);
         }
     }
 }

@@ -265,15 +265,72 @@ impl Qcow2 {
         self.geo.cs()
     }
 
+    /// A read-only view of internal snapshot `which` (`ID`, `NAME`, or
+    /// `snapshot.id=ID[,snapshot.name=NAME]`), as `convert -l` reads it.
+    pub fn snapshot_view(&self, which: &str) -> Result<Qcow2> {
+        let (id, name) = parse_snapshot_param(which);
+        let snap = if id.is_some() || name.is_some() {
+            self.snapshots.iter().find(|s| {
+                id.as_ref().is_none_or(|i| &s.info.id == i)
+                    && name.as_ref().is_none_or(|n| &s.info.name == n)
+            })
+        } else {
+            // A bare parameter is an ID, or failing that a name.
+            (self.snapshots.iter().find(|s| s.info.id == which))
+                .or_else(|| self.snapshots.iter().find(|s| s.info.name == which))
+        }
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "Failed to load snapshot: Can't find snapshot '{which}'"
+            ))
+        })?;
+        let h = self.hdr.lock().clone();
+        if snap.l1_size as u64 * 8 > header::MAX_L1_BYTES {
+            return Err(Error::corrupt("Snapshot L1 table too large"));
+        }
+        let size = snap.disk_size.unwrap_or(h.size);
+        if (snap.l1_size as u64) < size.div_ceil(h.l2_coverage())
+            || snap.l1_table_offset % self.cs() != 0
+        {
+            return Err(Error::corrupt("Snapshot L1 table offset invalid"));
+        }
+        let mut raw = vec![0u8; snap.l1_size as usize * 8];
+        self.file.read_at(&mut raw, snap.l1_table_offset)?;
+        let file = self.file.try_clone()?;
+        let rc = Refcounts::load(
+            &file,
+            h.cluster_bits,
+            h.refcount_order,
+            h.refcount_table_offset,
+            h.refcount_table_clusters,
+        )?;
+        Ok(Qcow2 {
+            geo: self.geo,
+            data_file: match &self.data_file {
+                Some(d) => Some(d.try_clone()?),
+                None => None,
+            },
+            size: AtomicU64::new(size),
+            writable: false,
+            snapshots: Vec::new(),
+            compression: self.compression,
+            meta: Mutex::new(Meta {
+                l1: raw.chunks_exact(8).map(be64).collect(),
+                l1_offset: snap.l1_table_offset,
+                l2: L2Cache::new(self.cs()),
+                rc,
+                comp_cursor: 0,
+                first_write_done: false,
+            }),
+            hdr: Mutex::new(Header { size, ..h }),
+            write_lock: Mutex::new(()),
+            file,
+        })
+    }
+
     /// The file guest data lives in.
     fn data(&self) -> &HostFile {
         self.data_file.as_ref().unwrap_or(&self.file)
-    }
-
-    /// Rewrite the whole first cluster from the in-memory header.
-    fn write_header(&self, h: &Header) -> Result<()> {
-        let buf = h.serialize()?;
-        self.file.write_at(&buf, 0)
     }
 
     fn set_incompat_flag(&self, flag: u64, on: bool) -> Result<()> {
@@ -386,6 +443,21 @@ impl Qcow2 {
     }
 }
 
+/// `snapshot.id=X,snapshot.name=Y` → (Some(X), Some(Y)); a bare value →
+/// (None, None) and the caller matches it against ids and names.
+fn parse_snapshot_param(p: &str) -> (Option<String>, Option<String>) {
+    let mut id = None;
+    let mut name = None;
+    for part in p.split(',') {
+        if let Some(v) = part.strip_prefix("snapshot.id=") {
+            id = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("snapshot.name=") {
+            name = Some(v.to_string());
+        }
+    }
+    (id, name)
+}
+
 fn be64(c: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&c[..8]);
@@ -468,6 +540,9 @@ impl Driver for Qcow2 {
     }
     fn truncate(&self, size: u64, prealloc: Prealloc) -> Result<()> {
         self.resize(size, prealloc)
+    }
+    fn snapshot(&self, which: &str) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(self.snapshot_view(which)?))
     }
     fn io_granularity(&self) -> u64 {
         self.cs()

@@ -437,7 +437,7 @@ impl Qcow2 {
     /// Store an already-compressed cluster at guest offset `off`.
     pub(super) fn store_compressed(&self, data: &[u8], off: u64) -> Result<()> {
         let cs = self.cs();
-        if off % cs != 0 || data.is_empty() || data.len() as u64 >= cs {
+        if !off.is_multiple_of(cs) || data.is_empty() || data.len() as u64 >= cs {
             return Err(Error::invalid(
                 "Compressed write must cover one aligned cluster",
             ));
@@ -466,7 +466,7 @@ impl Qcow2 {
         let cs = self.cs();
         let cb = self.geo.cluster_bits;
         let cur = m.comp_cursor;
-        if cur != 0 && cur % cs != 0 {
+        if cur != 0 && !cur.is_multiple_of(cs) {
             let room = cs - cur % cs;
             let c = cur >> cb;
             if m.rc.get(&self.file, c)? < m.rc.max_refcount() {
@@ -618,7 +618,7 @@ impl Qcow2 {
                 "qcow2 doesn't support shrinking images yet",
             ));
         }
-        if size % 512 != 0 {
+        if !size.is_multiple_of(512) {
             return Err(Error::invalid("The new size must be a multiple of 512"));
         }
         self.prepare_write()?;
