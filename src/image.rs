@@ -87,6 +87,10 @@ impl Image {
     pub fn open(path: &str, opts: &OpenOptions) -> Result<Image> {
         let mut seen = Vec::new();
         Self::open_inner(path, opts, &mut seen, 0).map_err(|e| {
+            // qemu-img reports a loop on its own, without the open prefix.
+            if e.message().ends_with("creates an infinite loop.") {
+                return e;
+            }
             let m = format!("Could not open '{path}': {}", e.message());
             e.with_message(m)
         })

@@ -122,8 +122,11 @@ impl Header {
     /// (`buf` holds at least the first cluster or the whole file if
     /// shorter). Every field is checked before use.
     pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
-        if buf.len() < V2_HEADER_LEN as usize || buf[..4] != super::MAGIC {
+        if buf.len() < 4 || buf[..4] != super::MAGIC {
             return Err(Error::corrupt("Image is not in qcow2 format"));
+        }
+        if buf.len() < V2_HEADER_LEN as usize {
+            return Err(Error::corrupt("qcow2 header too short"));
         }
         let version = be32(buf, 4);
         if !(2..=3).contains(&version) {
@@ -164,7 +167,7 @@ impl Header {
         };
         if version == 3 {
             if buf.len() < 104 {
-                return Err(Error::corrupt("qcow2 header exceeds cluster size"));
+                return Err(Error::corrupt("qcow2 header too short"));
             }
             h.incompatible = be64(buf, 72);
             h.compatible = be64(buf, 80);
@@ -211,7 +214,7 @@ impl Header {
             || h.refcount_table_offset >= limit
             || h.refcount_table_offset == 0
         {
-            return Err(Error::corrupt("Invalid reference count table offset"));
+            return Err(Error::corrupt("Reference count table offset invalid"));
         }
         if h.refcount_table_clusters as u64 * cs > MAX_REFTABLE_BYTES
             || h.refcount_table_clusters == 0
@@ -222,7 +225,7 @@ impl Header {
             return Err(Error::invalid("Active L1 table too large"));
         }
         if h.l1_size > 0 && (!h.l1_table_offset.is_multiple_of(cs) || h.l1_table_offset >= limit) {
-            return Err(Error::corrupt("Invalid L1 table offset"));
+            return Err(Error::corrupt("Active L1 table offset invalid"));
         }
         let needed_l1 = h.size.div_ceil(h.l2_coverage());
         if (h.l1_size as u64) < needed_l1 {
@@ -234,7 +237,7 @@ impl Header {
         if h.nb_snapshots > 0
             && (!h.snapshots_offset.is_multiple_of(cs) || h.snapshots_offset >= limit)
         {
-            return Err(Error::corrupt("Invalid snapshot table offset"));
+            return Err(Error::corrupt("Snapshot table offset invalid"));
         }
         for (what, off, len) in [
             ("L1 table", h.l1_table_offset, h.l1_size as u64 * 8),
@@ -262,7 +265,7 @@ impl Header {
                 .checked_add(bfs as u64)
                 .filter(|&e| e <= cs && e as usize <= buf.len());
             let Some(end) = end else {
-                return Err(Error::corrupt("Backing file name beyond first cluster"));
+                return Err(Error::corrupt("Invalid backing file offset"));
             };
             let name = String::from_utf8_lossy(&buf[bfo as usize..end as usize]).into_owned();
             h.backing_file = Some(name);
