@@ -82,10 +82,6 @@ impl Prog {
         err_line(&format!("{}: {msg}", self.name));
     }
 
-    pub fn warn(&self, msg: &str) {
-        err_line(&format!("{}: warning: {msg}", self.name));
-    }
-
     fn try_help(&self) {
         err_line(&format!("Try '{} --help' for more info", self.argv0));
     }

@@ -80,7 +80,10 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
     let Some(filename) = filename else {
         return Err(Fail::Usage("Expecting image file name".into()));
     };
-    let size = operands.next().map(|s| cvtnum("image size", s)).transpose()?;
+    let size = operands
+        .next()
+        .map(|s| cvtnum("image size", s))
+        .transpose()?;
     if let Some(extra) = operands.next() {
         return Err(Fail::Usage(format!("Unexpected argument: {extra}")));
     }
@@ -97,8 +100,8 @@ fn img_create(a: &Args, filename: &str, size: Option<u64>) -> CmdResult {
         return Err(Fail::Report(format!("Unknown file format '{fmt}'")));
     }
     let known = format::create_options(fmt).map_err(Fail::from)?;
-    let mut opts = CreateOptions::parse(a.options.as_deref().unwrap_or_default())
-        .map_err(Fail::from)?;
+    let mut opts =
+        CreateOptions::parse(a.options.as_deref().unwrap_or_default()).map_err(Fail::from)?;
     opts.validate(known).map_err(Fail::from)?;
     let o_size = opts.get_size("size").map_err(Fail::from)?;
     if o_size.is_some() && size.is_some() {
@@ -137,7 +140,9 @@ fn img_create(a: &Args, filename: &str, size: Option<u64>) -> CmdResult {
         options: opts.clone(),
         unsafe_backing: true,
     };
-    create(&req).map(|_| ()).map_err(|e| create_error(e, fmt, &opts))
+    create(&req)
+        .map(|_| ())
+        .map_err(|e| create_error(e, fmt, &opts))
 }
 
 /// The backing checks; when the backing image is opened, its size.
@@ -157,7 +162,9 @@ fn check_backing(a: &Args, filename: &str, opts: &CreateOptions) -> Result<Optio
     if a.unsafe_backing {
         return match bfmt {
             Some(_) => Ok(None),
-            None => Err(Fail::report("Backing file specified without backing format")),
+            None => Err(Fail::report(
+                "Backing file specified without backing format",
+            )),
         };
     }
     let oo = OpenOptions {

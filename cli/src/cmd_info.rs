@@ -6,8 +6,7 @@ use imgtool::{ImageInfo, OpenOptions};
 
 use crate::app::{out, CmdResult, Fail, Prog};
 use crate::common::{
-    ch, parse_object, parse_output, ImageSpec, OutputFormat, OPT_IMAGE_OPTS, OPT_OBJECT,
-    OPT_OUTPUT,
+    ch, parse_object, parse_output, ImageSpec, OutputFormat, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_OUTPUT,
 };
 use crate::getopt::{Getopt, HasArg::*, LongOpt};
 use crate::render;
@@ -59,11 +58,6 @@ fn parse(prog: &Prog, args: Vec<String>) -> Result<Args, Fail> {
         return Err(Fail::Usage("Expecting one image file name".into()));
     }
     a.filename = rest.remove(0);
-    if a.image_opts && a.format.is_some() {
-        return Err(Fail::report(
-            "--image-opts and --format are mutually exclusive",
-        ));
-    }
     Ok(a)
 }
 
@@ -111,11 +105,9 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
                 full,
                 info.backing_filename_format.as_deref(),
             )),
-            (None, Some(b)) if a.chain => {
-                return Err(Fail::report(format!(
-                    "Could not determine absolute backing filename, but backing filename '{b}' present"
-                )))
-            }
+            (None, Some(b)) if a.chain => return Err(Fail::report(format!(
+                "Could not determine absolute backing filename, but backing filename '{b}' present"
+            ))),
             _ => None,
         };
         list.push(info);

@@ -129,6 +129,11 @@ impl ImageSpec {
     }
 
     pub fn parse(arg: &str, image_opts: bool, format: Option<&str>) -> Result<Self, Fail> {
+        if image_opts && format.is_some() {
+            return Err(Fail::report(
+                "--image-opts and --format are mutually exclusive",
+            ));
+        }
         if image_opts {
             Self::from_image_opts(arg)
         } else {

@@ -81,7 +81,10 @@ fn ordered(fmt: &str, descs: &'static [OptDesc]) -> Vec<(&'static OptDesc, Optio
 }
 
 fn is_protocol_opt(d: &OptDesc) -> bool {
-    d.name != "size" && PROTOCOL_OPTS.iter().any(|(n, h)| *n == d.name && *h == d.help)
+    d.name != "size"
+        && PROTOCOL_OPTS
+            .iter()
+            .any(|(n, h)| *n == d.name && *h == d.help)
 }
 
 /// qemu_opts_print's escaping: a comma is doubled.
@@ -168,7 +171,7 @@ pub fn is_valid_option_list(list: &str) -> bool {
         return false;
     }
     let trailing = list.len() - list.trim_end_matches(',').len();
-    trailing % 2 == 0
+    trailing.is_multiple_of(2)
 }
 
 /// `-o` given several times: joined with commas, each checked first.
@@ -205,8 +208,10 @@ mod tests {
             formatting_line("xq", "qcow2", &o, 1048576),
             "Formatting 'xq', fmt=qcow2 cluster_size=4096 extended_l2=off preallocation=metadata compression_type=zlib size=1048576 lazy_refcounts=off refcount_bits=16 nocow=on"
         );
-        let o = CreateOptions::parse("backing_file=base.qcow2,backing_fmt=qcow2,refcount_bits=0x10,extended_l2=yes")
-            .unwrap();
+        let o = CreateOptions::parse(
+            "backing_file=base.qcow2,backing_fmt=qcow2,refcount_bits=0x10,extended_l2=yes",
+        )
+        .unwrap();
         assert_eq!(
             formatting_line("xq", "qcow2", &o, 67108864),
             "Formatting 'xq', fmt=qcow2 cluster_size=65536 extended_l2=yes compression_type=zlib size=67108864 backing_file=base.qcow2 backing_fmt=qcow2 lazy_refcounts=off refcount_bits=16"
@@ -242,6 +247,9 @@ mod tests {
             kind: OptKind::Size,
             help: "Virtual disk size",
         };
-        assert_eq!(help_line(&d), "  size=<size>            - Virtual disk size");
+        assert_eq!(
+            help_line(&d),
+            "  size=<size>            - Virtual disk size"
+        );
     }
 }

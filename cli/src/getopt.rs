@@ -236,10 +236,7 @@ impl<'a> Getopt<'a> {
             .filter(|o| o.name.starts_with(name))
             .collect();
         let Some(first) = matches.first() else {
-            return Err(format!(
-                "{}: unrecognized option '--{text}'",
-                self.argv0
-            ));
+            return Err(format!("{}: unrecognized option '--{text}'", self.argv0));
         };
         let differs = |o: &&&LongOpt| o.has_arg != first.has_arg || o.val != first.val;
         if !matches.iter().skip(1).any(|o| differs(&o)) {
@@ -317,7 +314,13 @@ mod tests {
         let (o, _) = run(&["--format=raw", "--format", "qcow2", "--out=json", "--back"]);
         assert_eq!(o[0], opt('f', Some("raw")));
         assert_eq!(o[1], opt('f', Some("qcow2")));
-        assert_eq!(o[2], Ok(Opt { val: 256, arg: Some("json".into()) }));
+        assert_eq!(
+            o[2],
+            Ok(Opt {
+                val: 256,
+                arg: Some("json".into())
+            })
+        );
         assert_eq!(o[3], opt('b', None));
     }
 
@@ -327,7 +330,10 @@ mod tests {
         let (o, _) = run(&["-z"]);
         assert_eq!(o[0], Err("qemu-img info: invalid option -- 'z'".into()));
         let (o, _) = run(&["--zz"]);
-        assert_eq!(o[0], Err("qemu-img info: unrecognized option '--zz'".into()));
+        assert_eq!(
+            o[0],
+            Err("qemu-img info: unrecognized option '--zz'".into())
+        );
         let (o, _) = run(&["--o=json"]);
         assert_eq!(
             o[0],

@@ -38,7 +38,10 @@ fn strtoull(s: &[u8], base: u32) -> (u64, usize, bool, bool) {
     let mut val: u64 = 0;
     let mut overflow = false;
     while let Some(d) = s.get(i).and_then(|c| (*c as char).to_digit(base)) {
-        match val.checked_mul(base as u64).and_then(|v| v.checked_add(d as u64)) {
+        match val
+            .checked_mul(base as u64)
+            .and_then(|v| v.checked_add(d as u64))
+        {
             Some(v) => val = v,
             None => overflow = true,
         }
@@ -247,7 +250,9 @@ mod tests {
         assert_eq!(strtosz("8191P"), Ok(9_222_246_136_947_933_184));
         assert_eq!(strtosz("7.99999E"), Ok(9_223_360_507_639_729_792));
         assert_eq!(strtosz("1.5e"), Ok(1_729_382_256_910_270_464));
-        for bad in ["1Q", "1.5", "1M ", "1e3", "0x10k", "0.5", "1.5b", "12abc", "", "1,5k"] {
+        for bad in [
+            "1Q", "1.5", "1M ", "1e3", "0x10k", "0.5", "1.5b", "12abc", "", "1,5k",
+        ] {
             assert_eq!(strtosz(bad), Err(NumError::Invalid), "{bad}");
         }
         for range in ["-1", "16E", "18446744073709551616"] {

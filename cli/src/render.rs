@@ -109,7 +109,9 @@ pub fn snapshot_row(sn: &SnapshotInfo) -> String {
         secs % 60,
         (sn.vm_clock_nsec / 1_000_000) % 1000
     );
-    let icount = sn.icount.map_or_else(|| "--".to_string(), |i| i.to_string());
+    let icount = sn
+        .icount
+        .map_or_else(|| "--".to_string(), |i| i.to_string());
     format!(
         "{:<7} {:<16} {:>8} {:>19} {:>15} {:>10}",
         sn.id,
@@ -254,7 +256,11 @@ mod tests {
             full_backing_filename: None,
             backing_filename_format: None,
             snapshots: vec![],
-            format_specific: Some(Json::object().with("type", "file").with("data", Json::object())),
+            format_specific: Some(
+                Json::object()
+                    .with("type", "file")
+                    .with("data", Json::object()),
+            ),
             file_child: None,
         }
     }
