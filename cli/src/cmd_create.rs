@@ -173,8 +173,13 @@ fn check_backing(a: &Args, filename: &str, opts: &CreateOptions) -> Result<Optio
         no_backing: true,
         ..OpenOptions::default()
     };
-    let img = Image::open(&combine_backing_path(filename, bf), &oo)
-        .map_err(|e| Fail::Report(format!("{}\nCould not open backing image.", inner(&e))))?;
+    let bpath = combine_backing_path(filename, bf);
+    let img = Image::open(&bpath, &oo).map_err(|e| {
+        Fail::Report(format!(
+            "{}\nCould not open backing image.",
+            unwrapped(&e, &bpath)
+        ))
+    })?;
     if bfmt.is_none() {
         return Err(Fail::Report(format!(
             "Backing file specified without backing format\nDetected format of {}.",
@@ -184,14 +189,13 @@ fn check_backing(a: &Args, filename: &str, opts: &CreateOptions) -> Result<Optio
     Ok(Some(img.size()))
 }
 
-/// The library wraps open errors as `Could not open 'X': Could not open
-/// 'X': why`; bdrv_open says it once.
-fn inner(e: &imgtool::Error) -> String {
+/// bdrv_open's own message: the library adds a `Could not open 'PATH': `
+/// prefix that qemu-img does not print here.
+fn unwrapped(e: &imgtool::Error, path: &str) -> String {
     let m = e.message();
-    match m.split_once(": Could not open '") {
-        Some((_, rest)) => format!("Could not open '{rest}"),
-        None => m.to_string(),
-    }
+    m.strip_prefix(&format!("Could not open '{path}': "))
+        .unwrap_or(m)
+        .to_string()
 }
 
 /// bdrv_img_create's EFBIG message; other errors as the driver says them.
