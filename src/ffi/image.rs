@@ -146,6 +146,7 @@ pub unsafe extern "C" fn imgtool_open(
                 force_share: o.flags & IMGTOOL_OPEN_FORCE_SHARE != 0,
                 no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
                 backing_override: None,
+                snapshot: None,
             };
             let img = Image::open(path, &oo)?;
             result = Box::into_raw(Box::new(imgtool_image { img }));
