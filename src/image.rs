@@ -26,6 +26,8 @@ pub struct OpenOptions {
     pub no_backing: bool,
     /// Override the backing file recorded in the header (`-o backing_file`).
     pub backing_override: Option<(String, Option<String>)>,
+    /// Open this internal snapshot of the top image, read-only (`-l`).
+    pub snapshot: Option<String>,
 }
 
 impl OpenOptions {
@@ -85,6 +87,10 @@ impl Image {
     pub fn open(path: &str, opts: &OpenOptions) -> Result<Image> {
         let mut seen = Vec::new();
         Self::open_inner(path, opts, &mut seen, 0).map_err(|e| {
+            // qemu-img reports a loop on its own, without the open prefix.
+            if e.message().ends_with("creates an infinite loop.") {
+                return e;
+            }
             let m = format!("Could not open '{path}': {}", e.message());
             e.with_message(m)
         })
@@ -152,6 +158,7 @@ impl Image {
                     force_share: opts.force_share,
                     no_backing: false,
                     backing_override: None,
+                    snapshot: None,
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
                     if e.message().contains("creates an infinite loop")

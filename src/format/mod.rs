@@ -178,6 +178,12 @@ pub trait Driver: Send + Sync {
     fn io_granularity(&self) -> u64 {
         65536
     }
+    /// A read-only view of an internal snapshot (`convert -l`).
+    fn snapshot(&self, _which: &str) -> Result<Box<dyn Driver>> {
+        Err(Error::unsupported(
+            "Failed to load snapshot: Can't find snapshot",
+        ))
+    }
     /// Clean shutdown: write back caches, clear dirty state.
     fn close(&self) -> Result<()> {
         self.flush()

@@ -98,6 +98,16 @@ impl HostFile {
         })
     }
 
+    /// A second handle on the same open file (shares the file description).
+    pub fn try_clone(&self) -> Result<Self> {
+        Ok(HostFile {
+            file: self.file.try_clone()?,
+            path: self.path.clone(),
+            writable: false,
+            cache: self.cache,
+        })
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -24,6 +24,15 @@ pub enum LockMode {
     Write,
 }
 
+fn perm_name(p: u64) -> &'static str {
+    match p {
+        PERM_CONSISTENT_READ => "consistent read",
+        PERM_WRITE => "write",
+        PERM_RESIZE => "resize",
+        _ => "write unchanged",
+    }
+}
+
 fn ofd_lock(f: &HostFile, start: u64, exclusive: bool) -> std::io::Result<()> {
     // SAFETY: zeroed flock is a valid value; all fields are plain integers.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
@@ -71,37 +80,33 @@ impl HostFile {
                 &[PERM_WRITE, PERM_RESIZE],
             ),
         };
-        let fail = |what: &str| {
+        let fail = |what: String| {
             Error::new(
                 ErrorKind::Locked,
                 format!(
-                    "Failed to get \"{what}\" lock\nIs another process using the image [{}]?",
+                    "{what}\nIs another process using the image [{}]?",
                     self.path().display()
                 ),
             )
         };
-        // Our permissions must not be unshared by others; others' permissions
-        // must not be ones we unshare.
+        // Take our locks, then test for conflicts as QEMU does: a permission
+        // we want must not be unshared by another holder, and a permission
+        // we unshare must not be held by another.
         for &p in perms {
             if ofd_lock(self, LOCK_BASE + p, false).is_err()
                 || ofd_test(self, SHARED_BASE + p).unwrap_or(false)
             {
-                return Err(fail(if mode == LockMode::Write {
-                    "write"
-                } else {
-                    "consistent read"
-                }));
+                return Err(fail(format!("Failed to get \"{}\" lock", perm_name(p))));
             }
         }
         for &p in unshared {
             if ofd_lock(self, SHARED_BASE + p, false).is_err()
                 || ofd_test(self, LOCK_BASE + p).unwrap_or(false)
             {
-                return Err(fail(if mode == LockMode::Write {
-                    "write"
-                } else {
-                    "shared \"write\""
-                }));
+                return Err(fail(format!(
+                    "Failed to get shared \"{}\" lock",
+                    perm_name(p)
+                )));
             }
         }
         Ok(())

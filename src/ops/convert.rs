@@ -3,7 +3,7 @@
 
 use std::sync::mpsc;
 
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 use crate::format::{self, CreateOptions};
 use crate::image::{Image, OpenOptions};
 use crate::io::CacheMode;
@@ -39,6 +39,8 @@ pub struct ConvertOptions {
     pub source_cache: CacheMode,
     /// `-U`: no locks on sources.
     pub force_share: bool,
+    /// `-l`: read this internal snapshot of the (single) source.
+    pub snapshot: Option<String>,
 }
 
 impl Default for ConvertOptions {
@@ -57,6 +59,7 @@ impl Default for ConvertOptions {
             target_cache: CacheMode::Unsafe,
             source_cache: CacheMode::Writeback,
             force_share: false,
+            snapshot: None,
         }
     }
 }
@@ -77,8 +80,14 @@ pub fn open_sources(srcs: &[String], opts: &ConvertOptions) -> Result<Vec<Image>
         writable: false,
         cache: opts.source_cache,
         force_share: opts.force_share,
+        snapshot: opts.snapshot.clone(),
         ..OpenOptions::default()
     };
+    if opts.snapshot.is_some() && srcs.len() > 1 {
+        return Err(Error::invalid(
+            "No support for concatenating multiple snapshot",
+        ));
+    }
     srcs.iter().map(|s| Image::open(s, &oo)).collect()
 }
 
@@ -149,6 +158,57 @@ pub fn convert_images(
     result
 }
 
+/// What a worker decided for one piece of the target; applied in order.
+enum Op {
+    /// Write `buf[a..b]` of the chunk's buffer at target offset `off`.
+    Data {
+        off: u64,
+        a: usize,
+        b: usize,
+    },
+    Zero(u64, u64),
+    Compressed(u64, Vec<u8>),
+}
+
+/// A planned chunk: its data buffer (recycled) and the ops over it.
+struct Plan {
+    buf: Vec<u8>,
+    ops: Vec<Op>,
+}
+
+/// Chunk buffers are recycled: a fresh 2 MiB allocation per chunk costs
+/// page faults and zeroing, which showed up as sys time against qemu-img.
+#[derive(Default)]
+struct BufPool(parking_lot::Mutex<Vec<Vec<u8>>>);
+
+impl BufPool {
+    fn get(&self, len: usize) -> Vec<u8> {
+        let mut b = self.0.lock().pop().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+    fn put(&self, b: Vec<u8>) {
+        self.0.lock().push(b);
+    }
+}
+
+/// Shared, read-only state of one conversion.
+struct Ctx<'a> {
+    sources: &'a [Source],
+    out: &'a Image,
+    total: u64,
+    target_is_zero: bool,
+    copy_top_only: bool,
+    /// Zero-detection granularity (0: write everything).
+    sparse: u64,
+    /// Target cluster size when compressing.
+    compress: Option<u64>,
+    pool: BufPool,
+}
+
+/// Chunks in flight beyond the one being written, per worker.
+const WINDOW_PER_WORKER: u64 = 4;
+
 fn copy_into(
     sources: &[Source],
     total: u64,
@@ -167,20 +227,37 @@ fn copy_into(
     if out.size() < total {
         return Err(Error::invalid("Error: Target image too small"));
     }
-    // A fresh target without backing reads as zeros already; otherwise
-    // zeros must be written explicitly.
-    let target_is_zero = created && out.backing().is_none() && opts.backing_file.is_none();
-    let copy_top_only = opts.backing_file.is_some();
-    let sparse = opts.sparse_size;
     let cluster = out.driver().compression_cluster_size();
     if opts.compress && cluster.is_none() {
         return Err(Error::unsupported(
             "Compression not supported for this file format",
         ));
     }
-
+    // Zero runs smaller than the target's allocation unit cannot become
+    // holes; detecting them only splits writes.
+    let gran = out.driver().compression_cluster_size().unwrap_or(0);
+    let ctx = Ctx {
+        sources,
+        out: &out,
+        total,
+        // A fresh target without backing reads as zeros already; otherwise
+        // zeros must be written explicitly.
+        target_is_zero: created && out.backing().is_none() && opts.backing_file.is_none(),
+        copy_top_only: opts.backing_file.is_some(),
+        sparse: if opts.sparse_size == 0 {
+            0
+        } else {
+            opts.sparse_size.max(gran)
+        },
+        compress: if opts.compress { cluster } else { None },
+        pool: BufPool::default(),
+    };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let workers = opts.num_workers.clamp(1, 16).min(cores.max(1));
     let mut done = 0u64;
-    let mut report = |n: u64| -> Result<()> {
+    run_pipeline(&ctx, workers, &mut |n| {
         done += n;
         if let Some(p) = progress.as_mut() {
             let pct = if total == 0 {
@@ -193,86 +270,196 @@ fn copy_into(
             }
         }
         Ok(())
-    };
-
-    if opts.compress {
-        let cs = cluster.unwrap_or(65536);
-        return copy_compressed(
-            sources,
-            &out,
-            cs,
-            opts.num_workers.max(1),
-            target_is_zero,
-            &mut report,
-        )
-        .and_then(|_| out.close());
-    }
-
-    let mut buf = vec![0u8; CHUNK as usize];
-    for src in sources {
-        let size = src.img.size();
-        let mut off = 0u64;
-        while off < size {
-            let want = (size - off).min(CHUNK);
-            let st = if copy_top_only {
-                let e = src.img.layer_status(off, want)?;
-                crate::image::ChainExtent {
-                    len: e.len.clamp(1, want),
-                    depth: 0,
-                    present: e.status != format::Status::Unallocated,
-                    zero: e.status != format::Status::Data,
-                    data: e.status == format::Status::Data,
-                    compressed: e.compressed,
-                    offset: e.offset,
-                }
-            } else {
-                src.img.block_status(off, want)?
-            };
-            let n = st.len;
-            let dst = src.start + off;
-            if copy_top_only && !st.present {
-                // Left to the target's backing file.
-            } else if st.zero {
-                if !target_is_zero {
-                    out.write_zeroes(dst, n, true)?;
-                }
-            } else {
-                let b = &mut buf[..n as usize];
-                src.img.read_at(b, off)?;
-                write_sparse(&out, b, dst, sparse, target_is_zero)?;
-            }
-            off += n;
-            report(n)?;
-        }
-    }
+    })?;
     if total == 0 {
-        report(0)?;
+        if let Some(p) = progress.as_mut() {
+            if !p(100.0) {
+                return Err(Error::cancelled());
+            }
+        }
     }
     out.close()
 }
 
-/// Write `buf`, skipping (or zero-writing) blocks of `sparse` bytes, aligned
-/// in guest offsets, that hold only zeros.
-fn write_sparse(
-    out: &Image,
+/// Workers plan chunks (status, read, zero detection, compression) in
+/// parallel; this thread applies their results in chunk order, so the
+/// target's allocation order matches the guest order as with qemu-img.
+fn run_pipeline(
+    ctx: &Ctx<'_>,
+    workers: usize,
+    report: &mut dyn FnMut(u64) -> Result<()>,
+) -> Result<()> {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let nchunks = ctx.total.div_ceil(CHUNK);
+    let next = AtomicU64::new(0);
+    let stop = AtomicBool::new(false);
+    let written = parking_lot::Mutex::new(0u64);
+    let cv = parking_lot::Condvar::new();
+    let window = WINDOW_PER_WORKER * workers as u64;
+    std::thread::scope(|scope| -> Result<()> {
+        let (tx, rx) = mpsc::channel::<(u64, Result<Plan>)>();
+        for _ in 0..workers {
+            let tx = tx.clone();
+            let (next, stop, written, cv) = (&next, &stop, &written, &cv);
+            scope.spawn(move || loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                if k >= nchunks {
+                    break;
+                }
+                {
+                    let mut w = written.lock();
+                    while k >= *w + window && !stop.load(Ordering::Relaxed) {
+                        cv.wait(&mut w);
+                    }
+                }
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let start = k * CHUNK;
+                let len = (ctx.total - start).min(CHUNK);
+                let r = plan_chunk(ctx, start, len);
+                if tx.send((k, r)).is_err() {
+                    break;
+                }
+            });
+        }
+        drop(tx);
+        let mut pending = std::collections::BTreeMap::new();
+        let mut want = 0u64;
+        let mut result = Ok(());
+        for (k, r) in rx.iter() {
+            pending.insert(k, r);
+            while let Some(r) = pending.remove(&want) {
+                let len = (ctx.total - want * CHUNK).min(CHUNK);
+                result = r
+                    .and_then(|plan| apply(ctx, plan))
+                    .and_then(|_| report(len));
+                want += 1;
+                *written.lock() = want;
+                cv.notify_all();
+                if result.is_err() {
+                    break;
+                }
+            }
+            if result.is_err() {
+                stop.store(true, Ordering::Relaxed);
+                cv.notify_all();
+                break;
+            }
+        }
+        result
+    })
+}
+
+fn apply(ctx: &Ctx<'_>, plan: Plan) -> Result<()> {
+    for op in &plan.ops {
+        match op {
+            Op::Data { off, a, b } => ctx.out.write_at(&plan.buf[*a..*b], *off)?,
+            Op::Zero(off, len) => ctx.out.write_zeroes(*off, *len, true)?,
+            Op::Compressed(off, c) => ctx.out.driver().write_compressed_raw(c, *off)?,
+        }
+    }
+    ctx.pool.put(plan.buf);
+    Ok(())
+}
+
+/// Decide what target range [start, start+len) needs.
+fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
+    let mut ops = Vec::new();
+    let mut buf = ctx.pool.get(len as usize);
+    if let Some(cs) = ctx.compress {
+        read_concat(ctx.sources, &mut buf, start)?;
+        for (i, chunk) in buf.chunks(cs as usize).enumerate() {
+            let off = start + i as u64 * cs;
+            if is_zero(chunk) {
+                if !ctx.target_is_zero {
+                    ops.push(Op::Zero(off, chunk.len() as u64));
+                }
+                continue;
+            }
+            let a = i * cs as usize;
+            match ctx.out.driver().compress_cluster(chunk)? {
+                Some(c) => ops.push(Op::Compressed(off, c)),
+                None => ops.push(Op::Data {
+                    off,
+                    a,
+                    b: a + chunk.len(),
+                }),
+            }
+        }
+        return Ok(Plan { buf, ops });
+    }
+    let end = start + len;
+    let mut pos = start;
+    while pos < end {
+        let Some(src) = ctx.sources.iter().rev().find(|s| s.start <= pos) else {
+            break;
+        };
+        let local = pos - src.start;
+        let size = src.img.size();
+        if local >= size {
+            // Past the last source: nothing (the target was sized to fit).
+            break;
+        }
+        let want = (size - local).min(end - pos);
+        let (n, present, zero) = if ctx.copy_top_only {
+            let e = src.img.layer_status(local, want)?;
+            (
+                e.len.clamp(1, want),
+                e.status != format::Status::Unallocated,
+                e.status != format::Status::Data,
+            )
+        } else {
+            let e = src.img.block_status(local, want)?;
+            (e.len, true, e.zero)
+        };
+        if !present {
+            // Left to the target's backing file.
+        } else if zero {
+            if !ctx.target_is_zero {
+                ops.push(Op::Zero(pos, n));
+            }
+        } else {
+            let a = (pos - start) as usize;
+            let b = a + n as usize;
+            src.img.read_at(&mut buf[a..b], local)?;
+            split_sparse(&mut ops, &buf, a, b, start, ctx.sparse, ctx.target_is_zero);
+        }
+        pos += n;
+    }
+    Ok(Plan { buf, ops })
+}
+
+/// Turn `buf[a..b]` (target offset `base + a`) into writes, leaving out
+/// (or zero-writing) blocks of `sparse` bytes, aligned in target offsets,
+/// that hold only zeros.
+fn split_sparse(
+    ops: &mut Vec<Op>,
     buf: &[u8],
-    off: u64,
+    a: usize,
+    b: usize,
+    base: u64,
     sparse: u64,
     target_is_zero: bool,
-) -> Result<()> {
+) {
     if sparse == 0 {
-        return out.write_at(buf, off);
+        ops.push(Op::Data {
+            off: base + a as u64,
+            a,
+            b,
+        });
+        return;
     }
     let block_end = |pos: usize| -> usize {
-        let g = off + pos as u64;
+        let g = base + pos as u64;
         let next = (g / sparse + 1) * sparse;
-        ((next - off) as usize).min(buf.len())
+        ((next - base) as usize).min(b)
     };
-    let mut pos = 0usize;
-    while pos < buf.len() {
+    let mut pos = a;
+    while pos < b {
         let mut end = block_end(pos);
         let zero = is_zero(&buf[pos..end]);
-        while end < buf.len() {
+        while end < b {
             let next = block_end(end);
             if is_zero(&buf[end..next]) != zero {
                 break;
@@ -280,13 +467,16 @@ fn write_sparse(
             end = next;
         }
         if !zero {
-            out.write_at(&buf[pos..end], off + pos as u64)?;
+            ops.push(Op::Data {
+                off: base + pos as u64,
+                a: pos,
+                b: end,
+            });
         } else if !target_is_zero {
-            out.write_zeroes(off + pos as u64, (end - pos) as u64, true)?;
+            ops.push(Op::Zero(base + pos as u64, (end - pos) as u64));
         }
         pos = end;
     }
-    Ok(())
 }
 
 /// All-zero test; the OR-fold over 64-byte blocks vectorises.
@@ -298,114 +488,6 @@ pub fn is_zero(b: &[u8]) -> bool {
         }
     }
     chunks.remainder().iter().all(|&x| x == 0)
-}
-
-/// Compressed copy: clusters are read in order, compressed on worker
-/// threads, and written in order by this thread.
-fn copy_compressed(
-    sources: &[Source],
-    out: &Image,
-    cs: u64,
-    workers: usize,
-    target_is_zero: bool,
-    report: &mut dyn FnMut(u64) -> Result<()>,
-) -> Result<()> {
-    let drv = out.driver();
-    let total = out.size();
-    let workers = workers.clamp(
-        1,
-        std::thread::available_parallelism()
-            .map(|n| n.get())
-            .unwrap_or(1)
-            .max(1),
-    );
-    // Batches of clusters; each job is (seq, guest offset, data).
-    let batch = 32usize;
-    std::thread::scope(|scope| -> Result<()> {
-        let (job_tx, job_rx) = mpsc::sync_channel::<(u64, u64, Vec<u8>)>(workers * 2);
-        let job_rx = std::sync::Arc::new(parking_lot::Mutex::new(job_rx));
-        let (res_tx, res_rx) =
-            mpsc::sync_channel::<(u64, u64, Vec<u8>, Result<Vec<Option<Vec<u8>>>>)>(workers * 2);
-        for _ in 0..workers {
-            let rx = job_rx.clone();
-            let tx = res_tx.clone();
-            scope.spawn(move || loop {
-                let job = rx.lock().recv();
-                let Ok((seq, off, data)) = job else { break };
-                let r = data
-                    .chunks(cs as usize)
-                    .map(|c| drv.compress_cluster(c))
-                    .collect::<Result<Vec<_>>>();
-                if tx.send((seq, off, data, r)).is_err() {
-                    break;
-                }
-            });
-        }
-        drop(res_tx);
-
-        // Producer: read sources into batches on its own thread.
-        let producer = scope.spawn(move || -> Result<()> {
-            let mut seq = 0u64;
-            let step = cs * batch as u64;
-            let mut gpos = 0u64;
-            while gpos < total {
-                let n = (total - gpos).min(step);
-                let mut data = vec![0u8; n as usize];
-                read_concat(sources, &mut data, gpos)?;
-                if job_tx.send((seq, gpos, data)).is_err() {
-                    break;
-                }
-                seq += 1;
-                gpos += n;
-            }
-            Ok(())
-        });
-
-        // Consumer: write results in sequence order.
-        let mut next = 0u64;
-        let mut pending = std::collections::BTreeMap::new();
-        let mut err: Option<Error> = None;
-        for (seq, off, data, r) in res_rx.iter() {
-            pending.insert(seq, (off, data, r));
-            while let Some((off, data, r)) = pending.remove(&next) {
-                next += 1;
-                if err.is_some() {
-                    continue;
-                }
-                let res = (|| -> Result<()> {
-                    let comp = r?;
-                    for (i, (chunk, c)) in data.chunks(cs as usize).zip(comp).enumerate() {
-                        let coff = off + (i as u64) * cs;
-                        if is_zero(chunk) {
-                            if !target_is_zero {
-                                out.write_zeroes(coff, chunk.len() as u64, true)?;
-                            }
-                        } else {
-                            match c {
-                                Some(c) => drv.write_compressed_raw(&c, coff)?,
-                                None => out.write_at(chunk, coff)?,
-                            }
-                        }
-                    }
-                    report(data.len() as u64)
-                })();
-                if let Err(e) = res {
-                    err = Some(e);
-                }
-            }
-            if err.is_some() {
-                break;
-            }
-        }
-        drop(res_rx);
-        let pr = producer
-            .join()
-            .unwrap_or_else(|_| Err(Error::new(ErrorKind::Io, "reader thread panicked")));
-        if let Some(e) = err {
-            return Err(e);
-        }
-        pr
-    })
 }
 
 /// Read guest bytes of the concatenated sources.

@@ -1,10 +1,34 @@
 //! qcow2 (QEMU copy-on-write v2/v3).
 
-use std::path::Path;
+mod check;
+mod compress;
+mod create;
+mod header;
+mod l2;
+mod read;
+mod refcount;
+mod snapshot;
+mod write;
 
-use super::{BackingRead, CreateOptions, Driver, DriverOpenOptions, Extent, OptDesc, OptKind};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::Mutex;
+
+use super::{
+    BackingRead, BackingRef, Driver, DriverInfo, DriverOpenOptions, Extent, OptDesc, OptKind,
+    Prealloc,
+};
 use crate::error::{Error, Result};
+#[allow(unused_imports)]
+use crate::format::CreateOptions as _CreateOptions;
 use crate::io::HostFile;
+use crate::json::Json;
+pub use create::create;
+use header::{Compression, Header};
+use l2::{Geometry, L2Cache, Slot, L1E_OFFSET_MASK};
+use refcount::Refcounts;
+use snapshot::Snapshot;
 
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -132,19 +156,308 @@ pub fn probe(head: &[u8]) -> bool {
         && u32::from_be_bytes([head[4], head[5], head[6], head[7]]) >= 2
 }
 
-pub struct Qcow2 {
-    file: HostFile,
+/// Mutable metadata, behind one lock held only for lookups and updates
+/// (never across data I/O).
+struct Meta {
+    l1: Vec<u64>,
+    l1_offset: u64,
+    l2: L2Cache,
+    rc: Refcounts,
+    /// Next free byte for packing compressed clusters (0: none open).
+    comp_cursor: u64,
+    /// The dirty bit (lazy refcounts) or autoclear clearing is done.
+    first_write_done: bool,
 }
 
+pub struct Qcow2 {
+    file: HostFile,
+    /// External data file, when the image has one.
+    data_file: Option<HostFile>,
+    geo: Geometry,
+    hdr: Mutex<Header>,
+    meta: Mutex<Meta>,
+    /// Serialises allocating writers; readers never take it.
+    write_lock: Mutex<()>,
+    size: AtomicU64,
+    writable: bool,
+    snapshots: Vec<Snapshot>,
+    compression: Compression,
+}
+
+/// Largest first cluster we read to parse the header (2 MiB clusters).
+const MAX_HEADER_READ: u64 = 2 << 20;
+
 impl Qcow2 {
-    pub fn open(file: HostFile, _opts: &DriverOpenOptions) -> Result<Self> {
-        let _ = &file;
-        Err(Error::unsupported("qcow2 is not implemented yet"))
+    pub fn open(file: HostFile, opts: &DriverOpenOptions) -> Result<Self> {
+        let file_len = file.len()?;
+        let mut head = vec![0u8; file_len.min(MAX_HEADER_READ) as usize];
+        file.read_at(&mut head, 0)?;
+        let hdr = Header::parse(&head, file_len)?;
+        let writable = opts.writable;
+        if writable && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
+            return Err(Error::corrupt(
+                "qcow2: Image is corrupt; cannot be opened read/write",
+            ));
+        }
+        let data_file = if hdr.incompatible & header::INCOMPAT_DATA_FILE != 0 {
+            let name = hdr
+                .data_file
+                .clone()
+                .ok_or_else(|| Error::invalid("Missing data file name in image header"))?;
+            let path = crate::image::combine_backing_path(&file.path().to_string_lossy(), &name);
+            Some(HostFile::open(
+                Path::new(&path),
+                writable,
+                file.cache_mode(),
+            )?)
+        } else {
+            None
+        };
+        let geo = Geometry {
+            cluster_bits: hdr.cluster_bits,
+            extended: hdr.extended_l2(),
+            v3: hdr.version >= 3,
+        };
+        let mut raw = vec![0u8; hdr.l1_size as usize * 8];
+        file.read_at(&mut raw, hdr.l1_table_offset)?;
+        let l1: Vec<u64> = raw.chunks_exact(8).map(be64).collect();
+        let rc = Refcounts::load(
+            &file,
+            hdr.cluster_bits,
+            hdr.refcount_order,
+            hdr.refcount_table_offset,
+            hdr.refcount_table_clusters,
+        )?;
+        let snapshots = if hdr.nb_snapshots > 0 {
+            snapshot::read_table(&file, hdr.snapshots_offset, hdr.nb_snapshots)?
+        } else {
+            Vec::new()
+        };
+        let q = Qcow2 {
+            geo,
+            data_file,
+            size: AtomicU64::new(hdr.size),
+            writable,
+            snapshots,
+            compression: hdr.compression,
+            meta: Mutex::new(Meta {
+                l1,
+                l1_offset: hdr.l1_table_offset,
+                l2: L2Cache::new(hdr.cluster_size()),
+                rc,
+                comp_cursor: 0,
+                first_write_done: false,
+            }),
+            hdr: Mutex::new(hdr),
+            write_lock: Mutex::new(()),
+            file,
+        };
+        if writable && q.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
+            // Lazy refcounts left the image dirty: rebuild refcounts from the
+            // mappings before any allocation trusts them (QEMU does the same).
+            q.repair_refcounts()?;
+            q.set_incompat_flag(header::INCOMPAT_DIRTY, false)?;
+        }
+        Ok(q)
+    }
+
+    fn cs(&self) -> u64 {
+        self.geo.cs()
+    }
+
+    /// A read-only view of internal snapshot `which` (`ID`, `NAME`, or
+    /// `snapshot.id=ID[,snapshot.name=NAME]`), as `convert -l` reads it.
+    pub fn snapshot_view(&self, which: &str) -> Result<Qcow2> {
+        let (id, name) = parse_snapshot_param(which);
+        let snap = if id.is_some() || name.is_some() {
+            self.snapshots.iter().find(|s| {
+                id.as_ref().is_none_or(|i| &s.info.id == i)
+                    && name.as_ref().is_none_or(|n| &s.info.name == n)
+            })
+        } else {
+            // A bare parameter is an ID, or failing that a name.
+            (self.snapshots.iter().find(|s| s.info.id == which))
+                .or_else(|| self.snapshots.iter().find(|s| s.info.name == which))
+        }
+        .ok_or_else(|| Error::invalid(format!("Failed to load snapshot: Can't find snapshot")))?;
+        let h = self.hdr.lock().clone();
+        if snap.l1_size as u64 * 8 > header::MAX_L1_BYTES {
+            return Err(Error::corrupt("Snapshot L1 table too large"));
+        }
+        let size = snap.disk_size.unwrap_or(h.size);
+        if (snap.l1_size as u64) < size.div_ceil(h.l2_coverage())
+            || snap.l1_table_offset % self.cs() != 0
+        {
+            return Err(Error::corrupt("Snapshot L1 table offset invalid"));
+        }
+        let mut raw = vec![0u8; snap.l1_size as usize * 8];
+        self.file.read_at(&mut raw, snap.l1_table_offset)?;
+        let file = self.file.try_clone()?;
+        let rc = Refcounts::load(
+            &file,
+            h.cluster_bits,
+            h.refcount_order,
+            h.refcount_table_offset,
+            h.refcount_table_clusters,
+        )?;
+        Ok(Qcow2 {
+            geo: self.geo,
+            data_file: match &self.data_file {
+                Some(d) => Some(d.try_clone()?),
+                None => None,
+            },
+            size: AtomicU64::new(size),
+            writable: false,
+            snapshots: Vec::new(),
+            compression: self.compression,
+            meta: Mutex::new(Meta {
+                l1: raw.chunks_exact(8).map(be64).collect(),
+                l1_offset: snap.l1_table_offset,
+                l2: L2Cache::new(self.cs()),
+                rc,
+                comp_cursor: 0,
+                first_write_done: false,
+            }),
+            hdr: Mutex::new(Header { size, ..h }),
+            write_lock: Mutex::new(()),
+            file,
+        })
+    }
+
+    /// The file guest data lives in.
+    fn data(&self) -> &HostFile {
+        self.data_file.as_ref().unwrap_or(&self.file)
+    }
+
+    fn set_incompat_flag(&self, flag: u64, on: bool) -> Result<()> {
+        let mut h = self.hdr.lock();
+        if h.version < 3 {
+            return Ok(());
+        }
+        let new = if on {
+            h.incompatible | flag
+        } else {
+            h.incompatible & !flag
+        };
+        if new != h.incompatible {
+            h.incompatible = new;
+            self.file.flush()?;
+            self.file.write_at(&new.to_be_bytes(), 72)?;
+            self.file.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Before the first modification: set the dirty bit under lazy
+    /// refcounts and clear autoclear features we do not maintain.
+    fn before_first_write(&self) -> Result<()> {
+        if !self.writable {
+            return Err(Error::new(
+                crate::error::ErrorKind::PermissionDenied,
+                "Image is read-only",
+            ));
+        }
+        {
+            let m = self.meta.lock();
+            if m.first_write_done {
+                return Ok(());
+            }
+        }
+        let (lazy, autoclear) = {
+            let h = self.hdr.lock();
+            (
+                h.compatible & header::COMPAT_LAZY_REFCOUNTS != 0,
+                h.autoclear,
+            )
+        };
+        if autoclear & !header::AUTOCLEAR_DATA_FILE_RAW != 0 {
+            // Persistent bitmaps would go stale; the autoclear protocol says
+            // a writer that does not update them clears their bit.
+            let mut h = self.hdr.lock();
+            h.autoclear &= header::AUTOCLEAR_DATA_FILE_RAW;
+            self.file.write_at(&h.autoclear.to_be_bytes(), 88)?;
+        }
+        if lazy {
+            self.set_incompat_flag(header::INCOMPAT_DIRTY, true)?;
+        }
+        self.meta.lock().first_write_done = true;
+        Ok(())
+    }
+
+    /// Slot of guest cluster `ci` (unallocated when no L2 table).
+    fn slot(&self, m: &mut Meta, ci: u64) -> Result<Slot> {
+        let epl = self.geo.entries_per_l2();
+        let Some(l2off) = self.l2_offset(m, ci / epl)? else {
+            return Ok(Slot::default());
+        };
+        let t = m.l2.get(&self.file, &self.geo, l2off)?;
+        Ok(t.get((ci % epl) as usize).copied().unwrap_or_default())
+    }
+
+    fn l2_offset(&self, m: &Meta, l1i: u64) -> Result<Option<u64>> {
+        let Some(&e) = m.l1.get(l1i as usize) else {
+            return Ok(None);
+        };
+        let off = e & L1E_OFFSET_MASK;
+        if off == 0 {
+            return Ok(None);
+        }
+        if off & (self.cs() - 1) != 0 {
+            return Err(Error::corrupt(format!(
+                "L2 table offset {off:#x} unaligned (L1 index: {l1i:#x})"
+            )));
+        }
+        Ok(Some(off))
+    }
+
+    fn format_specific(&self) -> Json {
+        let h = self.hdr.lock();
+        let mut d = Json::object();
+        if h.version < 3 {
+            d.set("compat", "0.10");
+        } else {
+            d.set("compat", "1.1");
+            if let Some(f) = &h.data_file {
+                d.set("data-file", f.as_str());
+            }
+            if h.incompatible & header::INCOMPAT_DATA_FILE != 0 {
+                d.set(
+                    "data-file-raw",
+                    h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0,
+                );
+            }
+            d.set("extended-l2", h.extended_l2());
+            d.set(
+                "lazy-refcounts",
+                h.compatible & header::COMPAT_LAZY_REFCOUNTS != 0,
+            );
+            d.set("corrupt", h.incompatible & header::INCOMPAT_CORRUPT != 0);
+        }
+        d.set("refcount-bits", h.refcount_bits() as u64);
+        d.set("compression-type", h.compression.name());
+        Json::object().with("type", "qcow2").with("data", d)
     }
 }
 
-pub fn create(_path: &Path, _size: u64, _opts: &CreateOptions) -> Result<()> {
-    Err(Error::unsupported("qcow2 is not implemented yet"))
+/// `snapshot.id=X,snapshot.name=Y` → (Some(X), Some(Y)); a bare value →
+/// (None, None) and the caller matches it against ids and names.
+fn parse_snapshot_param(p: &str) -> (Option<String>, Option<String>) {
+    let mut id = None;
+    let mut name = None;
+    for part in p.split(',') {
+        if let Some(v) = part.strip_prefix("snapshot.id=") {
+            id = Some(v.to_string());
+        } else if let Some(v) = part.strip_prefix("snapshot.name=") {
+            name = Some(v.to_string());
+        }
+    }
+    (id, name)
+}
+
+fn be64(c: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&c[..8]);
+    u64::from_be_bytes(a)
 }
 
 impl Driver for Qcow2 {
@@ -152,24 +465,101 @@ impl Driver for Qcow2 {
         "qcow2"
     }
     fn virtual_size(&self) -> u64 {
-        0
+        self.size.load(Ordering::Acquire)
     }
     fn host_file(&self) -> &HostFile {
         &self.file
     }
-    fn block_status(&self, _off: u64, _max: u64) -> Result<Extent> {
-        Err(Error::unsupported("qcow2 is not implemented yet"))
+    fn backing(&self) -> Option<BackingRef> {
+        self.hdr.lock().backing()
     }
-    fn read_at(&self, _buf: &mut [u8], _off: u64, _b: &dyn BackingRead) -> Result<()> {
-        Err(Error::unsupported("qcow2 is not implemented yet"))
+    fn info(&self) -> DriverInfo {
+        let h = self.hdr.lock();
+        let dirty = h.incompatible & header::INCOMPAT_DIRTY != 0;
+        let encrypted = h.crypt_method != 0;
+        drop(h);
+        DriverInfo {
+            cluster_size: Some(self.cs()),
+            encrypted,
+            dirty,
+            format_specific: Some(self.format_specific()),
+            snapshots: self.snapshots.iter().map(|s| s.info.clone()).collect(),
+        }
     }
-    fn write_at(&self, _buf: &[u8], _off: u64, _b: &dyn BackingRead) -> Result<()> {
-        Err(Error::unsupported("qcow2 is not implemented yet"))
+    fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
+        self.status(off, max)
     }
-    fn write_zeroes(&self, _off: u64, _len: u64, _u: bool, _b: &dyn BackingRead) -> Result<()> {
-        Err(Error::unsupported("qcow2 is not implemented yet"))
+    fn read_at(&self, buf: &mut [u8], off: u64, backing: &dyn BackingRead) -> Result<()> {
+        self.read(buf, off, backing)
+    }
+    fn write_at(&self, buf: &[u8], off: u64, backing: &dyn BackingRead) -> Result<()> {
+        self.write(buf, off, backing)
+    }
+    fn write_zeroes(
+        &self,
+        off: u64,
+        len: u64,
+        may_unmap: bool,
+        backing: &dyn BackingRead,
+    ) -> Result<()> {
+        self.zero(off, len, may_unmap, backing)
+    }
+    fn discard(&self, off: u64, len: u64) -> Result<()> {
+        self.discard_range(off, len)
+    }
+    fn compression_cluster_size(&self) -> Option<u64> {
+        Some(self.cs())
+    }
+    fn compress_cluster(&self, buf: &[u8]) -> Result<Option<Vec<u8>>> {
+        let cs = self.cs() as usize;
+        if buf.len() == cs {
+            return compress::compress(self.compression, buf, cs);
+        }
+        let mut full = vec![0u8; cs];
+        full[..buf.len().min(cs)].copy_from_slice(&buf[..buf.len().min(cs)]);
+        compress::compress(self.compression, &full, cs)
+    }
+    fn write_compressed_raw(&self, data: &[u8], off: u64) -> Result<()> {
+        self.store_compressed(data, off)
+    }
+    fn write_compressed(&self, buf: &[u8], off: u64) -> Result<()> {
+        match self.compress_cluster(buf)? {
+            Some(c) => self.store_compressed(&c, off),
+            None => self.write(buf, off, &super::NoBacking),
+        }
     }
     fn flush(&self) -> Result<()> {
+        if let Some(d) = &self.data_file {
+            d.flush()?;
+        }
+        self.file.flush()
+    }
+    fn truncate(&self, size: u64, prealloc: Prealloc) -> Result<()> {
+        self.resize(size, prealloc)
+    }
+    fn snapshot(&self, which: &str) -> Result<Box<dyn Driver>> {
+        Ok(Box::new(self.snapshot_view(which)?))
+    }
+    fn io_granularity(&self) -> u64 {
+        self.cs()
+    }
+    fn close(&self) -> Result<()> {
+        if !self.writable {
+            return Ok(());
+        }
+        self.flush()?;
+        let first = self.meta.lock().first_write_done;
+        if first && self.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
+            // Refcounts are written through, so a clean close may clear it.
+            self.set_incompat_flag(header::INCOMPAT_DIRTY, false)?;
+        }
         Ok(())
+    }
+}
+
+impl Drop for Qcow2 {
+    fn drop(&mut self) {
+        // Best effort for callers that never called close().
+        let _ = Driver::close(self);
     }
 }

@@ -1,0 +1,222 @@
+//! Creating a qcow2 image: validate the options as QEMU does, write a
+//! minimal image (header, refcount table, one refcount block), then grow
+//! the L1 table and preallocate through the normal allocation paths.
+
+use std::path::Path;
+
+use super::header::{self, Compression, Header};
+use super::Qcow2;
+use crate::error::{Error, Result};
+use crate::format::{CreateOptions, DriverOpenOptions, Prealloc};
+use crate::io::HostFile;
+
+/// Typed qcow2 creation parameters.
+#[derive(Debug, Clone)]
+pub struct Qcow2Params {
+    pub version: u32,
+    pub cluster_bits: u32,
+    pub refcount_order: u32,
+    pub lazy_refcounts: bool,
+    pub extended_l2: bool,
+    pub compression: Compression,
+    pub prealloc: Prealloc,
+    pub backing_file: Option<String>,
+    pub backing_fmt: Option<String>,
+}
+
+const V3_HINT: &str = "(use version=v3 or greater)";
+
+impl Qcow2Params {
+    pub fn from_options(o: &CreateOptions) -> Result<Self> {
+        let version = match o.get("compat") {
+            None | Some("1.1") | Some("v3") => 3,
+            Some("0.10") | Some("v2") => 2,
+            Some(v) => {
+                return Err(Error::invalid(format!(
+                    "Parameter 'version' does not accept value '{v}'"
+                )))
+            }
+        };
+        let cs = o.get_size("cluster_size")?.unwrap_or(65536);
+        if !cs.is_power_of_two() || !(512..=2 << 20).contains(&cs) {
+            return Err(Error::invalid(
+                "Cluster size must be a power of two between 512 and 2048k",
+            ));
+        }
+        let rb = o.get_number("refcount_bits")?.unwrap_or(16);
+        if !rb.is_power_of_two() || rb > 64 {
+            return Err(Error::invalid(
+                "Refcount width must be a power of two and may not exceed 64 bits",
+            ));
+        }
+        if version < 3 && rb != 16 {
+            return Err(Error::invalid(format!(
+                "Different refcount widths than 16 bits require compatibility level 1.1 or above {V3_HINT}"
+            )));
+        }
+        let lazy = o.get_bool("lazy_refcounts", false)?;
+        if lazy && version < 3 {
+            return Err(Error::invalid(format!(
+                "Lazy refcounts only supported with compatibility level 1.1 and above {V3_HINT}"
+            )));
+        }
+        let extended_l2 = o.get_bool("extended_l2", false)?;
+        if extended_l2 {
+            if version < 3 {
+                return Err(Error::invalid(format!(
+                    "Extended L2 entries are only supported with compatibility level 1.1 and above {V3_HINT}"
+                )));
+            }
+            if cs < 16384 {
+                return Err(Error::invalid(
+                    "Extended L2 entries are only supported with cluster sizes of at least 16384 bytes",
+                ));
+            }
+        }
+        let compression = match o.get("compression_type") {
+            None | Some("zlib") => Compression::Zlib,
+            Some("zstd") => Compression::Zstd,
+            Some(v) => {
+                return Err(Error::invalid(format!(
+                    "Parameter 'compression-type' does not accept value '{v}'"
+                )))
+            }
+        };
+        if compression != Compression::Zlib && version < 3 {
+            return Err(Error::invalid(format!(
+                "Non-zlib compression type is only supported with compatibility level 1.1 and above {V3_HINT}"
+            )));
+        }
+        let prealloc = match o.get("preallocation") {
+            None => Prealloc::Off,
+            Some(p @ ("off" | "metadata" | "falloc" | "full")) => Prealloc::parse(p)?,
+            Some(v) => {
+                return Err(Error::invalid(format!(
+                    "Parameter 'preallocation' does not accept value '{v}'"
+                )))
+            }
+        };
+        if o.get_bool("encryption", false)? || o.get("encrypt.format").is_some() {
+            return Err(Error::invalid(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
+        if o.get("data_file").is_some() || o.get_bool("data_file_raw", false)? {
+            return Err(Error::unsupported(
+                "Creating qcow2 images with an external data file is not supported",
+            ));
+        }
+        let backing_file = o.get("backing_file").map(str::to_string);
+        if backing_file.is_some() && prealloc != Prealloc::Off && !extended_l2 {
+            return Err(Error::invalid(
+                "Backing file and preallocation can only be used at the same time if extended_l2 is on",
+            ));
+        }
+        if backing_file.is_none() && o.get("backing_fmt").is_some() {
+            return Err(Error::invalid(
+                "Backing format cannot be used without backing file",
+            ));
+        }
+        Ok(Qcow2Params {
+            version,
+            cluster_bits: cs.trailing_zeros(),
+            refcount_order: rb.trailing_zeros(),
+            lazy_refcounts: lazy,
+            extended_l2,
+            compression,
+            prealloc,
+            backing_file,
+            backing_fmt: o.get("backing_fmt").map(str::to_string),
+        })
+    }
+}
+
+pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
+    let p = Qcow2Params::from_options(opts)?;
+    // QEMU rounds the virtual size up to whole sectors.
+    let size = size
+        .checked_next_multiple_of(512)
+        .ok_or_else(|| Error::invalid("Image size too large"))?;
+    if size > i64::MAX as u64 {
+        return Err(Error::invalid("Image size too large"));
+    }
+    create_with(path, size, &p)
+}
+
+pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
+    let cs = 1u64 << p.cluster_bits;
+    let mut incompatible = 0;
+    if p.extended_l2 {
+        incompatible |= header::INCOMPAT_EXTL2;
+    }
+    if p.compression != Compression::Zlib {
+        incompatible |= header::INCOMPAT_COMPRESSION;
+    }
+    let h = Header {
+        version: p.version,
+        backing_file: p.backing_file.clone(),
+        cluster_bits: p.cluster_bits,
+        size: 0,
+        crypt_method: 0,
+        l1_size: 0,
+        l1_table_offset: 0,
+        refcount_table_offset: cs,
+        refcount_table_clusters: 1,
+        nb_snapshots: 0,
+        snapshots_offset: 0,
+        incompatible,
+        compatible: if p.lazy_refcounts {
+            header::COMPAT_LAZY_REFCOUNTS
+        } else {
+            0
+        },
+        autoclear: 0,
+        refcount_order: if p.version >= 3 { p.refcount_order } else { 4 },
+        header_length: if p.version >= 3 {
+            header::V3_HEADER_LEN
+        } else {
+            header::V2_HEADER_LEN
+        },
+        compression: p.compression,
+        extra: Vec::new(),
+        backing_format: p.backing_fmt.clone(),
+        data_file: None,
+        other_exts: Vec::new(),
+        feature_names: Vec::new(),
+    };
+    let mut first = h.serialize()?;
+    let file = HostFile::create(path)?;
+    // Cluster 1: refcount table pointing at the block in cluster 2, which
+    // counts clusters 0..=2.
+    let mut reftable = vec![0u8; cs as usize];
+    reftable[..8].copy_from_slice(&(2 * cs).to_be_bytes());
+    let mut block = vec![0u8; cs as usize];
+    for c in 0..3 {
+        set_refcount(&mut block, h.refcount_order, c, 1);
+    }
+    first.extend_from_slice(&reftable);
+    first.extend_from_slice(&block);
+    file.write_at(&first, 0)?;
+    drop(file);
+
+    let file = HostFile::open(path, true, Default::default())?;
+    let q = Qcow2::open(file, &DriverOpenOptions { writable: true })?;
+    let result = (|| {
+        q.resize(size, p.prealloc)?;
+        crate::format::Driver::flush(&q)
+    })();
+    drop(q);
+    result
+}
+
+fn set_refcount(block: &mut [u8], order: u32, i: usize, v: u64) {
+    let bits = 1usize << order;
+    if bits < 8 {
+        let per = 8 / bits;
+        block[i / per] |= (v as u8) << ((i % per) * bits);
+    } else {
+        let bytes = bits / 8;
+        let be = v.to_be_bytes();
+        block[i * bytes..(i + 1) * bytes].copy_from_slice(&be[8 - bytes..]);
+    }
+}
