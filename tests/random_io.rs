@@ -281,7 +281,7 @@ fn refcount_1_lazy() {
     run(Plan {
         format: "qcow2",
         seed: 8,
-        opts: "refcount_bits=1,lazy_refcounts=on",
+        opts: "refcount_bits=1,lazy_refcounts=on,cluster_size=4k",
         cluster: 4 * KIB,
         size: 3 * MIB,
         with_backing: false,

@@ -222,14 +222,18 @@ pub fn qemu_io_then_abort(dir: &Path, fmt: &str, file: &str, cmds: &[String]) {
 }
 
 /// Replace the program name in qemu-img's messages as our binary prints
-/// them: `qemu-img: ...` line prefixes and the `Try 'qemu-img ...` hints.
+/// them: `qemu-img...` at the start of a line and the `Try 'qemu-img ...`
+/// hints.
 pub fn as_imgtool(qemu_text: &str) -> String {
     qemu_text
         .lines()
         .map(|l| {
-            let l = match l.strip_prefix("qemu-img:") {
-                Some(rest) => format!("imgtool:{rest}"),
-                None => l.to_string(),
+            // `qemu-img: msg`, and getopt's `qemu-img create: invalid option`.
+            let l = match l.strip_prefix("qemu-img") {
+                Some(rest) if rest.starts_with(':') || rest.starts_with(' ') => {
+                    format!("imgtool{rest}")
+                }
+                _ => l.to_string(),
             };
             l.replace("Try 'qemu-img ", "Try 'imgtool ")
         })
