@@ -98,11 +98,7 @@ fn symlink_named_qemu_img_prints_qemu_img() {
         };
         let q = run(&real);
         let o = run(&ours);
-        assert!(
-            !q.ok() && q.stderr.contains("qemu-img"),
-            "{}",
-            q.describe()
-        );
+        assert!(!q.ok() && q.stderr.contains("qemu-img"), "{}", q.describe());
         assert_eq!(o.code, q.code, "{}", o.describe());
         assert_text_eq(
             &format!("stderr of ./qemu-img {args:?}"),
