@@ -28,6 +28,8 @@ pub struct OpenOptions {
     pub backing_override: Option<(String, Option<String>)>,
     /// Open this internal snapshot of the top image, read-only (`-l`).
     pub snapshot: Option<String>,
+    /// Opened for `check` (see [`format::DriverOpenOptions::for_check`]).
+    pub for_check: bool,
 }
 
 impl OpenOptions {
@@ -138,6 +140,7 @@ impl Image {
             file,
             &DriverOpenOptions {
                 writable: opts.writable,
+                for_check: opts.for_check,
             },
         )?;
         let backing_ref = match &opts.backing_override {
@@ -159,6 +162,7 @@ impl Image {
                     no_backing: false,
                     backing_override: None,
                     snapshot: None,
+                    for_check: false,
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
                     if e.message().contains("creates an infinite loop")

@@ -5,6 +5,7 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_check;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
@@ -28,7 +29,7 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("amend", None),
     ("bench", None),
     ("bitmap", None),
-    ("check", None),
+    ("check", Some(cmd_check::run)),
     ("commit", None),
     ("compare", None),
     ("convert", Some(cmd_convert::run)),

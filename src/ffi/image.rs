@@ -147,6 +147,7 @@ pub unsafe extern "C" fn imgtool_open(
                 no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
                 backing_override: None,
                 snapshot: None,
+                for_check: false,
             };
             let img = Image::open(path, &oo)?;
             result = Box::into_raw(Box::new(imgtool_image { img }));
