@@ -78,6 +78,7 @@ case $VALGRIND in
     yes | auto)
         if command -v valgrind >/dev/null; then
             vg=(valgrind -q --error-exitcode=99 --leak-check=full
+                --suppressions="$(dirname "$0")/valgrind.supp"
                 --errors-for-leak-kinds=definite,possible --show-leak-kinds=definite,possible)
         elif [[ $VALGRIND == yes ]]; then
             echo "run-tests: VALGRIND=yes but valgrind is not installed" >&2; exit 1

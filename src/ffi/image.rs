@@ -145,7 +145,7 @@ pub unsafe extern "C" fn imgtool_open(
                 cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
                 force_share: o.flags & IMGTOOL_OPEN_FORCE_SHARE != 0,
                 no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
-                backing_override: None,
+                ..OpenOptions::default()
             };
             let img = Image::open(path, &oo)?;
             result = Box::into_raw(Box::new(imgtool_image { img }));
