@@ -665,3 +665,24 @@ fn qcow2_create_write_read() {
         assert_eq!(imgtool_close(img), IMGTOOL_OK);
     }
 }
+
+#[test]
+fn second_writer_is_locked_out() {
+    let dir = TempDir::new();
+    let path = dir.path("a.qcow2");
+    assert_eq!(create(c"qcow2", &path, 1 << 20, None), IMGTOOL_OK);
+    let img = open(&path, IMGTOOL_OPEN_WRITABLE);
+    let o = open_options(IMGTOOL_OPEN_WRITABLE);
+    let mut second = null_mut();
+    // SAFETY: valid pointers.
+    let r = unsafe { imgtool_open(path.as_ptr(), &o, &mut second) };
+    assert_eq!(r, IMGTOOL_ELOCKED, "{}", last_error());
+    assert!(second.is_null());
+    // Read-only with force-share still works.
+    let ro = open(&path, IMGTOOL_OPEN_FORCE_SHARE);
+    // SAFETY: live handles.
+    unsafe {
+        assert_eq!(imgtool_close(ro), IMGTOOL_OK);
+        assert_eq!(imgtool_close(img), IMGTOOL_OK);
+    }
+}
