@@ -211,6 +211,11 @@ pub unsafe extern "C" fn imgtool_read(
             &mut []
         } else if buf.is_null() {
             return Err(super::args::null_error("imgtool_read: buf"));
+        } else if len > isize::MAX as usize {
+            // No object is that large; from_raw_parts would be UB.
+            return Err(Error::invalid(
+                "imgtool_read: 'len' is larger than any buffer can be",
+            ));
         } else {
             // SAFETY: non-null, writable for len bytes per the contract; u8
             // has no alignment or validity requirement. The slice lives
@@ -246,6 +251,11 @@ pub unsafe extern "C" fn imgtool_write(
             &[]
         } else if buf.is_null() {
             return Err(super::args::null_error("imgtool_write: buf"));
+        } else if len > isize::MAX as usize {
+            // No object is that large; from_raw_parts would be UB.
+            return Err(Error::invalid(
+                "imgtool_write: 'len' is larger than any buffer can be",
+            ));
         } else {
             // SAFETY: non-null, readable for len bytes per the contract.
             unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }

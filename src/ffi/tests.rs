@@ -423,6 +423,16 @@ fn raw_read_write_status_info() {
         assert_eq!(imgtool_read(img, null_mut(), 0, 0), IMGTOOL_OK);
         assert_eq!(imgtool_write(img, null(), 0, 0), IMGTOOL_OK);
         assert_eq!(imgtool_read(img, null_mut(), 1, 0), IMGTOOL_EINVAL);
+        // A length no buffer can have is refused before any slice is made.
+        let mut one = [0u8; 1];
+        assert_eq!(
+            imgtool_read(img, one.as_mut_ptr().cast(), usize::MAX, 0),
+            IMGTOOL_EINVAL
+        );
+        assert_eq!(
+            imgtool_write(img, one.as_ptr().cast(), usize::MAX, 0),
+            IMGTOOL_EINVAL
+        );
         // Beyond the end.
         let mut b = [0u8; 2];
         assert_eq!(
