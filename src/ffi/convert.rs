@@ -234,6 +234,7 @@ pub unsafe extern "C" fn imgtool_convert(
             target_cache: target_cache.map_or(Ok(d.target_cache), CacheMode::parse)?,
             source_cache: source_cache.map_or(Ok(d.source_cache), CacheMode::parse)?,
             force_share: o.flags & IMGTOOL_CONVERT_FORCE_SHARE != 0,
+            snapshot: None,
         };
         match progress {
             Some(f) => {

@@ -39,6 +39,8 @@ pub struct ConvertOptions {
     pub source_cache: CacheMode,
     /// `-U`: no locks on sources.
     pub force_share: bool,
+    /// `-l`: read this internal snapshot of the (single) source.
+    pub snapshot: Option<String>,
 }
 
 impl Default for ConvertOptions {
@@ -57,6 +59,7 @@ impl Default for ConvertOptions {
             target_cache: CacheMode::Unsafe,
             source_cache: CacheMode::Writeback,
             force_share: false,
+            snapshot: None,
         }
     }
 }
@@ -77,8 +80,14 @@ pub fn open_sources(srcs: &[String], opts: &ConvertOptions) -> Result<Vec<Image>
         writable: false,
         cache: opts.source_cache,
         force_share: opts.force_share,
+        snapshot: opts.snapshot.clone(),
         ..OpenOptions::default()
     };
+    if opts.snapshot.is_some() && srcs.len() > 1 {
+        return Err(Error::invalid(
+            "No support for concatenating multiple snapshot",
+        ));
+    }
     srcs.iter().map(|s| Image::open(s, &oo)).collect()
 }
 
