@@ -135,7 +135,7 @@ impl Image {
                 LockMode::Read
             })?;
         }
-        let driver = format::open_driver(
+        let mut driver = format::open_driver(
             format,
             file,
             &DriverOpenOptions {
@@ -143,6 +143,12 @@ impl Image {
                 for_check: opts.for_check,
             },
         )?;
+        if let Some(snap) = &opts.snapshot {
+            if opts.writable {
+                return Err(Error::invalid("Snapshots can only be opened read-only"));
+            }
+            driver = driver.snapshot(snap)?;
+        }
         let backing_ref = match &opts.backing_override {
             Some((f, fmt)) if !f.is_empty() => Some(format::BackingRef {
                 filename: f.clone(),
