@@ -31,7 +31,8 @@ impl ImageInfo {
         let d = img.driver();
         let di = d.info();
         let host = d.host_file();
-        let file_len = host.len().unwrap_or(0);
+        // The protocol layer reports whole sectors, as QEMU's does.
+        let file_len = host.len().unwrap_or(0).next_multiple_of(512);
         let actual = host.allocated_size().ok();
         let child = ImageInfo {
             filename: img.filename().to_string(),

@@ -179,10 +179,10 @@ pub trait Driver: Send + Sync {
         65536
     }
     /// A read-only view of an internal snapshot (`convert -l`).
-    fn snapshot(&self, which: &str) -> Result<Box<dyn Driver>> {
-        Err(Error::unsupported(format!(
-            "Failed to load snapshot: Can't find snapshot '{which}'"
-        )))
+    fn snapshot(&self, _which: &str) -> Result<Box<dyn Driver>> {
+        Err(Error::unsupported(
+            "Failed to load snapshot: Can't find snapshot",
+        ))
     }
     /// Clean shutdown: write back caches, clear dirty state.
     fn close(&self) -> Result<()> {

@@ -38,7 +38,9 @@ pub struct Raw {
 
 impl Raw {
     pub fn open(file: HostFile) -> Result<Self> {
-        let size = file.len()?;
+        // QEMU's file layer counts whole sectors: a 1000-byte file is a
+        // 1024-byte disk whose tail reads as zeros.
+        let size = file.len()?.next_multiple_of(512);
         Ok(Raw {
             file,
             size: parking_lot::RwLock::new(size),

@@ -39,6 +39,8 @@ pub struct ConvertOptions {
     pub source_cache: CacheMode,
     /// `-U`: no locks on sources.
     pub force_share: bool,
+    /// `-l`: read this internal snapshot of the (single) source.
+    pub snapshot: Option<String>,
 }
 
 impl Default for ConvertOptions {
@@ -57,6 +59,7 @@ impl Default for ConvertOptions {
             target_cache: CacheMode::Unsafe,
             source_cache: CacheMode::Writeback,
             force_share: false,
+            snapshot: None,
         }
     }
 }
@@ -77,8 +80,14 @@ pub fn open_sources(srcs: &[String], opts: &ConvertOptions) -> Result<Vec<Image>
         writable: false,
         cache: opts.source_cache,
         force_share: opts.force_share,
+        snapshot: opts.snapshot.clone(),
         ..OpenOptions::default()
     };
+    if opts.snapshot.is_some() && srcs.len() > 1 {
+        return Err(Error::invalid(
+            "No support for concatenating multiple snapshot",
+        ));
+    }
     srcs.iter().map(|s| Image::open(s, &oo)).collect()
 }
 
@@ -151,9 +160,36 @@ pub fn convert_images(
 
 /// What a worker decided for one piece of the target; applied in order.
 enum Op {
-    Data(u64, Vec<u8>),
+    /// Write `buf[a..b]` of the chunk's buffer at target offset `off`.
+    Data {
+        off: u64,
+        a: usize,
+        b: usize,
+    },
     Zero(u64, u64),
     Compressed(u64, Vec<u8>),
+}
+
+/// A planned chunk: its data buffer (recycled) and the ops over it.
+struct Plan {
+    buf: Vec<u8>,
+    ops: Vec<Op>,
+}
+
+/// Chunk buffers are recycled: a fresh 2 MiB allocation per chunk costs
+/// page faults and zeroing, which showed up as sys time against qemu-img.
+#[derive(Default)]
+struct BufPool(parking_lot::Mutex<Vec<Vec<u8>>>);
+
+impl BufPool {
+    fn get(&self, len: usize) -> Vec<u8> {
+        let mut b = self.0.lock().pop().unwrap_or_default();
+        b.resize(len, 0);
+        b
+    }
+    fn put(&self, b: Vec<u8>) {
+        self.0.lock().push(b);
+    }
 }
 
 /// Shared, read-only state of one conversion.
@@ -167,6 +203,7 @@ struct Ctx<'a> {
     sparse: u64,
     /// Target cluster size when compressing.
     compress: Option<u64>,
+    pool: BufPool,
 }
 
 /// Chunks in flight beyond the one being written, per worker.
@@ -213,6 +250,7 @@ fn copy_into(
             opts.sparse_size.max(gran)
         },
         compress: if opts.compress { cluster } else { None },
+        pool: BufPool::default(),
     };
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -259,7 +297,7 @@ fn run_pipeline(
     let cv = parking_lot::Condvar::new();
     let window = WINDOW_PER_WORKER * workers as u64;
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = mpsc::channel::<(u64, Result<Vec<Op>>)>();
+        let (tx, rx) = mpsc::channel::<(u64, Result<Plan>)>();
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, stop, written, cv) = (&next, &stop, &written, &cv);
@@ -293,7 +331,9 @@ fn run_pipeline(
             pending.insert(k, r);
             while let Some(r) = pending.remove(&want) {
                 let len = (ctx.total - want * CHUNK).min(CHUNK);
-                result = r.and_then(|ops| apply(ctx, ops)).and_then(|_| report(len));
+                result = r
+                    .and_then(|plan| apply(ctx, plan))
+                    .and_then(|_| report(len));
                 want += 1;
                 *written.lock() = want;
                 cv.notify_all();
@@ -311,24 +351,25 @@ fn run_pipeline(
     })
 }
 
-fn apply(ctx: &Ctx<'_>, ops: Vec<Op>) -> Result<()> {
-    for op in ops {
+fn apply(ctx: &Ctx<'_>, plan: Plan) -> Result<()> {
+    for op in &plan.ops {
         match op {
-            Op::Data(off, buf) => ctx.out.write_at(&buf, off)?,
-            Op::Zero(off, len) => ctx.out.write_zeroes(off, len, true)?,
-            Op::Compressed(off, buf) => ctx.out.driver().write_compressed_raw(&buf, off)?,
+            Op::Data { off, a, b } => ctx.out.write_at(&plan.buf[*a..*b], *off)?,
+            Op::Zero(off, len) => ctx.out.write_zeroes(*off, *len, true)?,
+            Op::Compressed(off, c) => ctx.out.driver().write_compressed_raw(c, *off)?,
         }
     }
+    ctx.pool.put(plan.buf);
     Ok(())
 }
 
 /// Decide what target range [start, start+len) needs.
-fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Vec<Op>> {
+fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
     let mut ops = Vec::new();
+    let mut buf = ctx.pool.get(len as usize);
     if let Some(cs) = ctx.compress {
-        let mut data = vec![0u8; len as usize];
-        read_concat(ctx.sources, &mut data, start)?;
-        for (i, chunk) in data.chunks(cs as usize).enumerate() {
+        read_concat(ctx.sources, &mut buf, start)?;
+        for (i, chunk) in buf.chunks(cs as usize).enumerate() {
             let off = start + i as u64 * cs;
             if is_zero(chunk) {
                 if !ctx.target_is_zero {
@@ -336,12 +377,17 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Vec<Op>> {
                 }
                 continue;
             }
+            let a = i * cs as usize;
             match ctx.out.driver().compress_cluster(chunk)? {
                 Some(c) => ops.push(Op::Compressed(off, c)),
-                None => ops.push(Op::Data(off, chunk.to_vec())),
+                None => ops.push(Op::Data {
+                    off,
+                    a,
+                    b: a + chunk.len(),
+                }),
             }
         }
-        return Ok(ops);
+        return Ok(Plan { buf, ops });
     }
     let end = start + len;
     let mut pos = start;
@@ -374,52 +420,62 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Vec<Op>> {
                 ops.push(Op::Zero(pos, n));
             }
         } else {
-            let mut buf = vec![0u8; n as usize];
-            src.img.read_at(&mut buf, local)?;
-            split_sparse(&mut ops, buf, pos, ctx.sparse, ctx.target_is_zero);
+            let a = (pos - start) as usize;
+            let b = a + n as usize;
+            src.img.read_at(&mut buf[a..b], local)?;
+            split_sparse(&mut ops, &buf, a, b, start, ctx.sparse, ctx.target_is_zero);
         }
         pos += n;
     }
-    Ok(ops)
+    Ok(Plan { buf, ops })
 }
 
-/// Turn a data buffer into writes, leaving out (or zero-writing) blocks of
-/// `sparse` bytes, aligned in guest offsets, that hold only zeros.
-fn split_sparse(ops: &mut Vec<Op>, buf: Vec<u8>, off: u64, sparse: u64, target_is_zero: bool) {
+/// Turn `buf[a..b]` (target offset `base + a`) into writes, leaving out
+/// (or zero-writing) blocks of `sparse` bytes, aligned in target offsets,
+/// that hold only zeros.
+fn split_sparse(
+    ops: &mut Vec<Op>,
+    buf: &[u8],
+    a: usize,
+    b: usize,
+    base: u64,
+    sparse: u64,
+    target_is_zero: bool,
+) {
     if sparse == 0 {
-        ops.push(Op::Data(off, buf));
+        ops.push(Op::Data {
+            off: base + a as u64,
+            a,
+            b,
+        });
         return;
     }
     let block_end = |pos: usize| -> usize {
-        let g = off + pos as u64;
+        let g = base + pos as u64;
         let next = (g / sparse + 1) * sparse;
-        ((next - off) as usize).min(buf.len())
+        ((next - base) as usize).min(b)
     };
-    let mut runs = Vec::new();
-    let mut pos = 0usize;
-    while pos < buf.len() {
+    let mut pos = a;
+    while pos < b {
         let mut end = block_end(pos);
         let zero = is_zero(&buf[pos..end]);
-        while end < buf.len() {
+        while end < b {
             let next = block_end(end);
             if is_zero(&buf[end..next]) != zero {
                 break;
             }
             end = next;
         }
-        runs.push((pos, end, zero));
-        pos = end;
-    }
-    if runs.len() == 1 && !runs[0].2 {
-        ops.push(Op::Data(off, buf));
-        return;
-    }
-    for (a, b, zero) in runs {
         if !zero {
-            ops.push(Op::Data(off + a as u64, buf[a..b].to_vec()));
+            ops.push(Op::Data {
+                off: base + pos as u64,
+                a: pos,
+                b: end,
+            });
         } else if !target_is_zero {
-            ops.push(Op::Zero(off + a as u64, (b - a) as u64));
+            ops.push(Op::Zero(base + pos as u64, (end - pos) as u64));
         }
+        pos = end;
     }
 }
 

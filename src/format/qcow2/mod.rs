@@ -279,11 +279,7 @@ impl Qcow2 {
             (self.snapshots.iter().find(|s| s.info.id == which))
                 .or_else(|| self.snapshots.iter().find(|s| s.info.name == which))
         }
-        .ok_or_else(|| {
-            Error::invalid(format!(
-                "Failed to load snapshot: Can't find snapshot '{which}'"
-            ))
-        })?;
+        .ok_or_else(|| Error::invalid(format!("Failed to load snapshot: Can't find snapshot")))?;
         let h = self.hdr.lock().clone();
         if snap.l1_size as u64 * 8 > header::MAX_L1_BYTES {
             return Err(Error::corrupt("Snapshot L1 table too large"));

@@ -241,7 +241,7 @@ impl Refcounts {
             return Err(Error::invalid("Cannot allocate zero clusters"));
         }
         loop {
-            let c = self.find_free(file, n)?;
+            let (c, first_free) = self.find_free(file, n)?;
             let first_rb = self.block_index(c);
             let last_rb = self.block_index(c + n - 1);
             let mut created = false;
@@ -256,20 +256,23 @@ impl Refcounts {
                 continue;
             }
             self.update_range(file, c, n, &|_| Ok(1))?;
-            if c <= self.free_hint {
-                self.free_hint = c + n;
-            }
+            // Everything before the first free cluster is in use.
+            self.free_hint = if first_free == c { c + n } else { first_free };
             self.end_hint = self.end_hint.max(c + n);
             return Ok(c << self.cluster_bits);
         }
     }
 
-    fn find_free(&mut self, file: &HostFile, n: u64) -> Result<u64> {
+    /// Find `n` contiguous free clusters at or after the hint. Returns the
+    /// run's start and the first free cluster seen (the next hint).
+    fn find_free(&mut self, file: &HostFile, n: u64) -> Result<(u64, u64)> {
         let limit = 1u64 << (56 - self.cluster_bits);
+        let shift = self.epb_shift();
+        let order = self.order;
         let mut start = self.free_hint.max(1);
-        let mut run = 0u64;
+        let mut first_free = None;
         let mut c = start;
-        while run < n {
+        while c - start < n {
             if c >= limit {
                 return Err(Error::new(
                     crate::error::ErrorKind::NoSpace,
@@ -277,22 +280,25 @@ impl Refcounts {
                 ));
             }
             let rb = self.block_index(c);
-            if self.block_offset(rb)?.is_none() {
-                // A whole missing block's range is free.
-                let block_end = (rb + 1) << self.epb_shift();
-                run += block_end - c;
+            let block_end = (rb + 1) << shift;
+            let Some(block) = self.load_block(file, rb)? else {
+                // A missing block's whole range is free.
+                first_free.get_or_insert(c);
                 c = block_end;
                 continue;
+            };
+            // Scan this block's entries directly (no per-cluster lookups).
+            let base = rb << shift;
+            while c < block_end && c - start < n {
+                if Self::entry_get(order, block, (c - base) as usize) == 0 {
+                    first_free.get_or_insert(c);
+                } else {
+                    start = c + 1;
+                }
+                c += 1;
             }
-            if self.get(file, c)? == 0 {
-                run += 1;
-            } else {
-                run = 0;
-                start = c + 1;
-            }
-            c += 1;
         }
-        Ok(start)
+        Ok((start, first_free.unwrap_or(start)))
     }
 
     /// Create refcount block `rb`, placed at the first cluster of the range

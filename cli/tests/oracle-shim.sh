@@ -1,0 +1,15 @@
+#!/bin/bash
+# Harness self-test, not used by CI: run the CLI suite against qemu-img
+# itself, renaming the program in its messages as imgtool prints them:
+#   IMGTOOL_TEST_BIN=$PWD/cli/tests/oracle-shim.sh cargo test -p imgtool-cli
+# A test that fails here encodes something qemu-img does not do.
+# Called through a symlink named qemu-img, it keeps qemu-img's name.
+if [ "$(basename "$0")" = qemu-img ]; then
+    exec -a "$0" qemu-img "$@"
+fi
+{
+    qemu-img "$@" 2>&1 1>&3 3>&- |
+        sed -e 's/^qemu-img:/imgtool:/' -e "s/Try 'qemu-img /Try 'imgtool /" 1>&2
+    rc=${PIPESTATUS[0]}
+} 3>&1
+exit "$rc"

@@ -1,0 +1,161 @@
+/*
+ * imgerrors - the error contract of libimgtool, checked from C.
+ *
+ *   imgerrors DIR
+ *
+ * Uses scratch files in DIR. Checks: NULL arguments give IMGTOOL_EINVAL
+ * with a message; a missing file gives IMGTOOL_ENOENT with errno ENOENT;
+ * out-of-range I/O gives IMGTOOL_ERANGE; writing through a read-only
+ * handle fails; a bad struct_size is refused; unknown options are refused
+ * with qemu-img's message; the last error is per thread and cleared by the
+ * next successful call; version macros match the library.
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <imgtool.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int failures;
+
+#define EXPECT(cond)                                                                   \
+    do {                                                                               \
+        if (!(cond)) {                                                                 \
+            fprintf(stderr, "imgerrors:%d: expected %s (last error: \"%s\")\n",        \
+                    __LINE__, #cond, imgtool_last_error());                            \
+            failures++;                                                                \
+        }                                                                              \
+    } while (0)
+
+static int contains(const char *s, const char *sub)
+{
+    return s && strstr(s, sub) != NULL;
+}
+
+static void *other_thread(void *arg)
+{
+    /* Nothing failed on this thread yet. */
+    *(int *)arg = imgtool_last_error()[0] == '\0' && imgtool_last_error_code() == IMGTOOL_OK;
+    return NULL;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: imgerrors DIR\n");
+        return 2;
+    }
+    char path[4096], missing[4096];
+    snprintf(path, sizeof path, "%s/errors.raw", argv[1]);
+    snprintf(missing, sizeof missing, "%s/does-not-exist.img", argv[1]);
+
+    /* Versions. */
+    char v[64];
+    snprintf(v, sizeof v, "%d.%d.%d", IMGTOOL_VERSION_MAJOR, IMGTOOL_VERSION_MINOR,
+             IMGTOOL_VERSION_PATCH);
+    EXPECT(strcmp(v, IMGTOOL_VERSION_STRING) == 0);
+    EXPECT(strcmp(imgtool_version(), IMGTOOL_VERSION_STRING) == 0);
+
+    /* A raw image to work on. */
+    imgtool_create_options c;
+    EXPECT(imgtool_create_options_init(&c) == IMGTOOL_OK);
+    c.filename = path;
+    c.size = 1 << 20;
+    EXPECT(imgtool_create(&c) == IMGTOOL_OK);
+    EXPECT(imgtool_last_error()[0] == '\0');
+
+    /* NULL arguments. */
+    imgtool_image *img = (imgtool_image *)&c; /* must be overwritten with NULL */
+    EXPECT(imgtool_open(NULL, NULL, &img) == IMGTOOL_EINVAL);
+    EXPECT(img == NULL);
+    EXPECT(contains(imgtool_last_error(), "'path' must not be NULL"));
+    EXPECT(imgtool_last_error_code() == IMGTOOL_EINVAL);
+    EXPECT(imgtool_open(path, NULL, NULL) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_create(NULL) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_get_size(NULL, NULL) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_info_json(NULL, NULL) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_close(NULL) == IMGTOOL_OK);
+    imgtool_free_string(NULL);
+
+    /* The last error is per thread. */
+    EXPECT(imgtool_create(NULL) == IMGTOOL_EINVAL);
+    int clean = 0;
+    pthread_t t;
+    EXPECT(pthread_create(&t, NULL, other_thread, &clean) == 0);
+    pthread_join(t, NULL);
+    EXPECT(clean);
+    EXPECT(imgtool_last_error_code() == IMGTOOL_EINVAL);
+
+    /* Missing file: code, errno and qemu-img's wording. */
+    EXPECT(imgtool_open(missing, NULL, &img) == IMGTOOL_ENOENT);
+    EXPECT(imgtool_last_errno() == ENOENT);
+    EXPECT(contains(imgtool_last_error(), "No such file or directory"));
+    EXPECT(contains(imgtool_last_error(), "Could not open"));
+
+    /* Options struct not initialised with _init. */
+    imgtool_open_options o;
+    memset(&o, 0, sizeof o);
+    EXPECT(imgtool_open(path, &o, &img) == IMGTOOL_EINVAL);
+    EXPECT(contains(imgtool_last_error(), "struct_size"));
+    EXPECT(imgtool_open_options_init(&o) == IMGTOOL_OK);
+    EXPECT(o.struct_size == sizeof o);
+    o.flags = 0x80000000u;
+    EXPECT(imgtool_open(path, &o, &img) == IMGTOOL_EINVAL);
+
+    /* Unknown creation option and format: qemu-img's messages. */
+    c.options = "no_such_option=1";
+    EXPECT(imgtool_create(&c) == IMGTOOL_EINVAL);
+    EXPECT(strcmp(imgtool_last_error(), "Invalid parameter 'no_such_option'") == 0);
+    c.options = NULL;
+    c.format = "nosuchformat";
+    EXPECT(imgtool_create(&c) == IMGTOOL_EINVAL);
+    EXPECT(strcmp(imgtool_last_error(), "Unknown file format 'nosuchformat'") == 0);
+
+    /* Read-only handle: reads work, writes do not, ranges are checked. */
+    EXPECT(imgtool_open_options_init(&o) == IMGTOOL_OK);
+    o.format = "raw";
+    EXPECT(imgtool_open(path, &o, &img) == IMGTOOL_OK);
+    if (img) {
+        char buf[16] = {0};
+        uint64_t size = 0;
+        EXPECT(imgtool_get_size(img, &size) == IMGTOOL_OK && size == 1 << 20);
+        EXPECT(imgtool_read(img, buf, sizeof buf, 0) == IMGTOOL_OK);
+        EXPECT(imgtool_read(img, NULL, 1, 0) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_read(img, buf, 0, 0) == IMGTOOL_OK);
+        EXPECT(imgtool_read(img, buf, sizeof buf, size - 8) == IMGTOOL_ERANGE);
+        EXPECT(imgtool_read(img, buf, sizeof buf, UINT64_MAX - 4) == IMGTOOL_ERANGE);
+        EXPECT(imgtool_write(img, buf, sizeof buf, 0) != IMGTOOL_OK);
+        imgtool_extent e;
+        EXPECT(imgtool_block_status(img, size, 1, &e) == IMGTOOL_ERANGE);
+        EXPECT(imgtool_block_status(img, 0, size, &e) == IMGTOOL_OK);
+        EXPECT(e.length > 0 && e.length <= size && (e.flags & IMGTOOL_EXTENT_PRESENT));
+        char *json = NULL;
+        EXPECT(imgtool_info_json(img, &json) == IMGTOOL_OK);
+        EXPECT(contains(json, "\"format\": \"raw\""));
+        EXPECT(contains(json, "\"virtual-size\": 1048576"));
+        imgtool_free_string(json);
+        EXPECT(imgtool_close(img) == IMGTOOL_OK);
+    }
+
+    /* Convert argument checks. */
+    const char *srcs[] = {path};
+    EXPECT(imgtool_convert(NULL, 1, "x", NULL, NULL, NULL) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_convert(srcs, 0, "x", NULL, NULL, NULL) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_convert(srcs, 1, NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+
+    /* Every code has a description. */
+    for (int code = IMGTOOL_EPANIC; code <= IMGTOOL_OK; code++)
+        EXPECT(strcmp(imgtool_strerror(code), "Unknown error code") != 0);
+    EXPECT(strcmp(imgtool_strerror(-1000), "Unknown error code") == 0);
+
+    if (failures) {
+        fprintf(stderr, "imgerrors: %d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("imgerrors: all checks passed\n");
+    return 0;
+}

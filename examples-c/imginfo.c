@@ -1,0 +1,132 @@
+/*
+ * imginfo - print what libimgtool knows about an image.
+ *
+ *   imginfo [-f FMT] [-U] [--json | --map] IMAGE
+ *
+ * --json prints the `qemu-img info --output=json` document
+ * (imgtool_info_json); --map iterates imgtool_block_status over the whole
+ * image and prints the extents the way `qemu-img map --output=json` does
+ * (adjacent runs with the same status merged). Without either, both.
+ * -U opens without taking locks (force-share).
+ */
+#define _POSIX_C_SOURCE 200809L
+
+#include <imgtool.h>
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int fail(const char *what, int rc)
+{
+    fprintf(stderr, "imginfo: %s failed: %s [%s]\n", what, imgtool_last_error(),
+            imgtool_strerror(rc));
+    return rc == IMGTOOL_ENOTSUP ? 77 : 1;
+}
+
+/* qemu-img map merges a run into the previous one when nothing but the
+ * length differs and host offsets (if any) continue. */
+static int same_run(const imgtool_extent *a, const imgtool_extent *b)
+{
+    if (a->flags != b->flags || a->depth != b->depth || a->has_offset != b->has_offset)
+        return 0;
+    return !a->has_offset || a->offset + a->length == b->offset;
+}
+
+static void print_extent(const imgtool_extent *e, uint64_t start, int first)
+{
+    printf("%s{ \"start\": %" PRIu64 ", \"length\": %" PRIu64 ", \"depth\": %" PRIu32
+           ", \"present\": %s, \"zero\": %s, \"data\": %s, \"compressed\": %s",
+           first ? "[" : ",\n", start, e->length, e->depth,
+           e->flags & IMGTOOL_EXTENT_PRESENT ? "true" : "false",
+           e->flags & IMGTOOL_EXTENT_ZERO ? "true" : "false",
+           e->flags & IMGTOOL_EXTENT_DATA ? "true" : "false",
+           e->flags & IMGTOOL_EXTENT_COMPRESSED ? "true" : "false");
+    if (e->has_offset)
+        printf(", \"offset\": %" PRIu64, e->offset);
+    printf("}");
+}
+
+static int print_map(imgtool_image *img)
+{
+    uint64_t size, off = 0, start = 0;
+    imgtool_extent cur = {0}, e;
+    int rc, first = 1;
+
+    if ((rc = imgtool_get_size(img, &size)) != IMGTOOL_OK)
+        return fail("imgtool_get_size", rc);
+    while (off < size) {
+        if ((rc = imgtool_block_status(img, off, size - off, &e)) != IMGTOOL_OK)
+            return fail("imgtool_block_status", rc);
+        if (cur.length && same_run(&cur, &e)) {
+            cur.length += e.length;
+        } else {
+            if (cur.length)
+                print_extent(&cur, start, first), first = 0;
+            cur = e;
+            start = off;
+        }
+        off += e.length;
+    }
+    if (cur.length)
+        print_extent(&cur, start, first), first = 0;
+    printf(first ? "[]\n" : "]\n");
+    return 0;
+}
+
+static int print_json(imgtool_image *img)
+{
+    char *json = NULL;
+    int rc = imgtool_info_json(img, &json);
+    if (rc != IMGTOOL_OK)
+        return fail("imgtool_info_json", rc);
+    printf("%s\n", json);
+    imgtool_free_string(json);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *format = NULL, *path = NULL;
+    int want_json = 0, want_map = 0, rc;
+    imgtool_open_options o;
+    imgtool_image *img = NULL;
+
+    if ((rc = imgtool_open_options_init(&o)) != IMGTOOL_OK)
+        return fail("imgtool_open_options_init", rc);
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-f") == 0 && i + 1 < argc)
+            format = argv[++i];
+        else if (strcmp(argv[i], "-U") == 0)
+            o.flags |= IMGTOOL_OPEN_FORCE_SHARE;
+        else if (strcmp(argv[i], "--json") == 0)
+            want_json = 1;
+        else if (strcmp(argv[i], "--map") == 0)
+            want_map = 1;
+        else if (!path && argv[i][0] != '-')
+            path = argv[i];
+        else {
+            fprintf(stderr, "usage: imginfo [-f FMT] [-U] [--json | --map] IMAGE\n");
+            return 2;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "usage: imginfo [-f FMT] [-U] [--json | --map] IMAGE\n");
+        return 2;
+    }
+    if (!want_json && !want_map)
+        want_json = want_map = 1;
+    o.format = format;
+
+    if ((rc = imgtool_open(path, &o, &img)) != IMGTOOL_OK)
+        return fail("imgtool_open", rc);
+    int status = 0;
+    if (want_json)
+        status = print_json(img);
+    if (!status && want_map)
+        status = print_map(img);
+    if ((rc = imgtool_close(img)) != IMGTOOL_OK && !status)
+        status = fail("imgtool_close", rc);
+    return status;
+}
