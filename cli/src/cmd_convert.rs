@@ -380,6 +380,7 @@ fn convert(
         target_cache,
         source_cache: src_cache,
         force_share: a.force_share,
+        snapshot: None,
     };
     let mut cb = |pct: f64| {
         progress.set(pct as f32);
