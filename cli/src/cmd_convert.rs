@@ -380,7 +380,7 @@ fn convert(
         target_cache,
         source_cache: src_cache,
         force_share: a.force_share,
-        snapshot: None,
+        snapshot: a.snapshot.as_ref().map(|(_, p)| p.clone()),
     };
     let mut cb = |pct: f64| {
         progress.set(pct as f32);
