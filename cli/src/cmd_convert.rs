@@ -5,7 +5,7 @@
 //! Option checks run in img_convert's order so the first error is the one
 //! qemu-img reports; the copy itself is `imgtool::ops::convert`.
 
-use imgtool::format::{self, CreateOptions};
+use imgtool::format::CreateOptions;
 use imgtool::io::CacheMode;
 use imgtool::ops::convert::{convert_images, ConvertOptions};
 use imgtool::ops::create::{create, CreateRequest};
@@ -436,33 +436,11 @@ fn load_snapshot(a: &Args, srcs: &[String], cache: CacheMode, images: &mut [Imag
     Ok(())
 }
 
-/// The target's creation options: `-o`, then `-B`/`-F` (add_old_style_options).
+/// The target's creation options: `-o`, then `-B`/`-F`.
 fn target_options(a: &Args, fmt: &str) -> Result<CreateOptions, Fail> {
-    if !format::is_known(fmt) {
-        return Err(Fail::Report(format!("Unknown file format '{fmt}'")));
-    }
-    let known = format::create_options(fmt).map_err(Fail::from)?;
-    let mut o =
-        CreateOptions::parse(a.options.as_deref().unwrap_or_default()).map_err(Fail::from)?;
-    o.validate(known).map_err(Fail::from)?;
+    let mut o = createopts::parse_for_format(fmt, a.options.as_deref())?;
     o.remove("size");
-    let supports = |n: &str| known.iter().any(|d| d.name == n);
-    if let Some(b) = &a.backing {
-        if !supports("backing_file") {
-            return Err(Fail::Report(format!(
-                "Backing file not supported for file format '{fmt}'"
-            )));
-        }
-        o.set("backing_file", b);
-    }
-    if let Some(f) = &a.backing_fmt {
-        if !supports("backing_fmt") {
-            return Err(Fail::Report(format!(
-                "Backing file format not supported for file format '{fmt}'"
-            )));
-        }
-        o.set("backing_fmt", f);
-    }
+    createopts::add_backing(&mut o, fmt, a.backing.as_deref(), a.backing_fmt.as_deref())?;
     Ok(o)
 }
 
