@@ -13,6 +13,7 @@ use imgtool::{Image, OpenOptions};
 
 use crate::app::{CmdResult, Fail, Prog};
 use crate::common::{ch, parse_object, ImageSpec, OPT_IMAGE_OPTS, OPT_OBJECT};
+use crate::copy_steps::{self, Walk};
 use crate::createopts;
 use crate::getopt::{Getopt, HasArg::*, LongOpt};
 use crate::num::{cvtnum, strtol, NumError};
@@ -280,7 +281,7 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
     let mut progress = Progress::start(a.progress && !a.quiet, 1.0);
     let r = convert(&a, &srcs, &target, src_cache, &mut progress);
     if r.is_ok() {
-        progress.set(100.0);
+        progress.complete();
     }
     progress.end();
     r
@@ -356,6 +357,12 @@ fn convert(
             target_spec.format.as_deref().unwrap_or("raw")
         )));
     }
+    // qcow2's default cluster size when -o does not set one.
+    let cluster = tp
+        .create
+        .as_ref()
+        .and_then(|o| o.get_size("cluster_size").ok().flatten())
+        .unwrap_or(65536);
     // The library creates the target again itself: only a target it
     // created is known to read as zeros, which keeps the copy sparse
     // (see create_target).
@@ -382,8 +389,16 @@ fn convert(
         force_share: a.force_share,
         snapshot: a.snapshot.as_ref().map(|(_, p)| p.clone()),
     };
+    if progress.is_enabled() {
+        let walk = Walk {
+            top_only: opts.backing_file.is_some(),
+            write_zeroes: opts.sparse_size == 0,
+            compress_cluster: a.compress.then_some(cluster),
+        };
+        progress.use_steps(copy_steps::steps(&images, &walk));
+    }
     let mut cb = |pct: f64| {
-        progress.set(pct as f32);
+        progress.reached((pct / 100.0 * total as f64) as u64);
         true
     };
     convert_images(images, &target_spec.filename, &opts, Some(&mut cb)).map_err(Fail::from)
