@@ -10,6 +10,7 @@ mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
 mod common;
+mod copy_steps;
 mod createopts;
 mod getopt;
 mod help;
