@@ -45,9 +45,13 @@ fn likely_incompressible(data: &[u8]) -> bool {
     if entropy < 7.99 {
         return false;
     }
-    let mut c = Compress::new_with_window_bits(flate2::Compression::fast(), false, ZLIB_WINDOW_BITS);
+    let mut c =
+        Compress::new_with_window_bits(flate2::Compression::fast(), false, ZLIB_WINDOW_BITS);
     let mut out = vec![0u8; PROBE_BYTES - PROBE_BYTES / 64];
-    !matches!(c.compress(&data[..PROBE_BYTES], &mut out, FlushCompress::Finish), Ok(Status::StreamEnd))
+    !matches!(
+        c.compress(&data[..PROBE_BYTES], &mut out, FlushCompress::Finish),
+        Ok(Status::StreamEnd)
+    )
 }
 
 /// Compress one cluster. None when the result would not be smaller than
@@ -186,7 +190,9 @@ mod tests {
             })
             .collect();
         assert!(likely_incompressible(&random));
-        assert!(compress(Compression::Zstd, &random, 65536).unwrap().is_none());
+        assert!(compress(Compression::Zstd, &random, 65536)
+            .unwrap()
+            .is_none());
     }
 
     #[test]
