@@ -311,7 +311,7 @@ impl Image {
                     zero: true,
                     data: false,
                     compressed: false,
-                    offset: None,
+                    offset: e.offset,
                 }),
             },
         }
