@@ -192,7 +192,7 @@ impl Qcow2 {
         let file_len = file.len()?;
         let mut head = vec![0u8; file_len.min(MAX_HEADER_READ) as usize];
         file.read_at(&mut head, 0)?;
-        let hdr = Header::parse(&head, file_len)?;
+        let hdr = Header::parse(&head)?;
         let writable = opts.writable;
         if writable && !opts.for_check && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::corrupt(
