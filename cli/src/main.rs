@@ -5,10 +5,12 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_check;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
 mod common;
+mod copy_steps;
 mod createopts;
 mod getopt;
 mod help;
@@ -28,7 +30,7 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("amend", None),
     ("bench", None),
     ("bitmap", None),
-    ("check", None),
+    ("check", Some(cmd_check::run)),
     ("commit", None),
     ("compare", None),
     ("convert", Some(cmd_convert::run)),

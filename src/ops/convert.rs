@@ -415,6 +415,15 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
         };
         if !present {
             // Left to the target's backing file.
+        } else if zero && ctx.sparse == 0 {
+            // -S 0: a fully allocated target, zeros written as data.
+            let a = (pos - start) as usize;
+            buf[a..a + n as usize].fill(0);
+            ops.push(Op::Data {
+                off: pos,
+                a,
+                b: a + n as usize,
+            });
         } else if zero {
             if !ctx.target_is_zero {
                 ops.push(Op::Zero(pos, n));

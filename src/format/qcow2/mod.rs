@@ -192,9 +192,9 @@ impl Qcow2 {
         let file_len = file.len()?;
         let mut head = vec![0u8; file_len.min(MAX_HEADER_READ) as usize];
         file.read_at(&mut head, 0)?;
-        let hdr = Header::parse(&head, file_len)?;
+        let hdr = Header::parse(&head)?;
         let writable = opts.writable;
-        if writable && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
+        if writable && !opts.for_check && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::corrupt(
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
@@ -252,11 +252,10 @@ impl Qcow2 {
             write_lock: Mutex::new(()),
             file,
         };
-        if writable && q.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
+        if writable && !opts.for_check && q.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
             // Lazy refcounts left the image dirty: rebuild refcounts from the
             // mappings before any allocation trusts them (QEMU does the same).
             q.repair_refcounts()?;
-            q.set_incompat_flag(header::INCOMPAT_DIRTY, false)?;
         }
         Ok(q)
     }
@@ -279,7 +278,7 @@ impl Qcow2 {
             (self.snapshots.iter().find(|s| s.info.id == which))
                 .or_else(|| self.snapshots.iter().find(|s| s.info.name == which))
         }
-        .ok_or_else(|| Error::invalid(format!("Failed to load snapshot: Can't find snapshot")))?;
+        .ok_or_else(|| Error::invalid("Failed to load snapshot: Can't find snapshot"))?;
         let h = self.hdr.lock().clone();
         if snap.l1_size as u64 * 8 > header::MAX_L1_BYTES {
             return Err(Error::corrupt("Snapshot L1 table too large"));
@@ -536,6 +535,13 @@ impl Driver for Qcow2 {
     }
     fn truncate(&self, size: u64, prealloc: Prealloc) -> Result<()> {
         self.resize(size, prealloc)
+    }
+    fn check(
+        &self,
+        repair: super::Repair,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<super::CheckResult> {
+        self.check_image(repair, log)
     }
     fn snapshot(&self, which: &str) -> Result<Box<dyn Driver>> {
         Ok(Box::new(self.snapshot_view(which)?))

@@ -235,6 +235,31 @@ impl Refcounts {
         Ok(())
     }
 
+    /// Set one cluster's refcount, creating its refcount block if needed
+    /// (repair).
+    pub fn set(&mut self, file: &HostFile, cluster: u64, value: u64) -> Result<()> {
+        if value > self.max_refcount() {
+            return Err(Error::corrupt("Reference count overflow"));
+        }
+        let rb = self.block_index(cluster);
+        if self.block_offset(rb)?.is_none() {
+            if value == 0 {
+                return Ok(());
+            }
+            self.create_block(file, rb)?;
+        }
+        self.update_range(file, cluster, 1, &|_| Ok(value))?;
+        if value == 0 && cluster < self.free_hint {
+            self.free_hint = cluster;
+        }
+        Ok(())
+    }
+
+    /// Raw reftable entries (for check).
+    pub fn table_entries(&self) -> &[u64] {
+        &self.table
+    }
+
     /// Allocate `n` contiguous clusters (refcount 1); returns the host offset.
     pub fn alloc(&mut self, file: &HostFile, n: u64) -> Result<u64> {
         if n == 0 {
