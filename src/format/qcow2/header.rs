@@ -1,6 +1,7 @@
 //! The qcow2 header and its extensions (docs/interop/qcow2.txt).
 
 use crate::error::{Error, Result};
+use crate::format::bytes::{be32, be64};
 use crate::format::BackingRef;
 
 pub const EXT_END: u32 = 0;
@@ -79,15 +80,6 @@ pub struct Header {
     pub other_exts: Vec<Extension>,
     /// Feature names from the feature-name table: (type, bit, name).
     pub feature_names: Vec<(u8, u8, String)>,
-}
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_be_bytes(a)
 }
 
 impl Header {

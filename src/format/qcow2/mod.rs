@@ -220,7 +220,7 @@ impl Qcow2 {
         };
         let mut raw = vec![0u8; hdr.l1_size as usize * 8];
         file.read_at(&mut raw, hdr.l1_table_offset)?;
-        let l1: Vec<u64> = raw.chunks_exact(8).map(be64).collect();
+        let l1: Vec<u64> = crate::format::bytes::be64_table(&raw);
         let rc = Refcounts::load(
             &file,
             hdr.cluster_bits,
@@ -310,7 +310,7 @@ impl Qcow2 {
             snapshots: Vec::new(),
             compression: self.compression,
             meta: Mutex::new(Meta {
-                l1: raw.chunks_exact(8).map(be64).collect(),
+                l1: crate::format::bytes::be64_table(&raw),
                 l1_offset: snap.l1_table_offset,
                 l2: L2Cache::new(self.cs()),
                 rc,
@@ -451,12 +451,6 @@ fn parse_snapshot_param(p: &str) -> (Option<String>, Option<String>) {
         }
     }
     (id, name)
-}
-
-fn be64(c: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&c[..8]);
-    u64::from_be_bytes(a)
 }
 
 impl Driver for Qcow2 {
