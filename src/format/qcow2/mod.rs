@@ -3,6 +3,7 @@
 mod check;
 mod compress;
 mod create;
+mod crypto;
 mod header;
 mod l2;
 mod read;
@@ -455,6 +456,9 @@ impl Qcow2 {
             d.set("corrupt", h.incompatible & header::INCOMPAT_CORRUPT != 0);
         }
         d.set("refcount-bits", h.refcount_bits() as u64);
+        if let Some(e) = crypto::info(&h, &self.file) {
+            d.set("encrypt", e);
+        }
         d.set("compression-type", h.compression.name());
         Json::object().with("type", "qcow2").with("data", d)
     }
