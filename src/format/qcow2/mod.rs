@@ -198,6 +198,12 @@ impl Qcow2 {
         file.read_at(&mut head, 0)?;
         let hdr = Header::parse(&head)?;
         let writable = opts.writable;
+        if hdr.crypt_method != 0 && !opts.metadata_only {
+            // We cannot decrypt; QEMU fails the same way without a key.
+            return Err(Error::invalid(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
         if writable && !opts.for_check && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::corrupt(
                 "qcow2: Image is corrupt; cannot be opened read/write",
