@@ -1,6 +1,7 @@
 //! Format drivers. Each format owns its on-disk structures in its own module
 //! and is reached only through [`Driver`] and the registry functions here.
 
+pub(crate) mod bytes;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
@@ -230,6 +231,9 @@ pub struct DriverOpenOptions {
     /// Opened by `check`: a corrupt image may be opened for repair, and a
     /// dirty one is not repaired on open (the check does it).
     pub for_check: bool,
+    /// Only metadata will be read (`info`): encrypted images open without
+    /// their key, as with QEMU's BDRV_O_NO_IO.
+    pub metadata_only: bool,
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.

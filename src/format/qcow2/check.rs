@@ -52,7 +52,7 @@ impl Qcow2 {
     fn read_table(&self, off: u64, entries: u64) -> Result<Vec<u64>> {
         let mut raw = vec![0u8; (entries * 8) as usize];
         self.file.read_at(&mut raw, off)?;
-        Ok(raw.chunks_exact(8).map(super::be64).collect())
+        Ok(crate::format::bytes::be64_table(&raw))
     }
 
     /// Count references from one L1 table; `stats` for the active one.
@@ -145,6 +145,15 @@ impl Qcow2 {
             (m.l1.clone(), m.l1_offset)
         };
         w.add(l1_off, l1.len() as u64 * 8)?;
+        // The LUKS header the crypto extension points at.
+        if let Some(e) = h.other_exts.iter().find(|e| e.kind == header::EXT_CRYPTO) {
+            if e.data.len() >= 16 {
+                w.add(
+                    crate::format::bytes::be64(&e.data, 0),
+                    crate::format::bytes::be64(&e.data, 8),
+                )?;
+            }
+        }
         self.walk_l1(w, &l1, true)?;
         if h.nb_snapshots > 0 {
             let mut size = 0u64;

@@ -1,6 +1,7 @@
 //! The qcow2 header and its extensions (docs/interop/qcow2.txt).
 
 use crate::error::{Error, Result};
+use crate::format::bytes::{be32, be64};
 use crate::format::BackingRef;
 
 pub const EXT_END: u32 = 0;
@@ -79,15 +80,6 @@ pub struct Header {
     pub other_exts: Vec<Extension>,
     /// Feature names from the feature-name table: (type, bit, name).
     pub feature_names: Vec<(u8, u8, String)>,
-}
-
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_be_bytes(a)
 }
 
 impl Header {
@@ -207,8 +199,9 @@ impl Header {
         }
         // Offsets: aligned and small enough that offset + size never overflows.
         let limit = 1u64 << 56;
-        if h.size > i64::MAX as u64 {
-            return Err(Error::invalid("Image size too large"));
+        // QEMU's bound: the L1 index of the last cluster must fit an int.
+        if h.size > i64::MAX as u64 || h.size.div_ceil(h.l2_coverage()) > i32::MAX as u64 {
+            return Err(Error::invalid("Image is too big"));
         }
         if !h.refcount_table_offset.is_multiple_of(cs)
             || h.refcount_table_offset >= limit
@@ -303,9 +296,7 @@ impl Header {
                 break;
             }
             if len > end - off {
-                return Err(Error::corrupt(format!(
-                    "Invalid extension length in header extension 0x{kind:x}"
-                )));
+                return Err(Error::corrupt("Header extension too large"));
             }
             let data = &buf[off..off + len];
             match kind {
@@ -388,6 +379,18 @@ impl Header {
         }
         if self.version >= 3 {
             exts.push((EXT_FEATURE_TABLE, feature_table()));
+        }
+        // QEMU leaves the (optional) feature-name table out when the first
+        // cluster has no room for it, as with 512-byte clusters.
+        let ext_bytes = |e: &[(u32, Vec<u8>)]| -> usize {
+            e.iter()
+                .map(|(_, d)| 8 + d.len().div_ceil(8) * 8)
+                .sum::<usize>()
+                + 8
+        };
+        let name_len = self.backing_file.as_ref().map_or(0, |n| n.len());
+        if off + ext_bytes(&exts) + name_len > cs {
+            exts.retain(|(k, _)| *k != EXT_FEATURE_TABLE);
         }
         for e in self.other_exts.iter().filter(|e| e.kind != EXT_CRYPTO) {
             exts.push((e.kind, e.data.clone()));
