@@ -349,3 +349,41 @@ fn huge_sparse_image() {
         let _ = std::fs::remove_file(d.join("o.out"));
     }
 }
+
+/// A relative external data file name is resolved against the current
+/// directory (not the image's): converting from another directory fails in
+/// qemu-img, and so it must here.
+#[test]
+fn data_file_name_is_relative_to_cwd() {
+    let dir = TempDir::new("data_file_cwd");
+    qemu_img_ok(
+        dir.path(),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=img.data",
+            "img.qcow2",
+            "1M",
+        ],
+    );
+    qemu_io(
+        dir.path(),
+        "qcow2",
+        "img.qcow2",
+        &["write -P 7 0 64k".into()],
+    );
+    let sub = dir.sub("sub");
+    let (q, _) = same_as_qemu(&sub, &["convert", "-O", "raw", "../img.qcow2", "out.raw"]);
+    assert_eq!(q.code, Some(1));
+    // From the image's own directory it works, with the data.
+    let (q, _) = same_as_qemu(
+        dir.path(),
+        &["convert", "-O", "raw", "img.qcow2", "out.raw"],
+    );
+    assert!(q.ok());
+    let v = read(&dir.join("out.raw"));
+    assert!(v[..65536].iter().all(|&b| b == 7), "data file contents");
+}
