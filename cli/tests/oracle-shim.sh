@@ -7,6 +7,18 @@
 if [ "$(basename "$0")" = qemu-img ]; then
     exec -a "$0" qemu-img "$@"
 fi
+# Help texts name the program in their usage lines.
+for a in "$@"; do
+    if [ "$a" = --help ] || [ "$a" = -h ]; then
+        err=$(mktemp)
+        rc=0
+        out=$(qemu-img "$@" 2>"$err") || rc=$?
+        printf '%s\n' "$out" | sed -e 's/qemu-img/imgtool/g'
+        sed -e 's/qemu-img/imgtool/g' "$err" >&2
+        rm -f "$err"
+        exit "$rc"
+    fi
+done
 {
     qemu-img "$@" 2>&1 1>&3 3>&- |
         sed -e 's/^qemu-img\([: ]\)/imgtool\1/' -e "s/Try 'qemu-img /Try 'imgtool /" 1>&2
