@@ -10,12 +10,13 @@ fi
 # Help texts name the program in their usage lines.
 for a in "$@"; do
     if [ "$a" = --help ] || [ "$a" = -h ]; then
+        out=$(mktemp)
         err=$(mktemp)
         rc=0
-        out=$(qemu-img "$@" 2>"$err") || rc=$?
-        printf '%s\n' "$out" | sed -e 's/qemu-img/imgtool/g'
+        qemu-img "$@" >"$out" 2>"$err" || rc=$?
+        sed -e 's/qemu-img/imgtool/g' "$out"
         sed -e 's/qemu-img/imgtool/g' "$err" >&2
-        rm -f "$err"
+        rm -f "$out" "$err"
         exit "$rc"
     fi
 done
