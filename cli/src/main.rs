@@ -8,6 +8,7 @@ mod app;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
+mod cmd_map;
 mod common;
 mod createopts;
 mod getopt;
@@ -35,7 +36,7 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("create", Some(cmd_create::run)),
     ("dd", None),
     ("info", Some(cmd_info::run)),
-    ("map", None),
+    ("map", Some(cmd_map::run)),
     ("measure", None),
     ("rebase", None),
     ("resize", None),

@@ -2,6 +2,7 @@
 
 pub mod convert;
 pub mod create;
+pub mod map;
 
 /// Progress callback: gets the percentage done (0.0 ..= 100.0); returning
 /// false cancels the operation.
