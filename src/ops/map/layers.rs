@@ -114,16 +114,16 @@ impl<'a> Layer<'a> {
         let c0 = e.start - e.start % cs;
         let cend = (c0 + cs).min(size);
         let run = self.img.layer_status(c0, e.end() - c0)?;
-        if run.status == Status::Unallocated && c0 + run.len >= cend {
+        let run_end = c0 + run.len;
+        if run.status == Status::Unallocated && run_end >= cend {
             // Whole clusters without any allocated subcluster: no offset we
-            // can learn; keep the run up to the last such cluster's end.
-            let run_end = c0 + run.len;
-            let keep = if run_end >= e.end() {
-                e.end()
+            // can learn. The cluster where the run stops is looked at again.
+            let keep = run_end - run_end % cs;
+            e.length = if keep > e.start {
+                keep.min(e.end()) - e.start
             } else {
-                run_end - run_end % cs
+                e.length.min(cend - e.start)
             };
-            e.length = keep.max(e.start + 1) - e.start;
             e.offset = None;
             return Ok(());
         }
