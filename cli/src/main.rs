@@ -5,6 +5,7 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
@@ -31,7 +32,7 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("bitmap", None),
     ("check", None),
     ("commit", None),
-    ("compare", None),
+    ("compare", Some(cmd_compare::run)),
     ("convert", Some(cmd_convert::run)),
     ("create", Some(cmd_create::run)),
     ("dd", None),

@@ -9,7 +9,7 @@ use crate::error::{Error, Result};
 use crate::image::Image;
 use crate::json::Json;
 
-mod layers;
+pub(crate) mod layers;
 
 use layers::Layer;
 

@@ -27,7 +27,7 @@ struct Qcow2Facts {
     data_file: Option<String>,
 }
 
-pub(super) struct Layer<'a> {
+pub(crate) struct Layer<'a> {
     img: &'a Image,
     qcow2: Option<Qcow2Facts>,
     /// Whether QEMU would treat this layer as metadata-preallocated
@@ -37,7 +37,7 @@ pub(super) struct Layer<'a> {
 
 impl<'a> Layer<'a> {
     /// Every layer of `img`, top first.
-    pub(super) fn chain(img: &'a Image) -> Vec<Layer<'a>> {
+    pub(crate) fn chain(img: &'a Image) -> Vec<Layer<'a>> {
         let mut v = Vec::new();
         let mut cur = Some(img);
         while let Some(i) = cur {
@@ -68,8 +68,21 @@ impl<'a> Layer<'a> {
         }
     }
 
+    pub(crate) fn image(&self) -> &'a Image {
+        self.img
+    }
+
+    /// Guest bytes one qcow2 L2 table maps: QEMU's status queries stop at
+    /// its end.
+    pub(crate) fn l2_coverage(&self) -> Option<u64> {
+        self.qcow2.as_ref().map(|q| {
+            let entry = if q.extended_l2 { 16 } else { 8 };
+            q.cluster_size * (q.cluster_size / entry)
+        })
+    }
+
     /// The file host offsets of this layer refer to.
-    pub(super) fn filename(&self) -> &str {
+    pub(crate) fn filename(&self) -> &str {
         match self.qcow2.as_ref().and_then(|q| q.data_file.as_deref()) {
             Some(d) => d,
             None => self.img.filename(),
@@ -77,7 +90,7 @@ impl<'a> Layer<'a> {
     }
 
     /// Apply this layer's refinements to a run it decided.
-    pub(super) fn refine(&self, e: &mut MapExtent) -> Result<()> {
+    pub(crate) fn refine(&self, e: &mut MapExtent) -> Result<()> {
         if let Some(q) = &self.qcow2 {
             if e.present && e.zero && !e.data {
                 self.zero_cluster(e, q.cluster_size)?;
