@@ -92,10 +92,9 @@ impl<'a> Layer<'a> {
     /// Apply this layer's refinements to a run it decided.
     pub(crate) fn refine(&self, e: &mut MapExtent) -> Result<()> {
         if let Some(q) = &self.qcow2 {
-            if e.present && e.zero && !e.data {
-                self.zero_cluster(e, q.cluster_size)?;
-            } else if !e.present && q.extended_l2 {
-                self.unallocated_subclusters(e, q.cluster_size)?;
+            let zero = e.present && e.zero && !e.data;
+            if zero || (!e.present && q.extended_l2) {
+                self.walk(e, q)?;
             }
         }
         if e.data && !e.zero && !e.compressed && e.offset.is_some() && self.recurses() {
@@ -104,45 +103,65 @@ impl<'a> Layer<'a> {
         Ok(())
     }
 
-    /// A zero run: limit it to its cluster and take that cluster's offset.
-    fn zero_cluster(&self, e: &mut MapExtent, cs: u64) -> Result<()> {
-        let cend = e.start - e.start % cs + cs;
-        if e.end() <= cend {
-            // Within one cluster: the offset the status gave is right.
-            return Ok(());
+    /// A zero or (extended L2) unallocated run, redone the way QEMU's qcow2
+    /// counts it: cluster by cluster within one L2 table, while the kind
+    /// stays and host offsets stay contiguous (or absent).
+    fn walk(&self, e: &mut MapExtent, q: &Qcow2Facts) -> Result<()> {
+        let cs = q.cluster_size;
+        let cov = self.l2_coverage().unwrap_or(u64::MAX);
+        let limit = e.end().min(e.start - e.start % cov + cov);
+        let unalloc = !e.present;
+        let (status, first, n) = self.piece(e.start, limit, cs, unalloc)?;
+        let mut pos = e.start + n;
+        let mut expect = first.map(|o| o + n);
+        while pos < limit && pos.is_multiple_of(cs) {
+            let (s, o, n) = self.piece(pos, limit, cs, unalloc)?;
+            if s != status || o != expect {
+                break;
+            }
+            pos += n;
+            expect = expect.map(|x| x + n);
         }
-        let len = e.length.min(cend - e.start);
-        let x = self.img.layer_status(e.start, len)?;
-        e.length = x.len.clamp(1, len);
-        if x.status == Status::Zero {
-            e.offset = x.offset;
-        }
+        e.length = pos - e.start;
+        e.offset = first;
         Ok(())
     }
 
-    /// An unallocated run (extended L2): inside an allocated cluster it has
-    /// that cluster's host offset; whole unallocated clusters have none.
-    fn unallocated_subclusters(&self, e: &mut MapExtent, cs: u64) -> Result<()> {
-        let size = self.img.size();
-        let c0 = e.start - e.start % cs;
-        let cend = (c0 + cs).min(size);
-        let run = self.img.layer_status(c0, e.end() - c0)?;
-        let run_end = c0 + run.len;
-        if run.status == Status::Unallocated && run_end >= cend {
-            // Whole clusters without any allocated subcluster: no offset we
-            // can learn. The cluster where the run stops is looked at again.
-            let keep = run_end - run_end % cs;
-            e.length = if keep > e.start {
-                keep.min(e.end()) - e.start
-            } else {
-                e.length.min(cend - e.start)
-            };
-            e.offset = None;
-            return Ok(());
+    /// The run at `pos` up to the end of its cluster (or, for clusters with
+    /// no allocated subcluster at all, over all such whole clusters):
+    /// (status, host offset, bytes).
+    fn piece(
+        &self,
+        pos: u64,
+        limit: u64,
+        cs: u64,
+        unalloc: bool,
+    ) -> Result<(Status, Option<u64>, u64)> {
+        let c0 = pos - pos % cs;
+        let full_end = (c0 + cs).min(self.img.size());
+        let cend = full_end.min(limit);
+        if unalloc && pos == c0 {
+            let run = self.img.layer_status(pos, limit.max(full_end) - pos)?;
+            if run.status == Status::Unallocated && run.len >= full_end - pos {
+                // Whole clusters without an allocated subcluster: no offset
+                // we can learn (QEMU has none unless the L2 entry keeps one).
+                let end = pos + run.len;
+                let whole = (end - end % cs).max(full_end);
+                return Ok((Status::Unallocated, None, whole.min(limit) - pos));
+            }
         }
-        e.length = e.length.min(cend - e.start);
-        e.offset = self.cluster_base(c0, cend)?.map(|b| b + (e.start - c0));
-        Ok(())
+        let x = self.img.layer_status(pos, cend - pos)?;
+        let n = x.len.clamp(1, cend - pos);
+        let offset = match x.status {
+            Status::Unallocated => {
+                let size = self.img.size();
+                self.cluster_base(c0, (c0 + cs).min(size))?
+                    .map(|b| b + (pos - c0))
+            }
+            _ if x.compressed => None,
+            _ => x.offset,
+        };
+        Ok((x.status, offset, n))
     }
 
     /// Host offset of the cluster [c0, cend), from any subcluster that has one.
