@@ -60,9 +60,15 @@ int main(int argc, char **argv)
     EXPECT(strcmp(v, IMGTOOL_VERSION_STRING) == 0);
     EXPECT(strcmp(imgtool_version(), IMGTOOL_VERSION_STRING) == 0);
 
-    /* A raw image to work on. */
+    /* A raw image to work on. _init and C agree on the struct layouts. */
     imgtool_create_options c;
     EXPECT(imgtool_create_options_init(&c) == IMGTOOL_OK);
+    EXPECT(c.struct_size == sizeof c);
+    EXPECT(c.size == IMGTOOL_SIZE_DEFAULT && c.format == NULL && c.filename == NULL);
+    imgtool_convert_options cv;
+    EXPECT(imgtool_convert_options_init(&cv) == IMGTOOL_OK);
+    EXPECT(cv.struct_size == sizeof cv);
+    EXPECT(cv.num_workers == 8 && cv.sparse_size == 4096 && cv.flags == 0);
     c.filename = path;
     c.size = 1 << 20;
     EXPECT(imgtool_create(&c) == IMGTOOL_OK);

@@ -340,6 +340,13 @@ typedef struct imgtool_convert_options {
      * Parallel workers (`-m`), 1 to 16; default 8.
      */
     uint32_t num_workers;
+    /**
+     * Internal snapshot of the source to convert instead of its current
+     * state (`-l`): its ID or name, or "snapshot.id=ID" /
+     * "snapshot.name=NAME". Only with a single source. NULL or "" for the
+     * current state.
+     */
+    const char *snapshot;
 } imgtool_convert_options;
 
 /**

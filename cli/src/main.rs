@@ -5,12 +5,14 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_check;
 mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
 mod cmd_map;
 mod common;
+mod copy_steps;
 mod createopts;
 mod getopt;
 mod help;
@@ -30,7 +32,7 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("amend", None),
     ("bench", None),
     ("bitmap", None),
-    ("check", None),
+    ("check", Some(cmd_check::run)),
     ("commit", None),
     ("compare", Some(cmd_compare::run)),
     ("convert", Some(cmd_convert::run)),

@@ -9,7 +9,7 @@ if [ "$(basename "$0")" = qemu-img ]; then
 fi
 {
     qemu-img "$@" 2>&1 1>&3 3>&- |
-        sed -e 's/^qemu-img:/imgtool:/' -e "s/Try 'qemu-img /Try 'imgtool /" 1>&2
+        sed -e 's/^qemu-img\([: ]\)/imgtool\1/' -e "s/Try 'qemu-img /Try 'imgtool /" 1>&2
     rc=${PIPESTATUS[0]}
 } 3>&1
 exit "$rc"

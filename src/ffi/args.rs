@@ -25,13 +25,14 @@ pub(crate) unsafe fn arg_ref<'a, T>(p: *const T, what: &str) -> Result<&'a T> {
     unsafe { p.as_ref() }.ok_or_else(|| null_error(what))
 }
 
-/// A checked, non-NULL out-pointer, written at most once.
-pub(crate) struct Out<T>(std::ptr::NonNull<T>);
+/// A checked, non-NULL out-pointer to a plain C value (integer, pointer or
+/// repr(C) struct of those).
+pub(crate) struct Out<T: Copy>(std::ptr::NonNull<T>);
 
-impl<T> Out<T> {
+impl<T: Copy> Out<T> {
     /// Store `v` without reading or dropping the previous contents (which
-    /// C may have left uninitialised).
-    pub(crate) fn write(self, v: T) {
+    /// C may have left uninitialised; `T: Copy` has no drop glue).
+    pub(crate) fn write(&self, v: T) {
         // SAFETY: arg_out's caller guaranteed the pointer is valid for a
         // write of T and properly aligned; NonNull rules out NULL.
         unsafe { self.0.as_ptr().write(v) }
@@ -43,7 +44,7 @@ impl<T> Out<T> {
 /// # Safety
 /// `p` is NULL or valid for writing one properly aligned `T` until the
 /// returned [`Out`] is used.
-pub(crate) unsafe fn arg_out<T>(p: *mut T, what: &str) -> Result<Out<T>> {
+pub(crate) unsafe fn arg_out<T: Copy>(p: *mut T, what: &str) -> Result<Out<T>> {
     std::ptr::NonNull::new(p)
         .map(Out)
         .ok_or_else(|| null_error(what))

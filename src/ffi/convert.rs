@@ -72,6 +72,11 @@ pub struct imgtool_convert_options {
     pub sparse_size: u64,
     /// Parallel workers (`-m`), 1 to 16; default 8.
     pub num_workers: u32,
+    /// Internal snapshot of the source to convert instead of its current
+    /// state (`-l`): its ID or name, or "snapshot.id=ID" /
+    /// "snapshot.name=NAME". Only with a single source. NULL or "" for the
+    /// current state.
+    pub snapshot: *const c_char,
 }
 
 // SAFETY: repr(C), starts with u32 struct_size, fields are integers and raw
@@ -95,6 +100,7 @@ impl imgtool_convert_options {
             source_cache: std::ptr::null(),
             sparse_size: d.sparse_size,
             num_workers: u32::try_from(d.num_workers).unwrap_or(8),
+            snapshot: std::ptr::null(),
         }
     }
 }
@@ -199,7 +205,7 @@ pub unsafe extern "C" fn imgtool_convert(
             ));
         }
         // SAFETY: the string fields of an initialised options struct are
-        // NULL or NUL-terminated (contract above); same for the next six.
+        // NULL or NUL-terminated (contract above); same for the next seven.
         let src_format =
             unsafe { opt_nonempty(o.src_format, "imgtool_convert: opts->src_format") }?;
         // SAFETY: as for src_format.
@@ -219,6 +225,8 @@ pub unsafe extern "C" fn imgtool_convert(
         // SAFETY: as for src_format.
         let source_cache =
             unsafe { opt_nonempty(o.source_cache, "imgtool_convert: opts->source_cache") }?;
+        // SAFETY: as for src_format.
+        let snapshot = unsafe { opt_nonempty(o.snapshot, "imgtool_convert: opts->snapshot") }?;
         let d = ConvertOptions::default();
         let co = ConvertOptions {
             src_format: src_format.map(str::to_string),
@@ -234,7 +242,7 @@ pub unsafe extern "C" fn imgtool_convert(
             target_cache: target_cache.map_or(Ok(d.target_cache), CacheMode::parse)?,
             source_cache: source_cache.map_or(Ok(d.source_cache), CacheMode::parse)?,
             force_share: o.flags & IMGTOOL_CONVERT_FORCE_SHARE != 0,
-            snapshot: None,
+            snapshot: snapshot.map(str::to_string),
         };
         match progress {
             Some(f) => {

@@ -123,37 +123,32 @@ pub unsafe extern "C" fn imgtool_open(
         // SAFETY: out is NULL or writable per the contract.
         let out = unsafe { arg_out(out, "imgtool_open: out") }?;
         // Never leave the caller's pointer uninitialised, even on error.
-        let mut result: *mut imgtool_image = std::ptr::null_mut();
-        let r = (|| {
-            // SAFETY: path is NULL or NUL-terminated per the contract.
-            let path = unsafe { arg_str(path, "imgtool_open: path") }?;
-            let o = if opts.is_null() {
-                imgtool_open_options::defaults()
-            } else {
-                // SAFETY: opts is an initialised imgtool_open_options.
-                unsafe { read_options(opts, "imgtool_open: opts") }?
-            };
-            check_flags(o.flags, OPEN_FLAGS, "imgtool_open")?;
-            // SAFETY: the string fields of an initialised options struct are
-            // NULL or NUL-terminated (contract above).
-            let format = unsafe { opt_nonempty(o.format, "imgtool_open: opts->format") }?;
-            // SAFETY: as for format.
-            let cache = unsafe { opt_nonempty(o.cache, "imgtool_open: opts->cache") }?;
-            let oo = OpenOptions {
-                format: format.map(str::to_string),
-                writable: o.flags & IMGTOOL_OPEN_WRITABLE != 0,
-                cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
-                force_share: o.flags & IMGTOOL_OPEN_FORCE_SHARE != 0,
-                no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
-                backing_override: None,
-                snapshot: None,
-            };
-            let img = Image::open(path, &oo)?;
-            result = Box::into_raw(Box::new(imgtool_image { img }));
-            Ok(())
-        })();
-        out.write(result);
-        r
+        out.write(std::ptr::null_mut());
+        // SAFETY: path is NULL or NUL-terminated per the contract.
+        let path = unsafe { arg_str(path, "imgtool_open: path") }?;
+        let o = if opts.is_null() {
+            imgtool_open_options::defaults()
+        } else {
+            // SAFETY: opts is an initialised imgtool_open_options.
+            unsafe { read_options(opts, "imgtool_open: opts") }?
+        };
+        check_flags(o.flags, OPEN_FLAGS, "imgtool_open")?;
+        // SAFETY: the string fields of an initialised options struct are
+        // NULL or NUL-terminated (contract above).
+        let format = unsafe { opt_nonempty(o.format, "imgtool_open: opts->format") }?;
+        // SAFETY: as for format.
+        let cache = unsafe { opt_nonempty(o.cache, "imgtool_open: opts->cache") }?;
+        let oo = OpenOptions {
+            format: format.map(str::to_string),
+            writable: o.flags & IMGTOOL_OPEN_WRITABLE != 0,
+            cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
+            force_share: o.flags & IMGTOOL_OPEN_FORCE_SHARE != 0,
+            no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
+            ..OpenOptions::default()
+        };
+        let img = Image::open(path, &oo)?;
+        out.write(Box::into_raw(Box::new(imgtool_image { img })));
+        Ok(())
     })
 }
 
@@ -212,6 +207,11 @@ pub unsafe extern "C" fn imgtool_read(
             &mut []
         } else if buf.is_null() {
             return Err(super::args::null_error("imgtool_read: buf"));
+        } else if len > isize::MAX as usize {
+            // No object is that large; from_raw_parts would be UB.
+            return Err(Error::invalid(
+                "imgtool_read: 'len' is larger than any buffer can be",
+            ));
         } else {
             // SAFETY: non-null, writable for len bytes per the contract; u8
             // has no alignment or validity requirement. The slice lives
@@ -247,6 +247,11 @@ pub unsafe extern "C" fn imgtool_write(
             &[]
         } else if buf.is_null() {
             return Err(super::args::null_error("imgtool_write: buf"));
+        } else if len > isize::MAX as usize {
+            // No object is that large; from_raw_parts would be UB.
+            return Err(Error::invalid(
+                "imgtool_write: 'len' is larger than any buffer can be",
+            ));
         } else {
             // SAFETY: non-null, readable for len bytes per the contract.
             unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }

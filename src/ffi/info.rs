@@ -27,20 +27,11 @@ pub unsafe extern "C" fn imgtool_info_json(
     guard(move || {
         // SAFETY: out is NULL or writable per the contract.
         let out = unsafe { arg_out(out, "imgtool_info_json: out") }?;
-        let r = (|| {
-            // SAFETY: img is NULL or a live handle per the contract.
-            let h = unsafe { arg_ref(img.cast_const(), "imgtool_info_json: img") }?;
-            into_c_string(ImageInfo::of(&h.img).to_json().to_pretty())
-        })();
-        match r {
-            Ok(p) => {
-                out.write(p);
-                Ok(())
-            }
-            Err(e) => {
-                out.write(std::ptr::null_mut());
-                Err(e)
-            }
-        }
+        out.write(std::ptr::null_mut());
+        // SAFETY: img is NULL or a live handle per the contract.
+        let h = unsafe { arg_ref(img.cast_const(), "imgtool_info_json: img") }?;
+        let json = ImageInfo::of(&h.img).to_json().to_pretty();
+        out.write(into_c_string(json)?);
+        Ok(())
     })
 }

@@ -200,7 +200,13 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
     drop(file);
 
     let file = HostFile::open(path, true, Default::default())?;
-    let q = Qcow2::open(file, &DriverOpenOptions { writable: true })?;
+    let q = Qcow2::open(
+        file,
+        &DriverOpenOptions {
+            writable: true,
+            for_check: false,
+        },
+    )?;
     let result = (|| {
         q.resize(size, p.prealloc)?;
         crate::format::Driver::flush(&q)

@@ -529,13 +529,12 @@ impl Qcow2 {
                 let host = m.rc.alloc(&self.file, todo.len() as u64)?;
                 for (j, &i) in todo.iter().enumerate() {
                     let h = host + j as u64 * cs;
+                    // With extended L2, QEMU reserves the host cluster but
+                    // leaves every subcluster unallocated (a backing file
+                    // still shows through).
                     new[i] = Slot {
                         entry: h | OFLAG_COPIED,
-                        bitmap: if self.geo.extended {
-                            BITMAP_ALL_ALLOC
-                        } else {
-                            0
-                        },
+                        bitmap: 0,
                     };
                 }
                 ranges.push((host, todo.len() as u64 * cs));
