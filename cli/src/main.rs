@@ -11,6 +11,7 @@ mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
 mod cmd_map;
+mod cmd_measure;
 mod common;
 mod copy_steps;
 mod createopts;
@@ -40,7 +41,7 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("dd", None),
     ("info", Some(cmd_info::run)),
     ("map", Some(cmd_map::run)),
-    ("measure", None),
+    ("measure", Some(cmd_measure::run)),
     ("rebase", None),
     ("resize", None),
     ("snapshot", None),

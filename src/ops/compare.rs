@@ -7,7 +7,7 @@ use crate::error::Error;
 use crate::image::Image;
 use crate::json::Json;
 
-mod status;
+pub(crate) mod status;
 
 use status::{ChainStatus, ALLOCATED, ZERO};
 

@@ -5,6 +5,7 @@ pub mod compare;
 pub mod convert;
 pub mod create;
 pub mod map;
+pub mod measure;
 
 /// Progress callback: gets the percentage done (0.0 ..= 100.0); returning
 /// false cancels the operation.
