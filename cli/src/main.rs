@@ -9,6 +9,7 @@ mod cmd_check;
 mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
+mod cmd_dd;
 mod cmd_info;
 mod cmd_map;
 mod cmd_measure;
@@ -38,7 +39,7 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("compare", Some(cmd_compare::run)),
     ("convert", Some(cmd_convert::run)),
     ("create", Some(cmd_create::run)),
-    ("dd", None),
+    ("dd", Some(cmd_dd::run)),
     ("info", Some(cmd_info::run)),
     ("map", Some(cmd_map::run)),
     ("measure", Some(cmd_measure::run)),

@@ -66,7 +66,7 @@ const NO_MEASURE: &[&str] = &[
 ];
 
 /// QEMU drivers that cannot create images at all.
-const NO_CREATE: &[&str] = &[
+pub(crate) const NO_CREATE: &[&str] = &[
     "blkdebug",
     "blklogwrites",
     "blkverify",

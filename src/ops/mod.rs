@@ -4,6 +4,7 @@ pub mod check;
 pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod dd;
 pub mod map;
 pub mod measure;
 
