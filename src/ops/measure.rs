@@ -296,7 +296,7 @@ pub fn prealloc_size(total: u64, cs: u64, refcount_order: u32, l2e: u64) -> Opti
 /// themselves.
 fn refcount_metadata(clusters: u64, cs: u64, order: u32) -> Option<u64> {
     let per_table_cluster = cs / 8;
-    let per_block = cs * 8 >> order;
+    let per_block = (cs * 8) >> order;
     let (mut table, mut blocks, mut n) = (0u64, 0u64, 0u64);
     loop {
         let last = n;
