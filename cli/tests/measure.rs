@@ -70,7 +70,7 @@ fn measure_size_grid() {
                     rbs[i % rbs.len()],
                     pre[(i / 3) % pre.len()]
                 );
-                let out = if i % 2 == 0 { "json" } else { "human" };
+                let out = if i.is_multiple_of(2) { "json" } else { "human" };
                 same(
                     d,
                     &[
