@@ -5,6 +5,7 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_bench;
 mod cmd_check;
 mod cmd_compare;
 mod cmd_convert;
@@ -32,7 +33,7 @@ type Handler = fn(&Prog, Vec<String>) -> CmdResult;
 /// and fail clearly instead of being "not found".
 const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("amend", None),
-    ("bench", None),
+    ("bench", Some(cmd_bench::run)),
     ("bitmap", None),
     ("check", Some(cmd_check::run)),
     ("commit", None),

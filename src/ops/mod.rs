@@ -1,5 +1,6 @@
 //! Whole-image operations: what the CLI commands and the C ABI both call.
 
+pub mod bench;
 pub mod check;
 pub mod compare;
 pub mod convert;
