@@ -203,7 +203,7 @@ fn complete(sh: &Shared<'_>) -> Result<()> {
     st.n -= 1;
     st.in_flight -= 1;
     let fi = sh.o.flush_interval;
-    if fi > 0 && remaining % fi == 0 {
+    if fi > 0 && remaining.is_multiple_of(fi) {
         if sh.o.drain_on_flush {
             st.in_flush = true;
             if st.in_flight > 0 {
