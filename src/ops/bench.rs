@@ -14,6 +14,9 @@ use crate::image::Image;
 
 /// Most worker threads we start; deeper queues are capped here.
 pub const MAX_THREADS: u32 = 256;
+/// Most memory the request buffers may take together (qemu-img allocates
+/// depth * buffer size at once and aborts when that fails).
+pub const MAX_BUFFERS: u64 = 1 << 30;
 
 #[derive(Debug, Clone)]
 pub struct BenchOptions {
@@ -134,7 +137,9 @@ pub fn bench(img: &Image, o: &BenchOptions) -> Result<BenchReport> {
         }),
         wake: Condvar::new(),
     };
-    let threads = o.depth.clamp(1, MAX_THREADS);
+    // One buffer per thread: keep them within MAX_BUFFERS bytes in all.
+    let by_memory = (MAX_BUFFERS / o.buffer_size.max(1)).clamp(1, MAX_THREADS as u64) as u32;
+    let threads = o.depth.clamp(1, MAX_THREADS).min(by_memory);
     let start = Instant::now();
     std::thread::scope(|s| {
         for _ in 0..threads {

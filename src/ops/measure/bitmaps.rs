@@ -35,11 +35,13 @@ pub(super) fn size(img: &Image, virtual_size: u64, cs: u64) -> Option<u64> {
         let bits = virtual_size.div_ceil(b.granularity);
         let bytes = bits.div_ceil(8);
         let clusters = bytes.div_ceil(cs);
-        total += clusters * cs;
-        total += (clusters * 8).div_ceil(cs) * cs;
+        let table = clusters.saturating_mul(8).div_ceil(cs);
+        total = total
+            .saturating_add(clusters.saturating_mul(cs))
+            .saturating_add(table.saturating_mul(cs));
         dir += (ENTRY_HEADER as u64 + b.name_len).div_ceil(8) * 8;
     }
-    Some(total + dir.div_ceil(cs) * cs)
+    Some(total.saturating_add(dir.div_ceil(cs) * cs))
 }
 
 fn is_v3(img: &Image) -> bool {
