@@ -10,6 +10,10 @@ use std::path::Path;
 /// `same_as_qemu`, also renaming getopt's `qemu-img compare:` prefix and
 /// the program name in `--help`.
 fn same(dir: &Path, args: &[&str]) {
+    // Ours first: opening a qcow2 image reads its first 2 MiB (library),
+    // which changes what SEEK_DATA says about unwritten extents there;
+    // qemu-img then sees the same host state we saw.
+    let o = imgtool(dir, args);
     let q = qemu_img(dir, args);
     assert!(!q.timed_out, "oracle hung:\n{}", q.describe());
     let mut q2 = q.clone();
@@ -24,7 +28,6 @@ fn same(dir: &Path, args: &[&str]) {
     if args.iter().any(|a| *a == "-h" || *a == "--help") {
         q2.stdout = q.stdout.replace("qemu-img", "imgtool");
     }
-    let o = imgtool(dir, args);
     assert_outcome_matches(&q2, &o);
 }
 
@@ -58,14 +61,27 @@ fn compare_variants() {
         qemu_img_ok(d, &["convert", "-O", "qcow2", f, "flat.qcow2"]);
         pair(d, f, "flat.raw");
         pair(d, f, "flat.qcow2");
-        let edits = [
-            "write -P 0x01 0 1".to_string(),
-            format!("write -P 0x02 {} 1", 300 * KIB + 700),
-            format!("write -P 0x03 {} 512", MIB + 513),
-            format!("write -z {} 4k", 1234 * KIB),
-            format!("write -P 0x04 {} 1", b.size - 1),
-            format!("discard {} 64k", 3 * MIB),
-        ];
+        // (offset, length, qemu-io command) changes that fit the image.
+        let edits: Vec<String> = [
+            (0, 1, "write -P 0x01 0 1".to_string()),
+            (
+                300 * KIB + 700,
+                1,
+                format!("write -P 0x02 {} 1", 300 * KIB + 700),
+            ),
+            (MIB + 513, 512, format!("write -P 0x03 {} 512", MIB + 513)),
+            (1234 * KIB, 4 * KIB, format!("write -z {} 4k", 1234 * KIB)),
+            (
+                b.size.saturating_sub(1),
+                1,
+                format!("write -P 0x04 {} 1", b.size.saturating_sub(1)),
+            ),
+            (3 * MIB, 64 * KIB, format!("discard {} 64k", 3 * MIB)),
+        ]
+        .into_iter()
+        .filter(|(off, len, _)| off + len <= b.size)
+        .map(|(_, _, c)| c)
+        .collect();
         for (i, e) in edits.iter().enumerate() {
             let c = format!("edit{i}.qcow2");
             copy(d, "flat.qcow2", &c);
