@@ -5,9 +5,14 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_amend;
+mod cmd_commit;
 mod cmd_convert;
 mod cmd_create;
 mod cmd_info;
+mod cmd_rebase;
+mod cmd_resize;
+mod cmd_snapshot;
 mod common;
 mod createopts;
 mod getopt;
@@ -25,11 +30,11 @@ type Handler = fn(&Prog, Vec<String>) -> CmdResult;
 /// Every qemu-img command; those without a handler are separate work items
 /// and fail clearly instead of being "not found".
 const COMMANDS: &[(&str, Option<Handler>)] = &[
-    ("amend", None),
+    ("amend", Some(cmd_amend::run)),
     ("bench", None),
     ("bitmap", None),
     ("check", None),
-    ("commit", None),
+    ("commit", Some(cmd_commit::run)),
     ("compare", None),
     ("convert", Some(cmd_convert::run)),
     ("create", Some(cmd_create::run)),
@@ -37,9 +42,9 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("info", Some(cmd_info::run)),
     ("map", None),
     ("measure", None),
-    ("rebase", None),
-    ("resize", None),
-    ("snapshot", None),
+    ("rebase", Some(cmd_rebase::run)),
+    ("resize", Some(cmd_resize::run)),
+    ("snapshot", Some(cmd_snapshot::run)),
 ];
 
 const LONGS: &[LongOpt] = &[

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::format::{BackingRead, NoBacking, Prealloc};
 
 impl Qcow2 {
-    fn epl(&self) -> u64 {
+    pub(super) fn epl(&self) -> u64 {
         self.geo.entries_per_l2()
     }
 
@@ -83,7 +83,7 @@ impl Qcow2 {
         (ci..ci + n).map(|c| self.slot(m, c)).collect()
     }
 
-    fn prepare_write(&self) -> Result<()> {
+    pub(super) fn prepare_write(&self) -> Result<()> {
         if self.data_file.is_some() {
             return Err(Error::unsupported(
                 "Writing to qcow2 images with an external data file is not supported",
@@ -346,7 +346,7 @@ impl Qcow2 {
 
     /// Make `n` whole clusters from `ci` (one L2 table) read as zeros, or
     /// with `dealloc` (discard without a backing file) unallocated.
-    fn zero_clusters(
+    pub(super) fn zero_clusters(
         &self,
         ci: u64,
         n: u64,
