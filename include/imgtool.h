@@ -136,6 +136,14 @@
 #define IMGTOOL_EXTENT_COMPRESSED (1 << 3)
 
 /**
+ * `imgtool_write_zeroes` flag: the range may be deallocated (a hole or an
+ * unallocated/zero cluster) instead of having zeros written, as
+ * `qemu-io -c 'write -z -u'` does. Without it the format keeps the space
+ * allocated where it can.
+ */
+#define IMGTOOL_ZERO_MAY_UNMAP (1 << 0)
+
+/**
  * `imgtool_create_options.size` value meaning "no size given": take the
  * size of the backing file.
  */
@@ -169,6 +177,27 @@
  * (`-W`).
  */
 #define IMGTOOL_CONVERT_OUT_OF_ORDER (1 << 3)
+
+/**
+ * `imgtool_check_options.repair`: only check (qemu-img check).
+ */
+#define IMGTOOL_REPAIR_NONE 0
+
+/**
+ * `imgtool_check_options.repair`: fix leaked clusters (`-r leaks`).
+ */
+#define IMGTOOL_REPAIR_LEAKS 1
+
+/**
+ * `imgtool_check_options.repair`: fix leaks and corruptions (`-r all`).
+ */
+#define IMGTOOL_REPAIR_ALL 2
+
+/**
+ * `imgtool_check_options.flags`: take no locks (qemu-img `-U`); only for
+ * checking without repair.
+ */
+#define IMGTOOL_CHECK_FORCE_SHARE (1 << 0)
 
 /**
  * An open image: a format driver plus its backing chain.
@@ -242,6 +271,82 @@ typedef struct imgtool_extent {
      */
     bool has_offset;
 } imgtool_extent;
+
+/**
+ * The common facts about an image, as typed fields (`imgtool_get_info`).
+ * Everything else `qemu-img info` knows (format-specific data, snapshots,
+ * the file child) is in `imgtool_info_json`.
+ *
+ * Set `struct_size` to `sizeof(imgtool_info)` before the call, e.g.
+ * `imgtool_info info = { .struct_size = sizeof info };`; on return it
+ * holds the number of bytes the library filled in. Release the strings
+ * with `imgtool_info_free`.
+ */
+typedef struct imgtool_info {
+    /**
+     * Set by the caller to `sizeof(imgtool_info)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Number of layers in the open backing chain (1: no backing file, or
+     * opened with `IMGTOOL_OPEN_NO_BACKING`).
+     */
+    uint32_t chain_length;
+    /**
+     * Guest-visible size in bytes ("virtual-size").
+     */
+    uint64_t virtual_size;
+    /**
+     * Bytes the image file occupies on the host ("actual-size"); valid
+     * when `has_actual_size`.
+     */
+    uint64_t actual_size;
+    /**
+     * Cluster size in bytes ("cluster-size"); 0 for formats without
+     * clusters (raw).
+     */
+    uint64_t cluster_size;
+    /**
+     * Format name ("raw", "qcow2", ...). Static; do not free.
+     */
+    const char *format;
+    /**
+     * Backing file name as recorded in the image ("backing-filename"), or
+     * NULL. Free with `imgtool_info_free`.
+     */
+    char *backing_filename;
+    /**
+     * The backing file name resolved against the image's directory
+     * ("full-backing-filename"), or NULL. Free with `imgtool_info_free`.
+     */
+    char *full_backing_filename;
+    /**
+     * Format recorded for the backing file ("backing-filename-format"), or
+     * NULL. Free with `imgtool_info_free`.
+     */
+    char *backing_format;
+    /**
+     * Number of internal snapshots (qcow2).
+     */
+    uint32_t snapshot_count;
+    /**
+     * Whether `actual_size` is known.
+     */
+    bool has_actual_size;
+    /**
+     * The image was not closed cleanly ("dirty-flag"; qcow2 lazy refcounts).
+     */
+    bool dirty;
+    /**
+     * The image is encrypted ("encrypted").
+     */
+    bool encrypted;
+    /**
+     * The format was probed from the file's content rather than given in
+     * `imgtool_open_options.format`.
+     */
+    bool format_probed;
+} imgtool_info;
 
 /**
  * What `imgtool_create` creates. Initialise with
@@ -362,6 +467,115 @@ typedef struct imgtool_convert_options {
  * into libimgtool for the same operation.
  */
 typedef int (*imgtool_progress_fn)(double percent, void *user);
+
+/**
+ * Receives one line of text, e.g. each finding of `imgtool_check`
+ * ("Leaked cluster 5 refcount=1 reference=0"), without a trailing
+ * newline; `line` is valid only during the call. Called on the thread
+ * that runs the operation; it must not call back into libimgtool for the
+ * same operation.
+ */
+typedef void (*imgtool_log_fn)(const char *line, void *user);
+
+/**
+ * How `imgtool_check` checks. Initialise with
+ * `imgtool_check_options_init()`, then change fields.
+ */
+typedef struct imgtool_check_options {
+    /**
+     * `sizeof(imgtool_check_options)`, set by `imgtool_check_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_CHECK_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * `IMGTOOL_REPAIR_*`: what to fix (default `IMGTOOL_REPAIR_NONE`).
+     */
+    uint32_t repair;
+    /**
+     * Format (`-f`); NULL or "" probes the file.
+     */
+    const char *format;
+    /**
+     * Cache mode (`-T`); NULL or "" = "writeback".
+     */
+    const char *cache;
+    /**
+     * Called with each finding as qemu-img prints it on stderr; NULL to
+     * drop them (the counts are in the report either way).
+     */
+    imgtool_log_fn log;
+    /**
+     * Passed to `log` unchanged.
+     */
+    void *log_user;
+} imgtool_check_options;
+
+/**
+ * The result of `imgtool_check` (QAPI ImageCheck; the same counts
+ * `qemu-img check --output=json` prints). Set `struct_size` to
+ * `sizeof(imgtool_check_report)` before the call, e.g.
+ * `imgtool_check_report r = { .struct_size = sizeof r };`; on return it
+ * holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_check_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_check_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * qemu-img check's exit status for this result: 0 clean, 1 the check
+     * itself hit errors, 2 corruptions, 3 only leaked clusters.
+     */
+    int32_t exit_code;
+    /**
+     * A repair pass fixed something; the counts are then those of the
+     * re-check after the repair (`*_fixed` say what was fixed).
+     */
+    bool repaired;
+    /**
+     * Metadata inconsistencies that can lose data.
+     */
+    uint64_t corruptions;
+    /**
+     * Clusters allocated but not referenced (waste, no data loss).
+     */
+    uint64_t leaks;
+    /**
+     * Errors that kept the check from completing (e.g. I/O errors).
+     */
+    uint64_t check_errors;
+    /**
+     * Corruptions the repair fixed.
+     */
+    uint64_t corruptions_fixed;
+    /**
+     * Leaks the repair fixed.
+     */
+    uint64_t leaks_fixed;
+    /**
+     * Offset of the end of the image file's used part (0 if unknown).
+     */
+    uint64_t image_end_offset;
+    /**
+     * Guest clusters of the image (0 if the format does not say).
+     */
+    uint64_t total_clusters;
+    /**
+     * Guest clusters allocated in this layer.
+     */
+    uint64_t allocated_clusters;
+    /**
+     * Allocated clusters not contiguous with the previous one.
+     */
+    uint64_t fragmented_clusters;
+    /**
+     * Compressed clusters.
+     */
+    uint64_t compressed_clusters;
+} imgtool_check_report;
 
 #ifdef __cplusplus
 extern "C" {
@@ -524,6 +738,45 @@ int imgtool_block_status(struct imgtool_image *img,
                          struct imgtool_extent *out);
 
 /**
+ * Make `len` guest bytes at `offset` read as zeros, without passing a
+ * buffer. On qcow2 this marks whole clusters as zero clusters (no data
+ * written) and writes zeros into partial ones; on raw it punches holes or
+ * writes zeros. Reads from a backing file no longer show through the
+ * range.
+ *
+ * The image must have been opened with `IMGTOOL_OPEN_WRITABLE`
+ * (`IMGTOOL_EACCES` otherwise). Any offset and length are allowed; a range
+ * beyond the virtual size fails with `IMGTOOL_ERANGE` and changes
+ * nothing. `flags` is 0 or `IMGTOOL_ZERO_MAY_UNMAP`.
+ *
+ * Thread safety: like `imgtool_write`, may run concurrently with other
+ * I/O on the same handle.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int imgtool_write_zeroes(struct imgtool_image *img, uint64_t offset, uint64_t len, uint32_t flags);
+
+/**
+ * Tell the image that `len` guest bytes at `offset` are no longer needed
+ * (TRIM). The format may free the space; afterwards the range reads as
+ * either its old content, zeros or the backing file's data, depending on
+ * the format, so use `imgtool_write_zeroes` when the content matters.
+ * Formats that cannot discard ignore the request and return `IMGTOOL_OK`.
+ *
+ * The image must have been opened with `IMGTOOL_OPEN_WRITABLE`
+ * (`IMGTOOL_EACCES` otherwise); a range beyond the virtual size fails
+ * with `IMGTOOL_ERANGE`.
+ *
+ * Thread safety: like `imgtool_write`, may run concurrently with other
+ * I/O on the same handle.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int imgtool_discard(struct imgtool_image *img, uint64_t offset, uint64_t len);
+
+/**
  * Describe the image (its top layer, not the backing files) as JSON: the
  * same document `qemu-img info --output=json` prints, pretty-printed the
  * same way (QAPI ImageInfo: "filename", "format", "virtual-size",
@@ -537,6 +790,38 @@ int imgtool_block_status(struct imgtool_image *img,
  * `img` is a live handle; `out` is NULL or writable.
  */
 int imgtool_info_json(struct imgtool_image *img, char **out);
+
+/**
+ * Fill `*out` with the image's common facts (its top layer, as
+ * `qemu-img info` reports them).
+ *
+ * On success the string fields are owned by the caller: release them with
+ * `imgtool_info_free(out)`. On failure no string is allocated (the
+ * pointers are set to NULL when the struct could be written).
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set).
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_info` whose `struct_size` is set.
+ */
+int imgtool_get_info(struct imgtool_image *img, struct imgtool_info *out);
+
+/**
+ * Release the strings `imgtool_get_info` put into `info` and set them to
+ * NULL (the struct itself is the caller's). NULL, and a struct whose
+ * strings are already NULL, are accepted; calling it twice is harmless.
+ *
+ * Thread safety: may be called from any thread, once per filled struct.
+ *
+ * # Safety
+ * `info` is NULL or a struct filled by `imgtool_get_info` (or with NULL
+ * string fields), not shared with another thread during the call.
+ */
+void imgtool_info_free(struct imgtool_info *info);
 
 /**
  * Fill `opts` with defaults (format "raw", no file name, size
@@ -603,6 +888,58 @@ int imgtool_convert(const char *const *srcs,
                     const struct imgtool_convert_options *opts,
                     imgtool_progress_fn progress,
                     void *user);
+
+/**
+ * Fill `opts` with defaults (check only, probe the format, writeback
+ * cache, no log) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ * Thread safety: may be called from any thread.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_check_options`.
+ */
+int imgtool_check_options_init(struct imgtool_check_options *opts);
+
+/**
+ * Check the image at `path` for metadata consistency and, with
+ * `opts->repair`, repair it, exactly as `qemu-img check [-r leaks|all]`:
+ * after a repair that fixed something the image is checked again and the
+ * report describes the repaired image.
+ *
+ * Returns `IMGTOOL_OK` whenever the check ran, whatever it found: read
+ * the counts (and `exit_code`) in `*report`. `report` and `json` may each
+ * be NULL when not wanted; on success `*json` receives the
+ * `qemu-img check --output=json` document (free with
+ * `imgtool_free_string`); it is set to NULL first. `opts` may be NULL for
+ * the defaults.
+ *
+ * `progress` may be NULL; it is called with `user` at the start (0.0) and
+ * at the end (100.0) of the check; returning non-zero at the start cancels
+ * before the image is opened (`IMGTOOL_ECANCELED`).
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL `path`, bad options or report size),
+ * `IMGTOOL_ENOTSUP` (a format without checks, e.g. raw: qemu-img says
+ * "This image format does not support checks"), errors from opening the
+ * image (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, `IMGTOOL_ECORRUPT`, ...),
+ * `IMGTOOL_EIO`.
+ *
+ * Thread safety: may be called from any thread; checks of different
+ * images may run concurrently. A repair opens the image for writing, so
+ * it fails with `IMGTOOL_ELOCKED` while any handle has it open.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `report` is NULL or a writable report whose `struct_size` is set;
+ * `json` is NULL or writable; `progress` is NULL or safe to call with
+ * `user`.
+ */
+int imgtool_check(const char *path,
+                  const struct imgtool_check_options *opts,
+                  struct imgtool_check_report *report,
+                  char **json,
+                  imgtool_progress_fn progress,
+                  void *user);
 
 #ifdef __cplusplus
 }  // extern "C"

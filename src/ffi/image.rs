@@ -178,7 +178,7 @@ pub unsafe extern "C" fn imgtool_close(img: *mut imgtool_image) -> c_int {
 ///
 /// # Safety
 /// `img` is NULL or a live handle from `imgtool_open`.
-unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image, Error> {
+pub(crate) unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image, Error> {
     // SAFETY: forwarded contract; imgtool_image is only ever created by
     // imgtool_open and only released by imgtool_close.
     Ok(&unsafe { arg_ref(img, what) }?.img)
@@ -256,12 +256,7 @@ pub unsafe extern "C" fn imgtool_write(
             // SAFETY: non-null, readable for len bytes per the contract.
             unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
         };
-        if !img.driver().host_file().is_writable() {
-            return Err(Error::new(
-                crate::ErrorKind::PermissionDenied,
-                "Image was opened read-only (use IMGTOOL_OPEN_WRITABLE)",
-            ));
-        }
+        super::args::check_writable(img)?;
         img.write_at(b, offset)
     })
 }

@@ -30,11 +30,15 @@ pub mod strings;
 
 pub mod image;
 
+pub mod zeroes;
+
 pub mod info;
 
 pub mod create;
 
 pub mod convert;
+
+pub mod check;
 
 mod args;
 mod panic;
@@ -42,9 +46,11 @@ mod panic;
 #[cfg(test)]
 mod tests;
 
+pub use check::*;
 pub use convert::*;
 pub use create::*;
 pub use error::*;
 pub use image::*;
 pub use info::*;
 pub use strings::*;
+pub use zeroes::*;

@@ -755,3 +755,5 @@ fn convert_from_internal_snapshot() {
     assert_ne!(r, IMGTOOL_OK);
     assert!(last_error().contains("snapshot"), "{}", last_error());
 }
+
+mod more;
