@@ -589,12 +589,16 @@ extern "C" {
  * `Could not open 'x.img': No such file or directory`). The pointer is owned
  * by the library and stays valid until the next `imgtool_*` call on this
  * thread that can fail; copy it if you need it longer. Do not free it.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 const char *imgtool_last_error(void);
 
 /**
  * Code of the last error on the calling thread (`IMGTOOL_OK` after a
  * success); the same value the failing call returned.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 int imgtool_last_error_code(void);
 
@@ -602,12 +606,16 @@ int imgtool_last_error_code(void);
  * The host errno behind the last error on the calling thread (e.g. `EIO`,
  * `ENOSPC`, `ENOENT`), or 0 when the error did not come from the host or
  * the last call succeeded.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 int imgtool_last_errno(void);
 
 /**
  * A static, human-readable description of an `IMGTOOL_E*` code ("Unknown
  * error code" for values that are not one). Never NULL; do not free.
+ *
+ * Thread safety: any thread, any time (static strings).
  */
 const char *imgtool_strerror(int code);
 
@@ -617,6 +625,8 @@ const char *imgtool_strerror(int code);
  * NULL is accepted and ignored. Only pass strings this library returned,
  * once each; never strings from `imgtool_last_error`, `imgtool_strerror`
  * or `imgtool_version`, which are static or owned by the library.
+ *
+ * Thread safety: any thread, but each string exactly once.
  *
  * # Safety
  * `s` is NULL or a pointer obtained from a libimgtool function documented
@@ -628,6 +638,8 @@ void imgtool_free_string(char *s);
  * The library's version, e.g. "0.1.0" (the same as
  * `IMGTOOL_VERSION_STRING` in the header the library was built with).
  * Static; never NULL; do not free.
+ *
+ * Thread safety: any thread, any time.
  */
 const char *imgtool_version(void);
 
@@ -636,6 +648,8 @@ const char *imgtool_version(void);
  * and set `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_open_options`.
@@ -654,6 +668,9 @@ int imgtool_open_options_init(struct imgtool_open_options *opts);
  * `IMGTOOL_ELOCKED` (in use by another process), `IMGTOOL_ECORRUPT`,
  * `IMGTOOL_ENOTSUP`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread. Opening the same file twice for writing, from
+ * this or another process, fails with `IMGTOOL_ELOCKED` (image locks).
+ *
  * # Safety
  * `path` is NULL or a NUL-terminated string; `opts` is NULL or an
  * initialised `imgtool_open_options`; `out` is NULL or writable.
@@ -669,6 +686,8 @@ int imgtool_open(const char *path,
  * reports the failed final flush, e.g. `IMGTOOL_EIO` or `IMGTOOL_ENOSPC`).
  * NULL is accepted and ignored (returns `IMGTOOL_OK`), like free(3).
  *
+ * Thread safety: must not run concurrently with any other call on `img`.
+ *
  * # Safety
  * `img` is NULL or a handle from `imgtool_open` not yet closed, and no other
  * thread uses it during or after this call.
@@ -682,6 +701,9 @@ int imgtool_close(struct imgtool_image *img);
  * Any offset and length are allowed (no alignment needed). A range that
  * goes beyond the virtual size fails with `IMGTOOL_ERANGE` and reads
  * nothing. `buf` may be NULL only when `len` is 0.
+ *
+ * Thread safety: may run concurrently with reads, writes and other calls
+ * on the same handle (except `imgtool_close`).
  *
  * # Safety
  * `img` is a live handle; `buf` is NULL or writable for `len` bytes.
@@ -698,6 +720,10 @@ int imgtool_read(struct imgtool_image *img, void *buf, size_t len, uint64_t offs
  * durable only after `imgtool_flush` or `imgtool_close`. `buf` may be NULL
  * only when `len` is 0.
  *
+ * Thread safety: may run concurrently with reads, writes and other calls
+ * on the same handle (except `imgtool_close`); overlapping concurrent
+ * writes land in an unspecified order.
+ *
  * # Safety
  * `img` is a live handle; `buf` is NULL or readable for `len` bytes.
  */
@@ -707,6 +733,9 @@ int imgtool_write(struct imgtool_image *img, const void *buf, size_t len, uint64
  * Write back cached data and metadata of the image to the host and flush
  * the host file (unless the cache mode is "unsafe").
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`); it makes durable what completed before it.
+ *
  * # Safety
  * `img` is a live handle.
  */
@@ -714,6 +743,9 @@ int imgtool_flush(struct imgtool_image *img);
 
 /**
  * Store the virtual size of the image in bytes in `*out`.
+ *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`).
  *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
@@ -728,6 +760,10 @@ int imgtool_get_size(struct imgtool_image *img, uint64_t *out);
  * `out->length` until the virtual size is reached. `offset` must be below
  * the virtual size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise);
  * `bytes` is clipped at the end of the image.
+ *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`); with concurrent writes the answer may already
+ * be stale.
  *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
@@ -786,6 +822,9 @@ int imgtool_discard(struct imgtool_image *img, uint64_t offset, uint64_t len);
  * On success `*out` receives a NUL-terminated string to release with
  * `imgtool_free_string`; on failure `*out` is set to NULL.
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`).
+ *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
  */
@@ -830,6 +869,8 @@ void imgtool_info_free(struct imgtool_info *info);
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
  *
+ * Thread safety: any thread; touches only `opts`.
+ *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_create_options`.
  */
@@ -845,6 +886,9 @@ int imgtool_create_options_init(struct imgtool_create_options *opts);
  * `IMGTOOL_ENOENT`/`IMGTOOL_EACCES` (directory, backing file),
  * `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread; creating the same file from two threads at
+ * once leaves one of the two images.
+ *
  * # Safety
  * `opts` is NULL or an initialised `imgtool_create_options` whose string
  * fields are NULL or NUL-terminated.
@@ -856,6 +900,8 @@ int imgtool_create(const struct imgtool_create_options *opts);
  * sparse detection, 8 workers) and set `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_convert_options`.
@@ -876,6 +922,11 @@ int imgtool_convert_options_init(struct imgtool_convert_options *opts);
  * options), errors from opening the sources (`IMGTOOL_ENOENT`,
  * `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (e.g. compressing to raw),
  * `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the call blocks until done and runs up to
+ * `num_workers` threads of its own. The sources are opened read-only with
+ * shared locks, so other readers may use them meanwhile; the target is
+ * locked for writing.
  *
  * # Safety
  * `srcs` is NULL or an array of `nsrcs` NUL-terminated strings; `dst` is

@@ -110,6 +110,8 @@ impl imgtool_convert_options {
 ///
 /// Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
 ///
+/// Thread safety: any thread; touches only `opts`.
+///
 /// # Safety
 /// `opts` is NULL or points to writable memory for an `imgtool_convert_options`.
 #[no_mangle]
@@ -155,6 +157,11 @@ impl Callback {
 /// options), errors from opening the sources (`IMGTOOL_ENOENT`,
 /// `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (e.g. compressing to raw),
 /// `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+///
+/// Thread safety: any thread; the call blocks until done and runs up to
+/// `num_workers` threads of its own. The sources are opened read-only with
+/// shared locks, so other readers may use them meanwhile; the target is
+/// locked for writing.
 ///
 /// # Safety
 /// `srcs` is NULL or an array of `nsrcs` NUL-terminated strings; `dst` is

@@ -19,6 +19,9 @@ use crate::info::ImageInfo;
 /// On success `*out` receives a NUL-terminated string to release with
 /// `imgtool_free_string`; on failure `*out` is set to NULL.
 ///
+/// Thread safety: may run concurrently with other calls on the same handle
+/// (except `imgtool_close`).
+///
 /// # Safety
 /// `img` is a live handle; `out` is NULL or writable.
 #[no_mangle]

@@ -306,7 +306,8 @@ fn check_and_repair() {
     assert_eq!(rc, IMGTOOL_OK, "{}", last_error());
     assert_eq!((r.exit_code, r.leaks, r.corruptions), (3, 1, 0), "{r:?}");
     assert!(
-        log.iter().any(|l| l.contains(&format!("Leaked cluster {leaked} "))),
+        log.iter()
+            .any(|l| l.contains(&format!("Leaked cluster {leaked} "))),
         "{log:?}"
     );
     let j = c_str(json).unwrap();
