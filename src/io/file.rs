@@ -69,7 +69,7 @@ impl HostFile {
         };
         if file.metadata().map(|m| m.is_dir()).unwrap_or(false) {
             return Err(Error::invalid(format!(
-                "Could not open '{}': Is a directory",
+                "'file' driver requires '{}' to be a regular file",
                 path.display()
             )));
         }
@@ -100,7 +100,11 @@ impl HostFile {
             .truncate(true)
             .mode(0o644)
             .open(path)
-            .map_err(|e| open_error(path, e))?;
+            .map_err(|e| {
+                let err = Error::from(e);
+                let m = format!("Could not create '{}': {}", path.display(), err.message());
+                err.with_message(m)
+            })?;
         Ok(HostFile {
             file,
             path: path.to_path_buf(),

@@ -353,14 +353,33 @@ fn run_pipeline(
 
 fn apply(ctx: &Ctx<'_>, plan: Plan) -> Result<()> {
     for op in &plan.ops {
-        match op {
-            Op::Data { off, a, b } => ctx.out.write_at(&plan.buf[*a..*b], *off)?,
-            Op::Zero(off, len) => ctx.out.write_zeroes(*off, *len, true)?,
-            Op::Compressed(off, c) => ctx.out.driver().write_compressed_raw(c, *off)?,
-        }
+        let (off, r) = match op {
+            Op::Data { off, a, b } => (*off, ctx.out.write_at(&plan.buf[*a..*b], *off)),
+            Op::Zero(off, len) => (*off, ctx.out.write_zeroes(*off, *len, true)),
+            Op::Compressed(off, c) => (*off, ctx.out.driver().write_compressed_raw(c, *off)),
+        };
+        r.map_err(|e| {
+            let m = format!("error while writing at byte {off}: {}", e.message());
+            e.with_message(m)
+        })?;
     }
     ctx.pool.put(plan.buf);
     Ok(())
+}
+
+/// qemu-img's wording for a failed block-status query during convert.
+fn status_error(e: Error, off: u64) -> Error {
+    let m = format!(
+        "error while reading block status at offset {off}: {}",
+        e.message()
+    );
+    e.with_message(m)
+}
+
+/// qemu-img's wording for a failed source read during convert.
+fn read_error(e: Error, off: u64) -> Error {
+    let m = format!("error while reading at byte {off}: {}", e.message());
+    e.with_message(m)
 }
 
 /// Decide what target range [start, start+len) needs.
@@ -368,7 +387,7 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
     let mut ops = Vec::new();
     let mut buf = ctx.pool.get(len as usize);
     if let Some(cs) = ctx.compress {
-        read_concat(ctx.sources, &mut buf, start)?;
+        read_concat(ctx.sources, &mut buf, start).map_err(|e| read_error(e, start))?;
         for (i, chunk) in buf.chunks(cs as usize).enumerate() {
             let off = start + i as u64 * cs;
             if is_zero(chunk) {
@@ -403,14 +422,20 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
         }
         let want = (size - local).min(end - pos);
         let (n, present, zero) = if ctx.copy_top_only {
-            let e = src.img.layer_status(local, want)?;
+            let e = src
+                .img
+                .layer_status(local, want)
+                .map_err(|e| status_error(e, pos))?;
             (
                 e.len.clamp(1, want),
                 e.status != format::Status::Unallocated,
                 e.status != format::Status::Data,
             )
         } else {
-            let e = src.img.block_status(local, want)?;
+            let e = src
+                .img
+                .block_status(local, want)
+                .map_err(|e| status_error(e, pos))?;
             (e.len, true, e.zero)
         };
         if !present {
@@ -431,7 +456,9 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
         } else {
             let a = (pos - start) as usize;
             let b = a + n as usize;
-            src.img.read_at(&mut buf[a..b], local)?;
+            src.img
+                .read_at(&mut buf[a..b], local)
+                .map_err(|e| read_error(e, pos))?;
             split_sparse(&mut ops, &buf, a, b, start, ctx.sparse, ctx.target_is_zero);
         }
         pos += n;

@@ -52,7 +52,7 @@ impl Qcow2 {
     fn read_table(&self, off: u64, entries: u64) -> Result<Vec<u64>> {
         let mut raw = vec![0u8; (entries * 8) as usize];
         self.file.read_at(&mut raw, off)?;
-        Ok(raw.chunks_exact(8).map(super::be64).collect())
+        Ok(crate::format::bytes::be64_table(&raw))
     }
 
     /// Count references from one L1 table; `stats` for the active one.

@@ -97,7 +97,8 @@ pub fn compress(kind: Compression, data: &[u8], cluster_size: usize) -> Result<O
 
 /// Decompress into `out` (one cluster); the input may carry trailing bytes.
 pub fn decompress(kind: Compression, input: &[u8], out: &mut [u8]) -> Result<()> {
-    let bad = || Error::corrupt("Could not decompress cluster");
+    // QEMU reports a bad compressed cluster as a plain I/O error.
+    let bad = || Error::from_errno(libc::EIO);
     match kind {
         Compression::Zlib => {
             let mut d = Decompress::new(false);

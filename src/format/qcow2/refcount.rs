@@ -41,10 +41,7 @@ impl Refcounts {
         let bytes = (table_clusters as usize) << cluster_bits;
         let mut raw = vec![0u8; bytes];
         file.read_at(&mut raw, table_offset)?;
-        let table = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
+        let table = crate::format::bytes::be64_table(&raw);
         Ok(Refcounts {
             cluster_bits,
             order,
