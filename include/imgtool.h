@@ -992,6 +992,30 @@ int imgtool_check(const char *path,
                   imgtool_progress_fn progress,
                   void *user);
 
+/**
+ * Redirect the library's notices: one-line messages a format driver
+ * emits on its own while working, which qemu-img prints on stderr (e.g.
+ * `qcow2: Image is corrupt: ...; further corruption events will be
+ * suppressed` when damaged metadata is first seen). The operation that
+ * hit the problem still fails with its own error code; the notice is
+ * extra information.
+ *
+ * `handler` is called with each line (no trailing newline, valid only
+ * during the call) and `user`. NULL restores the default, printing to
+ * stderr; a handler that does nothing silences notices.
+ *
+ * Thread safety: the setting is process-wide. The handler may be called
+ * from any thread, also from several at once, and must not call back into
+ * libimgtool. Changing the handler while other threads work is safe;
+ * after this call returns, the old handler is no longer called, so its
+ * `user` may be freed.
+ *
+ * # Safety
+ * `handler` is NULL or a function safe to call with `user` from any
+ * thread until it is replaced.
+ */
+void imgtool_set_notice_handler(imgtool_log_fn handler, void *user);
+
 #ifdef __cplusplus
 }  // extern "C"
 #endif  // __cplusplus

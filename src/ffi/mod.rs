@@ -40,6 +40,8 @@ pub mod convert;
 
 pub mod check;
 
+pub mod notice;
+
 mod args;
 mod panic;
 
@@ -52,5 +54,6 @@ pub use create::*;
 pub use error::*;
 pub use image::*;
 pub use info::*;
+pub use notice::*;
 pub use strings::*;
 pub use zeroes::*;

@@ -394,3 +394,51 @@ fn check_and_repair() {
     assert_eq!(rc, IMGTOOL_ENOTSUP);
     assert_eq!(last_error(), "This image format does not support checks");
 }
+
+static NOTICES: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+unsafe extern "C" fn record_notice(line: *const c_char, user: *mut c_void) {
+    assert_eq!(user as usize, 0x5eed);
+    // SAFETY: line is NUL-terminated for the duration of the call.
+    let s = unsafe { CStr::from_ptr(line) }
+        .to_string_lossy()
+        .into_owned();
+    NOTICES.lock().unwrap().push(s);
+}
+
+#[test]
+fn notices_go_to_the_handler() {
+    let dir = TempDir::new();
+    let path = dir.path("n.qcow2");
+    let p = path.to_str().unwrap().to_string();
+    assert_eq!(create(c"qcow2", &path, 1 << 20, None), IMGTOOL_OK);
+    let img = open(&path, IMGTOOL_OPEN_WRITABLE);
+    write(img, 0, &pattern(65536, 3));
+    // SAFETY: live handle.
+    assert_eq!(unsafe { imgtool_close(img) }, IMGTOOL_OK);
+    // Misalign the first L2 entry: reading cluster 0 hits corrupt metadata.
+    let mut d = std::fs::read(&p).unwrap();
+    let l1 = be64(&d, 40) as usize;
+    let l2 = (be64(&d, l1) & 0x00ff_ffff_ffff_fe00) as usize;
+    let e = be64(&d, l2) | 0x200;
+    d[l2..l2 + 8].copy_from_slice(&e.to_be_bytes());
+    std::fs::write(&p, d).unwrap();
+
+    // SAFETY: record_notice is callable from any thread with this user.
+    unsafe { imgtool_set_notice_handler(Some(record_notice), 0x5eed as *mut c_void) };
+    let img = open(&path, 0);
+    let mut b = [0u8; 512];
+    // SAFETY: live handle, valid buffer.
+    let rc = unsafe { imgtool_read(img, b.as_mut_ptr().cast(), b.len(), 0) };
+    // SAFETY: restore stderr; live handle.
+    unsafe {
+        imgtool_set_notice_handler(None, null_mut());
+        imgtool_close(img);
+    }
+    assert_ne!(rc, IMGTOOL_OK);
+    let n = NOTICES.lock().unwrap();
+    assert!(
+        n.iter().any(|l| l.starts_with("qcow2: Image is corrupt")),
+        "{n:?}"
+    );
+}
