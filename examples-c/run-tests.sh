@@ -156,6 +156,13 @@ for fmt in raw qcow2; do
     fi
 done
 
+# --- the usage example of README.md -------------------------------------------
+mkdir -p "$work/readme"
+if run "README.md usage example" env -C "$work/readme" "$BIN/readme-example"; then
+    qcheck "$work/readme/disk.qcow2"
+    qcompare -F raw "$work/readme/disk.qcow2" "$work/readme/disk.raw"
+fi
+
 # --- API contract from C ------------------------------------------------------
 run "imgerrors" "$BIN/imgerrors" "$work"
 if [[ -x $BIN/header-cxx ]]; then
@@ -353,6 +360,8 @@ if [[ -n $ASAN_BIN ]]; then
     export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=97
     export LSAN_OPTIONS=suppressions=$(cd "$(dirname "$0")" && pwd)/lsan.supp
     run "asan imgerrors" "$ASAN_BIN/imgerrors" "$work"
+    rm -rf "$work/readme" && mkdir -p "$work/readme"
+    run "asan README.md usage example" env -C "$work/readme" "$ASAN_BIN/readme-example"
     run "asan imginfo src.qcow2" "$ASAN_BIN/imginfo" "$work/src.qcow2"
     run "asan imginfo --summary overlay" "$ASAN_BIN/imginfo" --summary "$work/overlay-info.qcow2"
     if run "asan imgrw src.raw -> raw (3 threads)" "$ASAN_BIN/imgrw" -f raw -n 200 -t 3 -s 21 \
