@@ -8,7 +8,8 @@
  * image and prints the extents the way `qemu-img map --output=json` does
  * (adjacent runs with the same status merged); --summary prints the typed
  * fields of imgtool_get_info as "key: value" lines, keys named as in the
- * JSON. Without any of them, --json and --map.
+ * JSON, and one "snapshot: ID NAME VM-STATE-SIZE" line per internal
+ * snapshot (imgtool_snapshot_get). Without any of them, --json and --map.
  * -U opens without taking locks (force-share).
  */
 #define _POSIX_C_SOURCE 200809L
@@ -109,6 +110,17 @@ static int print_summary(imgtool_image *img)
     printf("dirty-flag: %s\n", info.dirty ? "true" : "false");
     printf("encrypted: %s\n", info.encrypted ? "true" : "false");
     printf("snapshots: %" PRIu32 "\n", info.snapshot_count);
+    for (size_t i = 0;; i++) {
+        imgtool_snapshot sn = {.struct_size = sizeof sn};
+        rc = imgtool_snapshot_get(img, i, &sn);
+        if (rc == IMGTOOL_ERANGE)
+            break;
+        if (rc != IMGTOOL_OK) {
+            imgtool_info_free(&info);
+            return fail("imgtool_snapshot_get", rc);
+        }
+        printf("snapshot: %s %s %" PRIu64 "\n", sn.id, sn.name, sn.vm_state_size);
+    }
     printf("chain-length: %" PRIu32 "\n", info.chain_length);
     printf("format-probed: %s\n", info.format_probed ? "true" : "false");
     imgtool_info_free(&info);

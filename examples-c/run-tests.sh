@@ -256,6 +256,18 @@ else
     cp "$work/summary" "$log"; fail "imgtool_get_info overlay chain length"
 fi
 
+# Internal snapshots, as qemu-img snapshot -l lists them.
+cp "$work/src.qcow2" "$work/snap.qcow2"
+"$QEMU_IMG" snapshot -c first "$work/snap.qcow2" && "$QEMU_IMG" snapshot -c "second one" "$work/snap.qcow2"
+if run "imginfo --summary with snapshots" "$BIN/imginfo" --summary "$work/snap.qcow2"; then
+    if grep -qx 'snapshots: 2' "$log" && grep -qx 'snapshot: 1 first 0' "$log" &&
+        grep -qx 'snapshot: 2 second one 0' "$log"; then
+        pass "imgtool_snapshot_get lists qemu-img's snapshots"
+    else
+        fail "imgtool_snapshot_get lists qemu-img's snapshots"
+    fi
+fi
+
 # --- check and repair vs qemu-img check -----------------------------------------
 "$QEMU_IMG" convert -O qcow2 "$work/src.qcow2" "$work/chk.qcow2"
 run "imgcheck clean qcow2" "$BIN/imgcheck" "$work/chk.qcow2"

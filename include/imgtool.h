@@ -144,6 +144,18 @@
 #define IMGTOOL_ZERO_MAY_UNMAP (1 << 0)
 
 /**
+ * Size of `imgtool_snapshot.id`, including the terminating NUL (QEMU's
+ * limit for snapshot IDs).
+ */
+#define IMGTOOL_SNAPSHOT_ID_SIZE 128
+
+/**
+ * Size of `imgtool_snapshot.name`, including the terminating NUL (QEMU
+ * keeps at most 255 bytes of a name).
+ */
+#define IMGTOOL_SNAPSHOT_NAME_SIZE 256
+
+/**
  * `imgtool_create_options.size` value meaning "no size given": take the
  * size of the backing file.
  */
@@ -347,6 +359,50 @@ typedef struct imgtool_info {
      */
     bool format_probed;
 } imgtool_info;
+
+/**
+ * One internal snapshot (QAPI SnapshotInfo), as `imgtool_snapshot_get`
+ * fills it. Set `struct_size` to `sizeof(imgtool_snapshot)` before the
+ * call; on return it holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_snapshot {
+    /**
+     * Set by the caller to `sizeof(imgtool_snapshot)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Whether `icount` is valid (the snapshot records one).
+     */
+    bool has_icount;
+    /**
+     * Snapshot ID, NUL-terminated ("1", "2", ...).
+     */
+    char id[IMGTOOL_SNAPSHOT_ID_SIZE];
+    /**
+     * Snapshot name, NUL-terminated (cut to 255 bytes as QEMU does).
+     */
+    char name[IMGTOOL_SNAPSHOT_NAME_SIZE];
+    /**
+     * Size of the saved VM state in bytes (0 for disk-only snapshots).
+     */
+    uint64_t vm_state_size;
+    /**
+     * Creation time, seconds since the epoch.
+     */
+    uint64_t date_sec;
+    /**
+     * Creation time, nanoseconds part.
+     */
+    uint32_t date_nsec;
+    /**
+     * Guest clock when the snapshot was taken, in nanoseconds.
+     */
+    uint64_t vm_clock_nsec;
+    /**
+     * Instruction count (record/replay), when `has_icount`.
+     */
+    uint64_t icount;
+} imgtool_snapshot;
 
 /**
  * What `imgtool_create` creates. Initialise with
@@ -861,6 +917,24 @@ int imgtool_get_info(struct imgtool_image *img, struct imgtool_info *out);
  * string fields), not shared with another thread during the call.
  */
 void imgtool_info_free(struct imgtool_info *info);
+
+/**
+ * The `index`-th internal snapshot of the image (its top layer), in table
+ * order, as `qemu-img snapshot -l` lists them. `imgtool_get_info` gives
+ * the count (`snapshot_count`); iterate with `index` from 0 until the
+ * call returns `IMGTOOL_ERANGE`. Formats without snapshots have none.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set),
+ * `IMGTOOL_ERANGE` (`index` is not below the number of snapshots).
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_snapshot` whose `struct_size` is set.
+ */
+int imgtool_snapshot_get(struct imgtool_image *img, size_t index, struct imgtool_snapshot *out);
 
 /**
  * Fill `opts` with defaults (format "raw", no file name, size

@@ -34,6 +34,8 @@ pub mod zeroes;
 
 pub mod info;
 
+pub mod snapshot;
+
 pub mod create;
 
 pub mod convert;
@@ -55,5 +57,6 @@ pub use error::*;
 pub use image::*;
 pub use info::*;
 pub use notice::*;
+pub use snapshot::*;
 pub use strings::*;
 pub use zeroes::*;

@@ -442,3 +442,59 @@ fn notices_go_to_the_handler() {
         "{n:?}"
     );
 }
+
+fn qemu(args: &[&str]) -> bool {
+    std::process::Command::new(args[0])
+        .args(&args[1..])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+#[test]
+fn snapshot_list() {
+    let dir = TempDir::new();
+    let path = dir.path("s.qcow2");
+    let p = path.to_str().unwrap();
+    if !qemu(&["qemu-img", "create", "-q", "-f", "qcow2", p, "1M"]) {
+        eprintln!("qemu-img not available; skipping");
+        return;
+    }
+    let long = "n".repeat(300);
+    assert!(qemu(&["qemu-img", "snapshot", "-c", "first", p]));
+    assert!(qemu(&["qemu-img", "snapshot", "-c", &long, p]));
+    let img = open(&path, 0);
+    assert_eq!(info_of(img).snapshot_count, 2);
+    let mut s = imgtool_snapshot {
+        struct_size: std::mem::size_of::<imgtool_snapshot>() as u32,
+        has_icount: false,
+        id: [0; IMGTOOL_SNAPSHOT_ID_SIZE],
+        name: [0; IMGTOOL_SNAPSHOT_NAME_SIZE],
+        vm_state_size: 0,
+        date_sec: 0,
+        date_nsec: 0,
+        vm_clock_nsec: 0,
+        icount: 0,
+    };
+    let mut names = Vec::new();
+    for i in 0.. {
+        // SAFETY: live handle, valid out struct.
+        let rc = unsafe { imgtool_snapshot_get(img, i, &mut s) };
+        if rc == IMGTOOL_ERANGE {
+            break;
+        }
+        assert_eq!(rc, IMGTOOL_OK, "{}", last_error());
+        let id = c_str(s.id.as_ptr()).unwrap();
+        let name = c_str(s.name.as_ptr()).unwrap();
+        assert_eq!(id, (i + 1).to_string());
+        assert!(s.date_sec > 1_600_000_000);
+        names.push(name);
+    }
+    assert_eq!(names, vec!["first".to_string(), "n".repeat(255)]);
+    // SAFETY: NULL out pointer is checked; live handle.
+    unsafe {
+        assert_eq!(imgtool_snapshot_get(img, 0, null_mut()), IMGTOOL_EINVAL);
+        assert_eq!(imgtool_close(img), IMGTOOL_OK);
+    }
+}
