@@ -8,6 +8,7 @@ use super::args::{
 };
 use super::convert::imgtool_progress_fn;
 use super::panic::guard;
+use super::progress::Callback;
 use super::strings::into_c_string;
 use crate::error::Error;
 use crate::format::Repair;
@@ -241,9 +242,9 @@ pub unsafe extern "C" fn imgtool_check(
             force_share: o.flags & IMGTOOL_CHECK_FORCE_SHARE != 0,
             cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
         };
-        if let Some(f) = progress {
-            // SAFETY: f is a valid callback for user per the contract.
-            if unsafe { f(0.0, user) } != 0 {
+        let mut progress = progress.map(|f| Callback::new(f, user));
+        if let Some(cb) = progress.as_mut() {
+            if !cb.call(0.0) {
                 return Err(Error::cancelled());
             }
         }
@@ -257,10 +258,9 @@ pub unsafe extern "C" fn imgtool_check(
             }
         };
         let r = check(path, &co, &mut sink, &mut |_| {})?;
-        if let Some(f) = progress {
-            // SAFETY: as above. The check is done; a late cancel changes
-            // nothing.
-            let _ = unsafe { f(100.0, user) };
+        if let Some(cb) = progress.as_mut() {
+            // The check is done; a late cancel changes nothing.
+            let _ = cb.call(100.0);
         }
         if let Some(out) = report {
             let c = &r.result;

@@ -6,6 +6,7 @@ use super::args::{
     arg_out, arg_str, check_flags, null_error, opt_nonempty, read_options, SizedOptions,
 };
 use super::panic::guard;
+use super::progress::Callback;
 use crate::error::Error;
 use crate::format::CreateOptions;
 use crate::io::CacheMode;
@@ -124,26 +125,6 @@ pub unsafe extern "C" fn imgtool_convert_options_init(opts: *mut imgtool_convert
     })
 }
 
-/// Carries the C callback and its user pointer into the library's progress
-/// closure, which must be `Send`.
-struct Callback {
-    f: unsafe extern "C" fn(f64, *mut c_void) -> c_int,
-    user: *mut c_void,
-}
-
-// SAFETY: the progress contract (see imgtool_progress_fn) tells callers the
-// callback may run on another thread, never concurrently; the library calls
-// it through a `&mut FnMut`, which rules out concurrent calls.
-unsafe impl Send for Callback {}
-
-impl Callback {
-    fn call(&mut self, pct: f64) -> bool {
-        // SAFETY: f is a valid function pointer supplied by the caller, who
-        // also vouches for user; we pass user back unchanged.
-        unsafe { (self.f)(pct, self.user) == 0 }
-    }
-}
-
 /// Convert (copy) `nsrcs` source images, concatenated, into `dst`, as
 /// `qemu-img convert` does: the target is created (unless
 /// `IMGTOOL_CONVERT_NO_CREATE`), kept sparse, and removed again if the
@@ -253,7 +234,7 @@ pub unsafe extern "C" fn imgtool_convert(
         };
         match progress {
             Some(f) => {
-                let mut cb = Callback { f, user };
+                let mut cb = Callback::new(f, user);
                 let mut p = move |pct: f64| cb.call(pct);
                 convert(&sources, dst, &co, Some(&mut p))
             }

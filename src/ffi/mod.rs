@@ -46,6 +46,7 @@ pub mod notice;
 
 mod args;
 mod panic;
+mod progress;
 
 #[cfg(test)]
 mod tests;
