@@ -454,7 +454,7 @@ fn qemu(args: &[&str]) -> bool {
 
 #[test]
 fn snapshot_list() {
-    let dir = TempDir::new();
+    let dir = TempDir::new_exclusive();
     let path = dir.path("s.qcow2");
     let p = path.to_str().unwrap();
     if !qemu(&["qemu-img", "create", "-q", "-f", "qcow2", p, "1M"]) {
