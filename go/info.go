@@ -191,3 +191,43 @@ func (it *Extents) Extent() Extent { return it.cur }
 
 // Err is the error that stopped the iteration, if any.
 func (it *Extents) Err() error { return it.err }
+
+// Snapshots lists the image's internal snapshots (qcow2) in table order,
+// as qemu-img snapshot -l does.
+func (img *Image) Snapshots() ([]SnapshotInfo, error) {
+	p, err := img.handle()
+	if err != nil {
+		return nil, err
+	}
+	defer img.mu.RUnlock()
+	var list []SnapshotInfo
+	for i := 0; ; i++ {
+		var s C.imgtool_snapshot
+		s.struct_size = C.uint32_t(C.sizeof_imgtool_snapshot)
+		err := call("imgtool_snapshot_get", func() C.int { return C.imgtool_snapshot_get(p, C.size_t(i), &s) })
+		if isCode(err, CodeRange) {
+			return list, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		list = append(list, snapshotFromC(&s))
+	}
+}
+
+func snapshotFromC(s *C.imgtool_snapshot) SnapshotInfo {
+	si := SnapshotInfo{
+		ID:          C.GoString(&s.id[0]),
+		Name:        C.GoString(&s.name[0]),
+		VMStateSize: int64(s.vm_state_size),
+		DateSec:     int64(s.date_sec),
+		DateNsec:    int64(s.date_nsec),
+		VMClockSec:  int64(s.vm_clock_nsec / 1e9),
+		VMClockNsec: int64(s.vm_clock_nsec % 1e9),
+	}
+	if s.has_icount {
+		ic := int64(s.icount)
+		si.ICount = &ic
+	}
+	return si
+}

@@ -82,8 +82,8 @@ func Convert(ctx context.Context, srcs []string, dst string, opts ConvertOptions
 	if len(srcs) == 0 {
 		return errorf("imgtool_convert", CodeInvalid, "imgtool: no source images")
 	}
-	if err := ctx.Err(); err != nil {
-		return &Error{Op: "imgtool_convert", Code: CodeCanceled, Msg: "imgtool: convert: " + err.Error(), cause: err}
+	if err := canceled("imgtool_convert", ctx); err != nil {
+		return err
 	}
 	var cs cstrings
 	defer cs.free()
@@ -135,25 +135,41 @@ func Convert(ctx context.Context, srcs []string, dst string, opts ConvertOptions
 	}
 	cdst := cs.str(dst)
 
+	return withProgress(ctx, "imgtool_convert", progress, func(h C.uintptr_t) C.int {
+		return C.imgtool_go_convert(&list[0], C.size_t(len(srcs)), cdst, &o, h)
+	})
+}
+
+// withProgress runs a long C operation with a progress callback that also
+// watches ctx (nil: no cancellation), and turns a cancellation caused by
+// ctx into an error matching ctx.Err() too. A panic in progress is
+// re-raised here, after the C call returned.
+func withProgress(ctx context.Context, op string, progress func(float64), run func(h C.uintptr_t) C.int) error {
 	st := &progressState{ctx: ctx, fn: progress}
 	var h cgo.Handle
-	if progress != nil || ctx.Done() != nil {
+	if progress != nil || (ctx != nil && ctx.Done() != nil) {
 		h = cgo.NewHandle(st)
 		defer h.Delete()
 	}
-	err := call("imgtool_convert", func() C.int {
-		return C.imgtool_go_convert(&list[0], C.size_t(len(srcs)), cdst, &o, C.uintptr_t(h))
-	})
+	err := call(op, func() C.int { return run(C.uintptr_t(h)) })
 	st.mu.Lock() // see progressState
 	panicked := st.panicked
 	st.mu.Unlock()
 	if panicked != nil {
 		panic(panicked)
 	}
-	if e, ok := err.(*Error); ok && e.Code == CodeCanceled && ctx.Err() != nil {
+	if e, ok := err.(*Error); ok && e.Code == CodeCanceled && ctx != nil && ctx.Err() != nil {
 		e.cause = ctx.Err()
 	}
 	return err
+}
+
+// canceled is the error for a ctx that is done before an operation starts.
+func canceled(op string, ctx context.Context) error {
+	if ctx == nil || ctx.Err() == nil {
+		return nil
+	}
+	return &Error{Op: op, Code: CodeCanceled, Msg: "imgtool: " + op + ": " + ctx.Err().Error(), cause: ctx.Err()}
 }
 
 // Repair says what Check may fix.

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"sync"
 	"syscall"
@@ -69,6 +70,10 @@ func TestInfo(t *testing.T) {
 	}
 	if got.ChainLength != 2 || !got.FormatProbed {
 		t.Errorf("chain length %d, probed %v", got.ChainLength, got.FormatProbed)
+	}
+	snaps, err := img.Snapshots()
+	if err != nil || !reflect.DeepEqual(snaps, got.Snapshots) {
+		t.Errorf("Snapshots() = %+v, %v; Info has %+v", snaps, err, got.Snapshots)
 	}
 	if len(got.Children) != 1 || got.Children[0].Name != "file" {
 		t.Errorf("children: %+v", got.Children)
