@@ -102,9 +102,7 @@ fn parse(prog: &Prog, args: Vec<String>) -> Result<Args, Fail> {
                             Prealloc::parse(&arg).map_err(Fail::from)?
                         }
                         _ => {
-                            return Err(Fail::Report(format!(
-                                "Invalid preallocation mode '{arg}'"
-                            )))
+                            return Err(Fail::Report(format!("Invalid preallocation mode '{arg}'")))
                         }
                     }
                 }
@@ -153,10 +151,11 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         return Err(Fail::Usage("Expecting image file name and size".into()));
     };
     let spec = parse_size(size)?;
-    let img = ImageSpec::parse(filename, a.image_opts, a.format.as_deref())?.open(&OpenOptions {
-        writable: true,
-        ..OpenOptions::default()
-    })?;
+    let img =
+        ImageSpec::parse(filename, a.image_opts, a.format.as_deref())?.open(&OpenOptions {
+            writable: true,
+            ..OpenOptions::default()
+        })?;
     warn_if_probed_raw(&img);
     let opts = ResizeOptions {
         prealloc: a.prealloc,
