@@ -80,6 +80,11 @@ impl Error {
         self.msg = format!("{prefix}: {}", self.msg);
         self
     }
+    /// Change the kind, keeping message and errno.
+    pub fn with_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
+    }
     /// Replace the message, keeping kind and errno.
     pub fn with_message(mut self, msg: impl Into<String>) -> Self {
         self.msg = msg.into();

@@ -28,6 +28,11 @@ pub struct OpenOptions {
     pub backing_override: Option<(String, Option<String>)>,
     /// Open this internal snapshot of the top image, read-only (`-l`).
     pub snapshot: Option<String>,
+    /// Opened for `check` (see [`format::DriverOpenOptions::for_check`]).
+    pub for_check: bool,
+    /// Only metadata is needed (`info`); see
+    /// [`format::DriverOpenOptions::metadata_only`].
+    pub metadata_only: bool,
 }
 
 impl OpenOptions {
@@ -133,13 +138,21 @@ impl Image {
                 LockMode::Read
             })?;
         }
-        let driver = format::open_driver(
+        let mut driver = format::open_driver(
             format,
             file,
             &DriverOpenOptions {
                 writable: opts.writable,
+                for_check: opts.for_check,
+                metadata_only: opts.metadata_only,
             },
         )?;
+        if let Some(snap) = &opts.snapshot {
+            if opts.writable {
+                return Err(Error::invalid("Snapshots can only be opened read-only"));
+            }
+            driver = driver.snapshot(snap)?;
+        }
         let backing_ref = match &opts.backing_override {
             Some((f, fmt)) if !f.is_empty() => Some(format::BackingRef {
                 filename: f.clone(),
@@ -159,6 +172,8 @@ impl Image {
                     no_backing: false,
                     backing_override: None,
                     snapshot: None,
+                    for_check: false,
+                    metadata_only: opts.metadata_only,
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
                     if e.message().contains("creates an infinite loop")
@@ -301,7 +316,7 @@ impl Image {
                     zero: true,
                     data: false,
                     compressed: false,
-                    offset: None,
+                    offset: e.offset,
                 }),
             },
         }

@@ -6,6 +6,7 @@
 //! chain), which uses `format` drivers, which do host I/O through `io`.
 
 pub mod error;
+pub mod events;
 pub mod ffi;
 pub mod format;
 pub mod image;

@@ -5,14 +5,15 @@
 //! Option checks run in img_convert's order so the first error is the one
 //! qemu-img reports; the copy itself is `imgtool::ops::convert`.
 
-use imgtool::format::{self, CreateOptions};
+use imgtool::format::CreateOptions;
 use imgtool::io::CacheMode;
 use imgtool::ops::convert::{convert_images, ConvertOptions};
-use imgtool::ops::create::{create, plan, CreateRequest};
+use imgtool::ops::create::{create, CreateRequest};
 use imgtool::{Image, OpenOptions};
 
 use crate::app::{CmdResult, Fail, Prog};
 use crate::common::{ch, parse_object, ImageSpec, OPT_IMAGE_OPTS, OPT_OBJECT};
+use crate::copy_steps::{self, Walk};
 use crate::createopts;
 use crate::getopt::{Getopt, HasArg::*, LongOpt};
 use crate::num::{cvtnum, strtol, NumError};
@@ -71,7 +72,7 @@ struct Args {
     backing: Option<String>,
     backing_fmt: Option<String>,
     options: Option<String>,
-    snapshot: Option<Snapshot>,
+    snapshot: Option<(Snapshot, String)>,
     sparse: Option<u64>,
     progress: bool,
     quiet: bool,
@@ -135,7 +136,7 @@ fn parse(prog: &Prog, args: Vec<String>) -> Result<Args, Fail> {
                 return Err(Fail::Exit(0));
             }
             v if v == ch('o') => createopts::accumulate(&mut a.options, &arg)?,
-            v if v == ch('l') => a.snapshot = Some(parse_snapshot(prog, &arg)?),
+            v if v == ch('l') => a.snapshot = Some((parse_snapshot(prog, &arg)?, arg)),
             v if v == ch('S') => a.sparse = Some(parse_sparse(&arg)?),
             v if v == ch('m') => a.workers = parse_workers(&arg)?,
             v if v == ch('r') => {
@@ -280,7 +281,7 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
     let mut progress = Progress::start(a.progress && !a.quiet, 1.0);
     let r = convert(&a, &srcs, &target, src_cache, &mut progress);
     if r.is_ok() {
-        progress.set(100.0);
+        progress.complete();
     }
     progress.end();
     r
@@ -297,6 +298,28 @@ fn open_sources(a: &Args, srcs: &[String], cache: CacheMode) -> Result<Vec<Image
         .collect()
 }
 
+/// What the target will be: its creation options (None with -n) and the
+/// backing file and format it gets.
+struct TargetPlan {
+    create: Option<CreateOptions>,
+    backing: Option<String>,
+    backing_fmt: Option<String>,
+}
+
+fn plan_target(a: &Args, out_fmt: &str) -> Result<TargetPlan, Fail> {
+    let create = if a.skip_create {
+        None
+    } else {
+        Some(target_options(a, out_fmt)?)
+    };
+    let from_opts = |k: &str| create.as_ref().and_then(|o| o.get(k).map(str::to_string));
+    Ok(TargetPlan {
+        backing: from_opts("backing_file").or_else(|| a.backing.clone()),
+        backing_fmt: from_opts("backing_fmt").or_else(|| a.backing_fmt.clone()),
+        create,
+    })
+}
+
 fn convert(
     a: &Args,
     srcs: &[String],
@@ -304,46 +327,26 @@ fn convert(
     src_cache: CacheMode,
     progress: &mut Progress,
 ) -> CmdResult {
-    let images = open_sources(a, srcs, src_cache)?;
-    check_snapshot(a, &images)?;
+    let mut images = open_sources(a, srcs, src_cache)?;
+    load_snapshot(a, srcs, src_cache, &mut images)?;
     let total = images
         .iter()
         .try_fold(0u64, |t, i| t.checked_add(i.size()))
         .ok_or_else(|| Fail::report("Total image size too large"))?;
     let out_fmt = a.out_fmt.clone().unwrap_or_else(|| "raw".into());
-    let create_opts = if a.skip_create {
-        None
-    } else {
-        Some(target_options(a, &out_fmt)?)
-    };
-    let backing = create_opts
-        .as_ref()
-        .and_then(|o| o.get("backing_file").map(str::to_string))
-        .or_else(|| a.backing.clone());
-    let backing_fmt = create_opts
-        .as_ref()
-        .and_then(|o| o.get("backing_fmt").map(str::to_string))
-        .or_else(|| a.backing_fmt.clone());
+    let tp = plan_target(a, &out_fmt)?;
     check_target(
         a,
         &images,
-        backing.is_some(),
-        create_opts.as_ref(),
+        tp.backing.is_some(),
+        tp.create.as_ref(),
         &out_fmt,
     )?;
-    let req = create_opts
-        .as_ref()
-        .map(|o| create_request(target, &out_fmt, o, total));
-    if let Some(r) = &req {
-        check_create(r)?;
+    if let Some(o) = &tp.create {
+        create_target(target, &out_fmt, o, total)?;
     }
-    let Ok(target_cache) = CacheMode::parse(&a.cache) else {
-        // qemu-img creates the target before it looks at -t.
-        if let Some(r) = &req {
-            create(r).map_err(|e| create_error(r, e))?;
-        }
-        return Err(Fail::Report(format!("Invalid cache option: {}", a.cache)));
-    };
+    let target_cache = CacheMode::parse(&a.cache)
+        .map_err(|_| Fail::Report(format!("Invalid cache option: {}", a.cache)))?;
     let target_spec = ImageSpec::parse(target, a.tgt_image_opts, a.out_fmt.as_deref())?;
     if a.skip_create {
         check_existing_target(&target_spec, target_cache, total)?;
@@ -354,10 +357,20 @@ fn convert(
             target_spec.format.as_deref().unwrap_or("raw")
         )));
     }
+    // qcow2's default cluster size when -o does not set one.
+    let cluster = tp
+        .create
+        .as_ref()
+        .and_then(|o| o.get_size("cluster_size").ok().flatten())
+        .unwrap_or(65536);
+    // The library creates the target again itself: only a target it
+    // created is known to read as zeros, which keeps the copy sparse
+    // (see create_target).
     let opts = ConvertOptions {
         src_format: a.src_fmt.clone(),
         out_format: target_spec.format.clone().unwrap_or(out_fmt),
-        out_options: create_opts
+        out_options: tp
+            .create
             .map(|mut o| {
                 o.remove("backing_file");
                 o.remove("backing_fmt");
@@ -366,66 +379,83 @@ fn convert(
             .unwrap_or_default(),
         compress: a.compress,
         sparse_size: a.sparse.unwrap_or(4096),
-        backing_file: backing,
-        backing_format: backing_fmt,
+        backing_file: tp.backing,
+        backing_format: tp.backing_fmt,
         skip_create: a.skip_create,
         num_workers: a.workers,
         out_of_order: a.out_of_order,
         target_cache,
         source_cache: src_cache,
         force_share: a.force_share,
-        snapshot: None,
+        snapshot: a.snapshot.as_ref().map(|(_, p)| p.clone()),
     };
+    if progress.is_enabled() {
+        let walk = Walk {
+            top_only: opts.backing_file.is_some(),
+            write_zeroes: opts.sparse_size == 0,
+            compress_cluster: a.compress.then_some(cluster),
+        };
+        progress.use_steps(copy_steps::steps(&images, &walk));
+    }
     let mut cb = |pct: f64| {
-        progress.set(pct as f32);
+        progress.reached((pct / 100.0 * total as f64) as u64);
         true
     };
     convert_images(images, &target_spec.filename, &opts, Some(&mut cb)).map_err(Fail::from)
 }
 
-/// `-l`: the library cannot load internal snapshots yet.
-fn check_snapshot(a: &Args, images: &[Image]) -> CmdResult {
-    let Some(sn) = &a.snapshot else {
+/// `-l`: reopen the (single) source on the internal snapshot.
+fn load_snapshot(a: &Args, srcs: &[String], cache: CacheMode, images: &mut [Image]) -> CmdResult {
+    let Some((kind, param)) = &a.snapshot else {
         return Ok(());
     };
-    if matches!(sn, Snapshot::Name) && images.len() > 1 {
+    if matches!(kind, Snapshot::Name) && images.len() > 1 {
         return Err(Fail::report(
             "No support for concatenating multiple snapshot",
         ));
     }
-    let fmt = images.first().map_or("raw", |i| i.format());
-    Err(Fail::Report(format!(
-        "Failed to load snapshot: Block format '{fmt}' used by device '' does not support temporarily loading internal snapshots"
-    )))
+    let (Some(src), Some(first)) = (srcs.first(), images.first()) else {
+        return Ok(());
+    };
+    let fmt = first.format();
+    if fmt != "qcow2" {
+        return Err(Fail::Report(format!(
+            "Failed to load snapshot: Block format '{fmt}' used by device '' does not support temporarily loading internal snapshots"
+        )));
+    }
+    let spec = ImageSpec::parse(src, a.image_opts, a.src_fmt.as_deref())?;
+    let open = |which: &str| {
+        let oo = OpenOptions {
+            cache,
+            force_share: a.force_share,
+            snapshot: Some(which.to_string()),
+            ..OpenOptions::default()
+        };
+        Image::open(&spec.filename, &oo)
+    };
+    // A library that ignores OpenOptions::snapshot would silently copy the
+    // active layer; a snapshot that cannot exist tells us which we have.
+    if open("\u{1}imgtool-probe").is_ok() {
+        return Err(Fail::report(
+            "Failed to load snapshot: internal snapshots cannot be loaded by this libimgtool",
+        ));
+    }
+    let img = open(param).map_err(|e| {
+        let m = e.message();
+        let inner = m
+            .split_once("Failed to load snapshot: ")
+            .map_or(m, |(_, r)| r);
+        Fail::Report(format!("Failed to load snapshot: {inner}"))
+    })?;
+    images[0] = img;
+    Ok(())
 }
 
-/// The target's creation options: `-o`, then `-B`/`-F` (add_old_style_options).
+/// The target's creation options: `-o`, then `-B`/`-F`.
 fn target_options(a: &Args, fmt: &str) -> Result<CreateOptions, Fail> {
-    if !format::is_known(fmt) {
-        return Err(Fail::Report(format!("Unknown file format '{fmt}'")));
-    }
-    let known = format::create_options(fmt).map_err(Fail::from)?;
-    let mut o =
-        CreateOptions::parse(a.options.as_deref().unwrap_or_default()).map_err(Fail::from)?;
-    o.validate(known).map_err(Fail::from)?;
+    let mut o = createopts::parse_for_format(fmt, a.options.as_deref())?;
     o.remove("size");
-    let supports = |n: &str| known.iter().any(|d| d.name == n);
-    if let Some(b) = &a.backing {
-        if !supports("backing_file") {
-            return Err(Fail::Report(format!(
-                "Backing file not supported for file format '{fmt}'"
-            )));
-        }
-        o.set("backing_file", b);
-    }
-    if let Some(f) = &a.backing_fmt {
-        if !supports("backing_fmt") {
-            return Err(Fail::Report(format!(
-                "Backing file format not supported for file format '{fmt}'"
-            )));
-        }
-        o.set("backing_fmt", f);
-    }
+    createopts::add_backing(&mut o, fmt, a.backing.as_deref(), a.backing_fmt.as_deref())?;
     Ok(o)
 }
 
@@ -466,7 +496,24 @@ fn check_target(
     if a.bitmaps && images.iter().any(|i| i.format() != "qcow2") {
         return Err(Fail::report("Source lacks bitmap support"));
     }
+    if a.bitmaps && images.iter().any(has_bitmaps) {
+        // The library cannot copy bitmaps yet; never drop them silently.
+        return Err(Fail::report(
+            "Copying persistent bitmaps is not supported by libimgtool yet",
+        ));
+    }
     Ok(())
+}
+
+/// Whether the image reports persistent bitmaps (qcow2 `bitmaps` list).
+fn has_bitmaps(img: &Image) -> bool {
+    let info = imgtool::ImageInfo::of(img);
+    let bitmaps = info
+        .format_specific
+        .as_ref()
+        .and_then(|f| f.get("data"))
+        .and_then(|d| d.get("bitmaps"));
+    matches!(bitmaps, Some(imgtool::json::Json::Array(b)) if !b.is_empty())
 }
 
 fn check_compress(opts: Option<&CreateOptions>, fmt: &str, skip_create: bool) -> CmdResult {
@@ -492,29 +539,29 @@ fn check_compress(opts: Option<&CreateOptions>, fmt: &str, skip_create: bool) ->
     Ok(())
 }
 
-fn create_request(target: &str, fmt: &str, o: &CreateOptions, total: u64) -> CreateRequest {
-    CreateRequest {
+/// Create the target (bdrv_create) so creation errors get qemu-img's
+/// prefix and happen where qemu-img has them. The library recreates it
+/// for the copy, because ConvertOptions cannot say "target reads as
+/// zeros" (see the report); full preallocation is left to that second
+/// creation so it is paid once.
+fn create_target(target: &str, fmt: &str, o: &CreateOptions, total: u64) -> CmdResult {
+    let mut options = o.clone();
+    if options.get("preallocation") == Some("full") {
+        options.remove("preallocation");
+    }
+    let req = CreateRequest {
         format: fmt.to_string(),
         filename: target.to_string(),
         size: Some(total),
-        options: o.clone(),
+        options,
         unsafe_backing: false,
-    }
-}
-
-/// The creation the library will do, checked first so that its errors get
-/// qemu-img's `TARGET: error while converting FMT: ` prefix.
-fn check_create(req: &CreateRequest) -> CmdResult {
-    plan(req).map(|_| ()).map_err(|e| create_error(req, e))
-}
-
-fn create_error(req: &CreateRequest, e: imgtool::Error) -> Fail {
-    Fail::Report(format!(
-        "{}: error while converting {}: {}",
-        req.filename,
-        req.format,
-        e.message()
-    ))
+    };
+    create(&req).map(|_| ()).map_err(|e| {
+        Fail::Report(format!(
+            "{target}: error while converting {fmt}: {}",
+            e.message()
+        ))
+    })
 }
 
 /// `-n`: the target must exist and be large enough.

@@ -4,7 +4,7 @@
 //! Checks run in the order of QEMU's bdrv_img_create so the first error
 //! reported is the one qemu-img reports; the library does the creating.
 
-use imgtool::format::{self, CreateOptions};
+use imgtool::format::CreateOptions;
 use imgtool::image::combine_backing_path;
 use imgtool::ops::create::{create, CreateRequest};
 use imgtool::{Image, OpenOptions};
@@ -96,34 +96,17 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
 /// QEMU's bdrv_img_create; errors come back without the filename prefix.
 fn img_create(a: &Args, filename: &str, size: Option<u64>) -> CmdResult {
     let fmt = a.format.as_str();
-    if !format::is_known(fmt) {
-        return Err(Fail::Report(format!("Unknown file format '{fmt}'")));
-    }
-    let known = format::create_options(fmt).map_err(Fail::from)?;
-    let mut opts =
-        CreateOptions::parse(a.options.as_deref().unwrap_or_default()).map_err(Fail::from)?;
-    opts.validate(known).map_err(Fail::from)?;
+    let mut opts = createopts::parse_for_format(fmt, a.options.as_deref())?;
     let o_size = opts.get_size("size").map_err(Fail::from)?;
     if o_size.is_some() && size.is_some() {
         return Err(Fail::report("The image size must be specified only once"));
     }
-    let supports = |name: &str| known.iter().any(|d| d.name == name);
-    if let Some(b) = &a.backing {
-        if !supports("backing_file") {
-            return Err(Fail::Report(format!(
-                "Backing file not supported for file format '{fmt}'"
-            )));
-        }
-        opts.set("backing_file", b);
-    }
-    if let Some(f) = &a.backing_fmt {
-        if !supports("backing_fmt") {
-            return Err(Fail::Report(format!(
-                "Backing file format not supported for file format '{fmt}'"
-            )));
-        }
-        opts.set("backing_fmt", f);
-    }
+    createopts::add_backing(
+        &mut opts,
+        fmt,
+        a.backing.as_deref(),
+        a.backing_fmt.as_deref(),
+    )?;
     let backing_size = check_backing(a, filename, &opts)?;
     let size = size
         .or(o_size)

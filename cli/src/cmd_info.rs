@@ -95,11 +95,11 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
         let opts = OpenOptions {
             force_share: a.force_share,
             no_backing: true,
+            metadata_only: true,
             ..OpenOptions::default()
         };
         let img = spec.open(&opts)?;
-        let mut info = ImageInfo::of(&img);
-        round_file_length(&mut info);
+        let info = ImageInfo::of(&img);
         drop(img);
         let next = match (&info.full_backing_filename, &info.backing_filename) {
             (Some(full), _) if a.chain => Some(ImageSpec::plain(
@@ -118,14 +118,5 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
             Some(n) => spec = n,
             None => return Ok(list),
         }
-    }
-}
-
-/// QEMU reports a protocol node's length in whole 512-byte sectors
-/// (bdrv_getlength); the library reports the file's byte length.
-/// Idempotent, so harmless once the library rounds itself.
-fn round_file_length(info: &mut ImageInfo) {
-    if let Some(child) = info.file_child.as_mut() {
-        child.virtual_size = child.virtual_size.div_ceil(512).saturating_mul(512);
     }
 }

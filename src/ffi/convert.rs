@@ -6,6 +6,7 @@ use super::args::{
     arg_out, arg_str, check_flags, null_error, opt_nonempty, read_options, SizedOptions,
 };
 use super::panic::guard;
+use super::progress::Callback;
 use crate::error::Error;
 use crate::format::CreateOptions;
 use crate::io::CacheMode;
@@ -72,6 +73,11 @@ pub struct imgtool_convert_options {
     pub sparse_size: u64,
     /// Parallel workers (`-m`), 1 to 16; default 8.
     pub num_workers: u32,
+    /// Internal snapshot of the source to convert instead of its current
+    /// state (`-l`): its ID or name, or "snapshot.id=ID" /
+    /// "snapshot.name=NAME". Only with a single source. NULL or "" for the
+    /// current state.
+    pub snapshot: *const c_char,
 }
 
 // SAFETY: repr(C), starts with u32 struct_size, fields are integers and raw
@@ -95,6 +101,7 @@ impl imgtool_convert_options {
             source_cache: std::ptr::null(),
             sparse_size: d.sparse_size,
             num_workers: u32::try_from(d.num_workers).unwrap_or(8),
+            snapshot: std::ptr::null(),
         }
     }
 }
@@ -103,6 +110,8 @@ impl imgtool_convert_options {
 /// sparse detection, 8 workers) and set `opts->struct_size`.
 ///
 /// Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+///
+/// Thread safety: any thread; touches only `opts`.
 ///
 /// # Safety
 /// `opts` is NULL or points to writable memory for an `imgtool_convert_options`.
@@ -114,26 +123,6 @@ pub unsafe extern "C" fn imgtool_convert_options_init(opts: *mut imgtool_convert
         out.write(imgtool_convert_options::defaults());
         Ok(())
     })
-}
-
-/// Carries the C callback and its user pointer into the library's progress
-/// closure, which must be `Send`.
-struct Callback {
-    f: unsafe extern "C" fn(f64, *mut c_void) -> c_int,
-    user: *mut c_void,
-}
-
-// SAFETY: the progress contract (see imgtool_progress_fn) tells callers the
-// callback may run on another thread, never concurrently; the library calls
-// it through a `&mut FnMut`, which rules out concurrent calls.
-unsafe impl Send for Callback {}
-
-impl Callback {
-    fn call(&mut self, pct: f64) -> bool {
-        // SAFETY: f is a valid function pointer supplied by the caller, who
-        // also vouches for user; we pass user back unchanged.
-        unsafe { (self.f)(pct, self.user) == 0 }
-    }
 }
 
 /// Convert (copy) `nsrcs` source images, concatenated, into `dst`, as
@@ -149,6 +138,11 @@ impl Callback {
 /// options), errors from opening the sources (`IMGTOOL_ENOENT`,
 /// `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (e.g. compressing to raw),
 /// `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+///
+/// Thread safety: any thread; the call blocks until done and runs up to
+/// `num_workers` threads of its own. The sources are opened read-only with
+/// shared locks, so other readers may use them meanwhile; the target is
+/// locked for writing.
 ///
 /// # Safety
 /// `srcs` is NULL or an array of `nsrcs` NUL-terminated strings; `dst` is
@@ -199,7 +193,7 @@ pub unsafe extern "C" fn imgtool_convert(
             ));
         }
         // SAFETY: the string fields of an initialised options struct are
-        // NULL or NUL-terminated (contract above); same for the next six.
+        // NULL or NUL-terminated (contract above); same for the next seven.
         let src_format =
             unsafe { opt_nonempty(o.src_format, "imgtool_convert: opts->src_format") }?;
         // SAFETY: as for src_format.
@@ -219,6 +213,8 @@ pub unsafe extern "C" fn imgtool_convert(
         // SAFETY: as for src_format.
         let source_cache =
             unsafe { opt_nonempty(o.source_cache, "imgtool_convert: opts->source_cache") }?;
+        // SAFETY: as for src_format.
+        let snapshot = unsafe { opt_nonempty(o.snapshot, "imgtool_convert: opts->snapshot") }?;
         let d = ConvertOptions::default();
         let co = ConvertOptions {
             src_format: src_format.map(str::to_string),
@@ -234,11 +230,11 @@ pub unsafe extern "C" fn imgtool_convert(
             target_cache: target_cache.map_or(Ok(d.target_cache), CacheMode::parse)?,
             source_cache: source_cache.map_or(Ok(d.source_cache), CacheMode::parse)?,
             force_share: o.flags & IMGTOOL_CONVERT_FORCE_SHARE != 0,
-            snapshot: None,
+            snapshot: snapshot.map(str::to_string),
         };
         match progress {
             Some(f) => {
-                let mut cb = Callback { f, user };
+                let mut cb = Callback::new(f, user);
                 let mut p = move |pct: f64| cb.call(pct);
                 convert(&sources, dst, &co, Some(&mut p))
             }

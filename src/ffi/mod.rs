@@ -8,11 +8,11 @@
 //! - every fallible function returns `int`: `IMGTOOL_OK` (0) or a negative
 //!   `IMGTOOL_E*` code, with the message in `imgtool_last_error()` and the
 //!   errno in `imgtool_last_errno()` (per thread, until the next call);
-//! - every body runs inside the panic boundary ([`panic`]), so a panic
-//!   becomes `IMGTOOL_EPANIC` and never unwinds into C;
+//! - every body runs inside the panic boundary (the private `panic`
+//!   module), so a panic becomes `IMGTOOL_EPANIC` and never unwinds into C;
 //! - every pointer is NULL-checked and every string checked to be UTF-8;
 //! - options structs start with `uint32_t struct_size`, filled by their
-//!   `_init` function and checked by the callee ([`args::read_options`]);
+//!   `_init` function and checked by the callee (`args::read_options`);
 //! - handles are `Box`es handed to C by `imgtool_open` and taken back by
 //!   `imgtool_close`; strings handed to C are freed by
 //!   `imgtool_free_string`.
@@ -30,21 +30,34 @@ pub mod strings;
 
 pub mod image;
 
+pub mod zeroes;
+
 pub mod info;
+
+pub mod snapshot;
 
 pub mod create;
 
 pub mod convert;
 
+pub mod check;
+
+pub mod notice;
+
 mod args;
 mod panic;
+mod progress;
 
 #[cfg(test)]
 mod tests;
 
+pub use check::*;
 pub use convert::*;
 pub use create::*;
 pub use error::*;
 pub use image::*;
 pub use info::*;
+pub use notice::*;
+pub use snapshot::*;
 pub use strings::*;
+pub use zeroes::*;

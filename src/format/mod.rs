@@ -1,6 +1,7 @@
 //! Format drivers. Each format owns its on-disk structures in its own module
 //! and is reached only through [`Driver`] and the registry functions here.
 
+pub(crate) mod bytes;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
@@ -81,6 +82,32 @@ pub struct SnapshotInfo {
     pub date_nsec: u32,
     pub vm_clock_nsec: u64,
     pub icount: Option<u64>,
+}
+
+/// What `check -r` may repair.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Repair {
+    #[default]
+    None,
+    /// Leaked clusters only (`-r leaks`).
+    Leaks,
+    /// Leaks and corruptions (`-r all`).
+    All,
+}
+
+/// Counts from one consistency check pass (QEMU's BdrvCheckResult).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CheckResult {
+    pub corruptions: u64,
+    pub leaks: u64,
+    pub check_errors: u64,
+    pub corruptions_fixed: u64,
+    pub leaks_fixed: u64,
+    pub image_end_offset: u64,
+    pub total_clusters: u64,
+    pub allocated_clusters: u64,
+    pub fragmented_clusters: u64,
+    pub compressed_clusters: u64,
 }
 
 /// What preallocation a create or truncate asks for.
@@ -178,6 +205,13 @@ pub trait Driver: Send + Sync {
     fn io_granularity(&self) -> u64 {
         65536
     }
+    /// Check (and with `repair`, fix) the image's metadata. `log` gets one
+    /// line per finding, as qemu-img prints them on stderr.
+    fn check(&self, _repair: Repair, _log: &mut dyn FnMut(&str)) -> Result<CheckResult> {
+        Err(Error::unsupported(
+            "This image format does not support checks",
+        ))
+    }
     /// Grow to `size` so that the new area reads as zeros even where
     /// `backing` has data (QEMU's truncate with ZERO_WRITE, used when the
     /// backing file is longer than the image).
@@ -246,6 +280,12 @@ pub trait Driver: Send + Sync {
 #[derive(Debug, Clone, Default)]
 pub struct DriverOpenOptions {
     pub writable: bool,
+    /// Opened by `check`: a corrupt image may be opened for repair, and a
+    /// dirty one is not repaired on open (the check does it).
+    pub for_check: bool,
+    /// Only metadata will be read (`info`): encrypted images open without
+    /// their key, as with QEMU's BDRV_O_NO_IO.
+    pub metadata_only: bool,
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.

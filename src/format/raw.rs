@@ -76,8 +76,17 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
     let prealloc = match opts.get("preallocation") {
         None => Prealloc::Off,
         Some(p @ ("off" | "falloc" | "full")) => Prealloc::parse(p)?,
-        Some(p) => return Err(Error::invalid(format!("Invalid parameter '{p}'"))),
+        Some("metadata") => return Err(Error::invalid("Unsupported preallocation mode: metadata")),
+        Some(p) => {
+            return Err(Error::invalid(format!(
+                "Parameter 'preallocation' does not accept value '{p}'"
+            )))
+        }
     };
+    // The file layer works in whole sectors.
+    let size = size
+        .checked_next_multiple_of(512)
+        .ok_or_else(|| Error::invalid("Image size too large"))?;
     let file = HostFile::create(path)?;
     preallocate(&file, 0, size, prealloc)?;
     if prealloc == Prealloc::Off && size > 0 {

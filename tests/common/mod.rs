@@ -129,8 +129,11 @@ fn pump<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<Vec<u
 /// Run `cmd` with stdin closed and stdout/stderr captured; kill it (and
 /// report `timed_out`) when it runs longer than `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Out {
-    use std::os::unix::process::ExitStatusExt;
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
     let cmdline = format!("{cmd:?}");
+    // Own process group, so a timeout kills grandchildren too (a shell
+    // wrapper's qemu-img would otherwise keep our pipes open forever).
+    cmd.process_group(0);
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
@@ -147,6 +150,10 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Out {
             None => {
                 if start.elapsed() > timeout {
                     timed_out = true;
+                    // SAFETY: plain syscall on the group we created.
+                    unsafe {
+                        libc::kill(-(child.id() as i32), libc::SIGKILL);
+                    }
                     let _ = child.kill();
                     break child.wait().expect("wait for killed child");
                 }
@@ -215,14 +222,18 @@ pub fn qemu_io_then_abort(dir: &Path, fmt: &str, file: &str, cmds: &[String]) {
 }
 
 /// Replace the program name in qemu-img's messages as our binary prints
-/// them: `qemu-img: ...` line prefixes and the `Try 'qemu-img ...` hints.
+/// them: `qemu-img...` at the start of a line and the `Try 'qemu-img ...`
+/// hints.
 pub fn as_imgtool(qemu_text: &str) -> String {
     qemu_text
         .lines()
         .map(|l| {
-            let l = match l.strip_prefix("qemu-img:") {
-                Some(rest) => format!("imgtool:{rest}"),
-                None => l.to_string(),
+            // `qemu-img: msg`, and getopt's `qemu-img create: invalid option`.
+            let l = match l.strip_prefix("qemu-img") {
+                Some(rest) if rest.starts_with(':') || rest.starts_with(' ') => {
+                    format!("imgtool{rest}")
+                }
+                _ => l.to_string(),
             };
             l.replace("Try 'qemu-img ", "Try 'imgtool ")
         })
@@ -379,6 +390,11 @@ pub const VARIANTS: &[&str] = &[
     "prealloc_metadata",
     "chain3",
     "chain3_raw_base",
+    "data_file",
+    "data_file_raw",
+    "internal_snapshots",
+    "odd_size",
+    "zero_size",
 ];
 
 fn put(dir: &Path, name: &str, data: &[u8]) {
@@ -606,6 +622,60 @@ pub fn build_variant(name: &str, dir: &Path) -> Built {
                 format: "qcow2",
                 convert_opts: "cluster_size=4096".into(),
                 size: 5 * MIB,
+            }
+        }
+        "data_file" | "data_file_raw" => {
+            let extra = if name == "data_file_raw" {
+                ",data_file_raw=on"
+            } else {
+                ""
+            };
+            // qemu resolves a relative data file name against the current
+            // directory, not the image's; an absolute one lets the tests run
+            // from any directory.
+            let data = dir.join("img.data");
+            let o = format!("data_file={}{extra}", data.display());
+            create(dir, "img.qcow2", &o, Some(four), &[]);
+            qemu_io(dir, "qcow2", "img.qcow2", &standard_writes(four));
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: format!("data_file=out.data{extra}"),
+                size: four,
+            }
+        }
+        "internal_snapshots" => {
+            create(dir, "img.qcow2", "", Some(four), &[]);
+            qemu_io(dir, "qcow2", "img.qcow2", &chain_mid_writes());
+            qemu_img_ok(dir, &["snapshot", "-c", "first", "img.qcow2"]);
+            qemu_io(dir, "qcow2", "img.qcow2", &standard_writes(four));
+            qemu_img_ok(dir, &["snapshot", "-c", "second one", "img.qcow2"]);
+            qemu_io(dir, "qcow2", "img.qcow2", &chain_top_writes()[..2]);
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: String::new(),
+                size: four,
+            }
+        }
+        "odd_size" => {
+            // Not a multiple of 512: qemu rounds the virtual size up.
+            create(dir, "img.qcow2", "", Some(four + 1000), &[]);
+            qemu_io(dir, "qcow2", "img.qcow2", &standard_writes(four + 1024));
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: String::new(),
+                size: four + 1024,
+            }
+        }
+        "zero_size" => {
+            create(dir, "img.qcow2", "", Some(0), &[]);
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: String::new(),
+                size: 0,
             }
         }
         other => panic!("unknown variant {other}"),
@@ -853,4 +923,167 @@ fn parse_value(b: &[u8], i: &mut usize) -> Result<Json, String> {
 /// Parse, or fail the test showing the text.
 pub fn parse_json(what: &str, text: &str) -> Json {
     Json::parse(text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}):\n{text}"))
+}
+
+// ------------------------------------------------------- damaged images
+
+/// Damaged or hostile images, each made by patching a good qcow2 that
+/// qemu-img wrote (data at 0 and 1M, a compressed cluster at 2M). What
+/// qemu-img does with each is the expected behaviour; the comment says what
+/// that is (info / convert).
+pub const BAD_CASES: &[&str] = &[
+    // fail to open: info and convert exit 1
+    "truncated_20",
+    "truncated_48",
+    "truncated_72",
+    "truncated_100",
+    "empty_as_qcow2",
+    "cluster_bits_31",
+    "cluster_bits_8",
+    "virtual_size_2_63",
+    "virtual_size_i64_max",
+    "l1_size_huge",
+    "l1_size_big",
+    "refcount_table_clusters_huge",
+    "refcount_table_clusters_big",
+    "unknown_incompatible_bit",
+    "version_4",
+    "backing_offset_invalid",
+    "header_length_short",
+    "header_length_huge",
+    "refcount_order_7",
+    "snapshots_too_many",
+    "snapshots_offset_unaligned",
+    "extension_length_huge",
+    "extension_length_past_cluster",
+    "backing_format_extension_too_long",
+    // open fine, reading fails: info ok, convert exit 1
+    "l2_offset_unaligned",
+    "compressed_descriptor_bad",
+    // qemu-img accepts these (reads past EOF as zeros, does not check
+    // overlaps on read): info and convert succeed with its output
+    "l1_past_eof",
+    "refcount_table_past_eof",
+    "data_cluster_past_eof",
+    "l1_overlaps_header",
+    "l1_overlaps_refcount_table",
+    "l2_overlaps_l1",
+    "refcount_table_overlaps_l1",
+    "dirty_bit_set",
+    "corrupt_bit_set",
+];
+
+fn be64(b: &[u8], off: usize) -> u64 {
+    u64::from_be_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+/// Overwrite bytes of a file in place.
+pub fn patch(path: &Path, off: u64, bytes: &[u8]) {
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .expect("open for patch");
+    f.seek(SeekFrom::Start(off)).unwrap();
+    f.write_all(bytes).unwrap();
+}
+
+/// The good image the damaged ones start from.
+pub fn build_good_qcow2(dir: &Path, file: &str) {
+    qemu_img_ok(dir, &["create", "-q", "-f", "qcow2", file, "4M"]);
+    qemu_io(
+        dir,
+        "qcow2",
+        file,
+        &[
+            "write -P 0xab 0 64k".to_string(),
+            "write -P 0xcd 1M 64k".to_string(),
+            "write -c -P 0x11 2M 64k".to_string(),
+        ],
+    );
+}
+
+/// Build bad case `name` in `dir`; returns (file name, explicit format
+/// argument the commands should get, if any).
+pub fn build_bad(name: &str, dir: &Path) -> (String, Option<&'static str>) {
+    let file = "bad.qcow2".to_string();
+    let path = dir.join(&file);
+    build_good_qcow2(dir, &file);
+    let good = read(&path);
+    let l1 = be64(&good, 40);
+    let rt = be64(&good, 48);
+    let l2 = be64(&good, l1 as usize) & 0x00ff_ffff_ffff_fe00;
+    let hdr_len = u32::from_be_bytes(good[100..104].try_into().unwrap()) as u64;
+    let u32b = |v: u32| v.to_be_bytes().to_vec();
+    let u64b = |v: u64| v.to_be_bytes().to_vec();
+    let truncate = |n: u64| {
+        let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(n).unwrap();
+    };
+    let mut fmt = None;
+    match name {
+        "truncated_20" => truncate(20),
+        "truncated_48" => truncate(48),
+        "truncated_72" => truncate(72),
+        "truncated_100" => truncate(100),
+        "empty_as_qcow2" => {
+            truncate(0);
+            fmt = Some("qcow2");
+        }
+        "cluster_bits_31" => patch(&path, 20, &u32b(31)),
+        "cluster_bits_8" => patch(&path, 20, &u32b(8)),
+        "virtual_size_2_63" => patch(&path, 24, &u64b(1 << 63)),
+        "virtual_size_i64_max" => patch(&path, 24, &u64b(i64::MAX as u64)),
+        "l1_size_huge" => patch(&path, 36, &u32b(u32::MAX)),
+        "l1_size_big" => patch(&path, 36, &u32b(0x1000_0000)),
+        "refcount_table_clusters_huge" => patch(&path, 56, &u32b(u32::MAX)),
+        "refcount_table_clusters_big" => patch(&path, 56, &u32b(0x10_0000)),
+        "unknown_incompatible_bit" => patch(&path, 72, &u64b(1 << 63)),
+        "version_4" => patch(&path, 4, &u32b(4)),
+        "backing_offset_invalid" => {
+            patch(&path, 8, &u64b(0x10_0000));
+            patch(&path, 16, &u32b(8));
+        }
+        "header_length_short" => patch(&path, 100, &u32b(20)),
+        "header_length_huge" => patch(&path, 100, &u32b(0x1000_0000)),
+        "refcount_order_7" => patch(&path, 96, &u32b(7)),
+        "snapshots_too_many" => patch(&path, 60, &u32b(70000)),
+        "snapshots_offset_unaligned" => {
+            patch(&path, 60, &u32b(1));
+            patch(&path, 64, &u64b(0x100));
+        }
+        // The first extension (feature name table) follows the header.
+        "extension_length_huge" => patch(&path, hdr_len + 4, &u32b(0xffff_fff0)),
+        "extension_length_past_cluster" => patch(&path, hdr_len + 4, &u32b(0x1_0000)),
+        // ... turned into a backing format extension that is too long.
+        "backing_format_extension_too_long" => patch(&path, hdr_len, &u32b(0xe279_2aca)),
+        "l2_offset_unaligned" => patch(&path, l1, &u64b((1 << 63) | (l2 + 0x200))),
+        "compressed_descriptor_bad" => patch(&path, l2, &u64b(0x4000_0001_0000_0000)),
+        "l1_past_eof" => patch(&path, 40, &u64b(1 << 32)),
+        "refcount_table_past_eof" => patch(&path, 48, &u64b(1 << 32)),
+        "data_cluster_past_eof" => patch(&path, l2, &u64b((1 << 63) | (1 << 32))),
+        "l1_overlaps_header" => patch(&path, 40, &u64b(0)),
+        "l1_overlaps_refcount_table" => patch(&path, 40, &u64b(rt)),
+        "l2_overlaps_l1" => patch(&path, l1, &u64b((1 << 63) | l1)),
+        "refcount_table_overlaps_l1" => patch(&path, 48, &u64b(l1)),
+        "dirty_bit_set" => patch(&path, 72, &u64b(1)),
+        "corrupt_bit_set" => patch(&path, 72, &u64b(2)),
+        other => panic!("unknown bad case {other}"),
+    }
+    (file, fmt)
+}
+
+/// A backing loop a -> b -> a, made as the brief says real users make it.
+pub fn build_backing_loop(dir: &Path) {
+    qemu_img_ok(dir, &["create", "-q", "-f", "qcow2", "b", "1M"]);
+    qemu_img_ok(
+        dir,
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "b", "-F", "qcow2", "a", "1M",
+        ],
+    );
+    qemu_img_ok(
+        dir,
+        &["rebase", "-u", "-f", "qcow2", "-b", "a", "-F", "qcow2", "b"],
+    );
 }

@@ -102,10 +102,10 @@ fn put_refcount(block: &mut [u8], order: u32, i: usize, v: u64) {
 impl Qcow2 {
     /// The header as it is on disk now.
     fn header_from_disk(&self) -> Result<Header> {
-        let len = self.file.len()?;
-        let mut head = vec![0u8; len.min(self.cs()) as usize];
+        // Past EOF reads as zeros, as at open.
+        let mut head = vec![0u8; self.cs() as usize];
         self.file.read_at(&mut head, 0)?;
-        Header::parse(&head, len)
+        Header::parse(&head)
     }
 
     /// Write `h` as the first cluster once everything before it is stable.
@@ -382,7 +382,7 @@ impl Qcow2 {
             }
             let mut raw = vec![0u8; s.l1_size as usize * 8];
             self.file.read_exact_at(&mut raw, s.l1_table_offset)?;
-            tables.push(raw.chunks_exact(8).map(super::be64).collect());
+            tables.push(crate::format::bytes::be64_table(&raw));
         }
         for l1 in tables {
             for e in l1 {

@@ -1,29 +1,44 @@
-//! Refcount accounting from the metadata: which clusters the header, L1/L2
-//! tables, data, snapshots and refcount structures reference. Used to
-//! repair a dirty image (lazy refcounts) when it is opened for writing.
+//! Consistency check and repair (`qemu-img check [-r leaks|all]`): walk
+//! every table to count references, compare with the stored refcounts,
+//! verify OFLAG_COPIED, and fix what the repair mode allows. Messages are
+//! QEMU's, line for line.
 
 use std::collections::HashMap;
 
-use super::l2::{self, Slot, L1E_OFFSET_MASK};
-use super::Qcow2;
+use super::l2::{self, Slot, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED};
+use super::{header, L2Cache, Qcow2};
 use crate::error::{Error, Result};
+use crate::format::{CheckResult, Repair};
 
 /// Cap on distinct clusters we count in memory (2^26 clusters is 4 TiB of
 /// 64 KiB clusters); beyond it we refuse rather than allocate unboundedly.
 const MAX_COUNTED: usize = 1 << 26;
 
-/// Clusters counted so far, with how many references each has.
-struct Counter {
+/// The walk's state: references per host cluster, findings and statistics.
+struct Walk<'a> {
     cluster_bits: u32,
+    file_clusters: u64,
     counts: HashMap<u64, u64>,
+    res: CheckResult,
+    next_contiguous: u64,
+    log: &'a mut dyn FnMut(&str),
 }
 
-impl Counter {
+impl Walk<'_> {
     fn add(&mut self, off: u64, len: u64) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
-        for c in (off >> self.cluster_bits)..=((off + len - 1) >> self.cluster_bits) {
+        let first = off >> self.cluster_bits;
+        let last = (off + len - 1) >> self.cluster_bits;
+        if last >= self.file_clusters.saturating_add(1) {
+            (self.log)(&format!(
+                "ERROR: counting reference for region exceeding the end of the file by one cluster or more: offset {off:#x} size {len:#x}"
+            ));
+            self.res.corruptions += 1;
+            return Ok(());
+        }
+        for c in first..=last {
             *self.counts.entry(c).or_insert(0) += 1;
         }
         if self.counts.len() > MAX_COUNTED {
@@ -34,16 +49,94 @@ impl Counter {
 }
 
 impl Qcow2 {
-    /// Reference counts implied by the image's metadata.
-    pub(super) fn count_references(&self) -> Result<HashMap<u64, u64>> {
+    fn read_table(&self, off: u64, entries: u64) -> Result<Vec<u64>> {
+        let mut raw = vec![0u8; (entries * 8) as usize];
+        self.file.read_at(&mut raw, off)?;
+        Ok(crate::format::bytes::be64_table(&raw))
+    }
+
+    /// Count references from one L1 table; `stats` for the active one.
+    fn walk_l1(&self, w: &mut Walk<'_>, l1: &[u64], stats: bool) -> Result<()> {
         let cs = self.cs();
-        let mut n = Counter {
-            cluster_bits: self.geo.cluster_bits,
-            counts: HashMap::new(),
-        };
+        for &e in l1 {
+            let l2off = e & L1E_OFFSET_MASK;
+            if l2off == 0 {
+                continue;
+            }
+            if l2off & (cs - 1) != 0 {
+                (w.log)(&format!(
+                    "ERROR l2_offset={l2off:x}: Table is not cluster aligned; L1 entry corrupted"
+                ));
+                w.res.corruptions += 1;
+                continue;
+            }
+            w.add(l2off, cs)?;
+            // Fragmentation is measured within each L2 table, as QEMU does.
+            w.next_contiguous = 0;
+            let mut raw = vec![0u8; cs as usize];
+            self.file.read_at(&mut raw, l2off)?;
+            for (i, s) in l2::decode(&raw, self.geo.extended).iter().enumerate() {
+                self.walk_slot(w, s, i, stats)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn walk_slot(&self, w: &mut Walk<'_>, s: &Slot, index: usize, stats: bool) -> Result<()> {
+        let cs = self.cs();
+        if self.geo.is_compressed(s) {
+            if self.geo.extended && s.bitmap != 0 {
+                (w.log)(&format!(
+                    "ERROR compressed cluster {index} with non-zero subcluster allocation bitmap, entry={:#x}",
+                    s.entry
+                ));
+                w.res.corruptions += 1;
+            }
+            if stats {
+                w.res.allocated_clusters += 1;
+                w.res.compressed_clusters += 1;
+                // Compressed clusters are fragmented by nature (QEMU counts so).
+                w.res.fragmented_clusters += 1;
+            }
+            let (first, k) = self.geo.compressed_clusters(s);
+            return w.add(first << self.geo.cluster_bits, k << self.geo.cluster_bits);
+        }
+        let off = s.entry & L2E_OFFSET_MASK;
+        if self.geo.extended && (s.bitmap & l2::BITMAP_ALL_ALLOC) & (s.bitmap >> 32) != 0 {
+            (w.log)(&format!(
+                "ERROR invalid subcluster allocation bitmap, entry={:#x}",
+                s.entry
+            ));
+            w.res.corruptions += 1;
+        }
+        if !self.geo.has_host(s) {
+            return Ok(());
+        }
+        if stats {
+            w.res.allocated_clusters += 1;
+            if w.next_contiguous != 0 && off != w.next_contiguous {
+                w.res.fragmented_clusters += 1;
+            }
+            w.next_contiguous = off + cs;
+        }
+        if off & (cs - 1) != 0 {
+            (w.log)(&format!(
+                "ERROR offset={off:x}: Data cluster is not properly aligned; L2 entry corrupted."
+            ));
+            w.res.corruptions += 1;
+        }
+        if self.data_file.is_none() {
+            w.add(off, cs)?;
+        }
+        Ok(())
+    }
+
+    /// References implied by all metadata, plus structural findings.
+    fn walk(&self, w: &mut Walk<'_>) -> Result<()> {
+        let cs = self.cs();
         let h = self.hdr.lock().clone();
-        n.add(0, cs)?;
-        n.add(
+        w.add(0, cs)?;
+        w.add(
             h.refcount_table_offset,
             h.refcount_table_clusters as u64 * cs,
         )?;
@@ -51,77 +144,294 @@ impl Qcow2 {
             let m = self.meta.lock();
             (m.l1.clone(), m.l1_offset)
         };
-        n.add(l1_off, l1.len() as u64 * 8)?;
-        let mut tables = vec![l1];
+        w.add(l1_off, l1.len() as u64 * 8)?;
+        // The LUKS header the crypto extension points at.
+        if let Some(e) = h.other_exts.iter().find(|e| e.kind == header::EXT_CRYPTO) {
+            if e.data.len() >= 16 {
+                w.add(
+                    crate::format::bytes::be64(&e.data, 0),
+                    crate::format::bytes::be64(&e.data, 8),
+                )?;
+            }
+        }
+        self.walk_l1(w, &l1, true)?;
         if h.nb_snapshots > 0 {
             let mut size = 0u64;
             for s in &self.snapshots {
                 size += s.entry_bytes;
-                if s.l1_size as u64 * 8 > super::header::MAX_L1_BYTES {
-                    return Err(Error::corrupt("Snapshot L1 table too large"));
-                }
-                n.add(s.l1_table_offset, s.l1_size as u64 * 8)?;
-                let mut raw = vec![0u8; s.l1_size as usize * 8];
-                self.file.read_at(&mut raw, s.l1_table_offset)?;
-                tables.push(raw.chunks_exact(8).map(super::be64).collect());
-            }
-            n.add(h.snapshots_offset, size)?;
-        }
-        for l1 in &tables {
-            for &e in l1 {
-                let l2off = e & L1E_OFFSET_MASK;
-                if l2off == 0 {
+                if s.l1_size as u64 * 8 > header::MAX_L1_BYTES || s.l1_table_offset & (cs - 1) != 0
+                {
+                    (w.log)(&format!("ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted", s.info.id, s.info.name, s.l1_table_offset));
+                    w.res.corruptions += 1;
                     continue;
                 }
-                n.add(l2off, cs)?;
-                let mut raw = vec![0u8; cs as usize];
-                self.file.read_at(&mut raw, l2off)?;
-                for s in l2::decode(&raw, self.geo.extended) {
-                    self.count_slot(&s, &mut n)?;
-                }
+                w.add(s.l1_table_offset, s.l1_size as u64 * 8)?;
+                let table = self.read_table(s.l1_table_offset, s.l1_size as u64)?;
+                self.walk_l1(w, &table, false)?;
             }
+            w.add(h.snapshots_offset, size)?;
         }
-        let blocks: Vec<u64> = self.meta.lock().rc.block_offsets().collect();
-        for b in blocks {
-            n.add(b, cs)?;
-        }
-        Ok(n.counts)
-    }
-
-    fn count_slot(&self, s: &Slot, n: &mut Counter) -> Result<()> {
-        if self.geo.is_compressed(s) {
-            let (first, k) = self.geo.compressed_clusters(s);
-            return n.add(first << self.geo.cluster_bits, k << self.geo.cluster_bits);
-        }
-        if self.data_file.is_some() {
-            return Ok(());
-        }
-        let off = s.entry & l2::L2E_OFFSET_MASK;
-        if off != 0 {
-            n.add(off, 1)?;
+        let entries: Vec<u64> = self.meta.lock().rc.table_entries().to_vec();
+        for (i, e) in entries.iter().enumerate() {
+            let off = e & 0xffff_ffff_ffff_fe00;
+            if off == 0 {
+                continue;
+            }
+            if off & (cs - 1) != 0 {
+                (w.log)(&format!("ERROR refcount block {i} is not cluster aligned; refcount table entry corrupted"));
+                w.res.corruptions += 1;
+                continue;
+            }
+            if off >> self.geo.cluster_bits >= w.file_clusters {
+                (w.log)(&format!("ERROR refcount block {i} is outside image"));
+                w.res.corruptions += 1;
+                continue;
+            }
+            w.add(off, cs)?;
         }
         Ok(())
     }
 
-    /// Raise refcounts that are lower than the metadata implies (the
-    /// dangerous direction: such clusters could be handed out twice).
-    /// Leaked clusters are left for `check -r`.
-    pub(super) fn repair_refcounts(&self) -> Result<()> {
-        let counts = self.count_references()?;
-        let mut m = self.meta.lock();
-        let mut keys: Vec<_> = counts.into_iter().collect();
-        keys.sort_unstable();
-        for (c, want) in keys {
-            let have = m.rc.get(&self.file, c)?;
-            if have < want {
-                let delta = i64::try_from(want - have)
-                    .map_err(|_| Error::corrupt("Reference count overflow"))?;
-                m.rc.add(&self.file, c, 1, delta).map_err(|e| {
-                    e.context(
-                        "Could not repair refcounts of a dirty image; run 'qemu-img check -r all'",
-                    )
-                })?;
+    /// One check pass; with `repair`, fixes what the mode allows.
+    pub(super) fn check_image(
+        &self,
+        repair: Repair,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<CheckResult> {
+        if repair != Repair::None && !self.writable {
+            return Err(Error::invalid("Cannot repair a read-only image"));
+        }
+        let _w = self.write_lock.lock();
+        let cs = self.cs();
+        let file_clusters = self.file.len()?.div_ceil(cs);
+        let mut w = Walk {
+            cluster_bits: self.geo.cluster_bits,
+            file_clusters,
+            counts: HashMap::new(),
+            res: CheckResult::default(),
+            next_contiguous: 0,
+            log,
+        };
+        self.walk(&mut w)?;
+        let counts = std::mem::take(&mut w.counts);
+        let mut res = w.res;
+        res.total_clusters = self.virtual_size_now().div_ceil(cs);
+        let log = w.log;
+
+        // As QEMU: compare once without fixing (reporting ERROR/Leaked), then,
+        // when repairing, compare again from the same starting counts with
+        // fixes enabled.
+        let pre = res;
+        let (mut highest, rebuild) =
+            self.compare_refcounts(&counts, file_clusters, Repair::None, &mut res, log)?;
+        if rebuild && repair == Repair::All {
+            // A used cluster with refcount 0: QEMU rebuilds the whole
+            // structure; raising the missing counts in place reaches the same
+            // consistent state without moving the tables.
+            log("Rebuilding refcount structure");
+            let old = res;
+            res = pre;
+            let (h, _) =
+                self.compare_refcounts(&counts, file_clusters, Repair::All, &mut res, &mut |_| {})?;
+            highest = h;
+            res.corruptions_fixed = old.corruptions.saturating_sub(res.corruptions);
+            res.leaks_fixed = old.leaks.saturating_sub(res.leaks);
+        } else if repair != Repair::None {
+            if rebuild {
+                log("ERROR need to rebuild refcount structures");
+                return Err(Error::new(
+                    crate::error::ErrorKind::Io,
+                    "Check failed: Input/output error",
+                ));
             }
+            if res.leaks > 0 || res.corruptions > 0 {
+                res = pre;
+                highest = self
+                    .compare_refcounts(&counts, file_clusters, repair, &mut res, log)?
+                    .0;
+            }
+        }
+        self.check_oflag_copied(repair, &mut res, log)?;
+        res.image_end_offset = (highest + 1) * cs;
+        if repair != Repair::None && res.corruptions == 0 && res.check_errors == 0 {
+            self.clear_flag_on_repair(header::INCOMPAT_DIRTY)?;
+            self.clear_flag_on_repair(header::INCOMPAT_CORRUPT)?;
+        }
+        Ok(res)
+    }
+
+    /// Compare stored refcounts with `counts`, fixing what `fix` allows.
+    /// Returns the highest cluster with a stored or expected reference, and
+    /// whether a used cluster has refcount 0 (QEMU's "rebuild").
+    fn compare_refcounts(
+        &self,
+        counts: &HashMap<u64, u64>,
+        file_clusters: u64,
+        fix: Repair,
+        res: &mut CheckResult,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<(u64, bool)> {
+        let max_counted = counts.keys().copied().max().map_or(0, |c| c + 1);
+        let mut highest = 0u64;
+        let mut rebuild = false;
+        let mut m = self.meta.lock();
+        for c in 0..file_clusters.max(max_counted) {
+            let stored = m.rc.get(&self.file, c)?;
+            let want = counts.get(&c).copied().unwrap_or(0);
+            if stored > 0 || want > 0 {
+                highest = c;
+            }
+            if stored == want {
+                continue;
+            }
+            let fixable = if stored == 0 {
+                rebuild = true;
+                fix == Repair::All
+            } else if stored > want {
+                fix != Repair::None
+            } else {
+                fix == Repair::All
+            };
+            let what = if fixable {
+                "Repairing"
+            } else if stored < want {
+                "ERROR"
+            } else {
+                "Leaked"
+            };
+            log(&format!(
+                "{what} cluster {c} refcount={stored} reference={want}"
+            ));
+            if fixable && m.rc.set(&self.file, c, want).is_ok() {
+                if stored < want {
+                    res.corruptions_fixed += 1;
+                } else {
+                    res.leaks_fixed += 1;
+                }
+                continue;
+            }
+            if stored < want {
+                res.corruptions += 1;
+            } else {
+                res.leaks += 1;
+            }
+        }
+        Ok((highest, rebuild))
+    }
+
+    fn clear_flag_on_repair(&self, flag: u64) -> Result<()> {
+        if self.hdr.lock().incompatible & flag != 0 {
+            self.set_incompat_flag(flag, false)?;
+        }
+        Ok(())
+    }
+
+    /// Active L1/L2 entries must carry OFLAG_COPIED exactly when the
+    /// cluster's refcount is 1.
+    fn check_oflag_copied(
+        &self,
+        repair: Repair,
+        res: &mut CheckResult,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let cs = self.cs();
+        // QEMU repairs the flags under either repair mode.
+        let fix = repair != Repair::None;
+        let mut m = self.meta.lock();
+        let l1 = m.l1.clone();
+        let mut changed = false;
+        for (i, &e) in l1.iter().enumerate() {
+            let l2off = e & L1E_OFFSET_MASK;
+            if l2off == 0 || l2off & (cs - 1) != 0 {
+                continue;
+            }
+            let rc = m.rc.get(&self.file, l2off >> self.geo.cluster_bits)?;
+            if (rc == 1) != (e & OFLAG_COPIED != 0) {
+                let what = if fix { "Repairing" } else { "ERROR" };
+                log(&format!(
+                    "{what} OFLAG_COPIED L2 cluster: l1_index={i} l1_entry={e:x} refcount={rc}"
+                ));
+                if fix {
+                    let v = if rc == 1 {
+                        e | OFLAG_COPIED
+                    } else {
+                        e & !OFLAG_COPIED
+                    };
+                    m.l1[i] = v;
+                    self.file
+                        .write_at(&v.to_be_bytes(), m.l1_offset + i as u64 * 8)?;
+                    res.corruptions_fixed += 1;
+                } else {
+                    res.corruptions += 1;
+                }
+            }
+            let mut raw = vec![0u8; cs as usize];
+            self.file.read_at(&mut raw, l2off)?;
+            let esz = if self.geo.extended { 16 } else { 8 };
+            for (j, s) in l2::decode(&raw, self.geo.extended).iter().enumerate() {
+                let off = s.entry & L2E_OFFSET_MASK;
+                if self.geo.is_compressed(s)
+                    || off == 0
+                    || off & (cs - 1) != 0
+                    || self.data_file.is_some()
+                {
+                    continue;
+                }
+                let rc = m.rc.get(&self.file, off >> self.geo.cluster_bits)?;
+                if (rc == 1) != (s.entry & OFLAG_COPIED != 0) {
+                    let what = if fix { "Repairing" } else { "ERROR" };
+                    log(&format!(
+                        "{what} OFLAG_COPIED data cluster: l2_entry={:x} refcount={rc}",
+                        s.entry
+                    ));
+                    if fix && rc > 0 {
+                        let v = if rc == 1 {
+                            s.entry | OFLAG_COPIED
+                        } else {
+                            s.entry & !OFLAG_COPIED
+                        };
+                        self.file
+                            .write_at(&v.to_be_bytes(), l2off + j as u64 * esz)?;
+                        res.corruptions_fixed += 1;
+                        changed = true;
+                    } else {
+                        res.corruptions += 1;
+                    }
+                }
+            }
+        }
+        if changed {
+            m.l2 = L2Cache::new(cs);
+        }
+        Ok(())
+    }
+
+    /// References per host cluster implied by the metadata (for rewriting
+    /// refcount structures, e.g. `amend -o refcount_bits`).
+    #[allow(dead_code)]
+    pub(super) fn count_references(&self) -> Result<HashMap<u64, u64>> {
+        let mut sink = |_: &str| {};
+        let mut w = Walk {
+            cluster_bits: self.geo.cluster_bits,
+            file_clusters: self.file.len()?.div_ceil(self.cs()),
+            counts: HashMap::new(),
+            res: CheckResult::default(),
+            next_contiguous: 0,
+            log: &mut sink,
+        };
+        self.walk(&mut w)?;
+        Ok(w.counts)
+    }
+
+    /// Repair a dirty image (lazy refcounts) before anything trusts its
+    /// refcounts, as QEMU does on open.
+    pub(super) fn repair_refcounts(&self) -> Result<()> {
+        let mut sink = |_: &str| {};
+        let r = self.check_image(Repair::All, &mut sink)?;
+        if r.corruptions > 0 {
+            return Err(Error::corrupt(
+                "Could not repair refcounts of a dirty image; run 'qemu-img check -r all'",
+            ));
         }
         Ok(())
     }

@@ -22,6 +22,9 @@ pub struct Qcow2Params {
     pub prealloc: Prealloc,
     pub backing_file: Option<String>,
     pub backing_fmt: Option<String>,
+    /// External data file (name as stored in the header).
+    pub data_file: Option<String>,
+    pub data_file_raw: bool,
 }
 
 const V3_HINT: &str = "(use version=v3 or greater)";
@@ -101,10 +104,15 @@ impl Qcow2Params {
                 "Parameter 'encrypt.key-secret' is required for cipher",
             ));
         }
-        if o.get("data_file").is_some() || o.get_bool("data_file_raw", false)? {
-            return Err(Error::unsupported(
-                "Creating qcow2 images with an external data file is not supported",
-            ));
+        let data_file = o.get("data_file").map(str::to_string);
+        let data_file_raw = o.get_bool("data_file_raw", false)?;
+        if data_file_raw && data_file.is_none() {
+            return Err(Error::invalid("data-file-raw requires data-file"));
+        }
+        if data_file.is_some() && version < 3 {
+            return Err(Error::invalid(format!(
+                "External data files are only supported with compatibility level 1.1 and above {V3_HINT}"
+            )));
         }
         let backing_file = o.get("backing_file").map(str::to_string);
         if backing_file.is_some() && prealloc != Prealloc::Off && !extended_l2 {
@@ -127,6 +135,8 @@ impl Qcow2Params {
             prealloc,
             backing_file,
             backing_fmt: o.get("backing_fmt").map(str::to_string),
+            data_file,
+            data_file_raw,
         })
     }
 }
@@ -152,6 +162,9 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
     if p.compression != Compression::Zlib {
         incompatible |= header::INCOMPAT_COMPRESSION;
     }
+    if p.data_file.is_some() {
+        incompatible |= header::INCOMPAT_DATA_FILE;
+    }
     let h = Header {
         version: p.version,
         backing_file: p.backing_file.clone(),
@@ -170,7 +183,11 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
         } else {
             0
         },
-        autoclear: 0,
+        autoclear: if p.data_file_raw {
+            header::AUTOCLEAR_DATA_FILE_RAW
+        } else {
+            0
+        },
         refcount_order: if p.version >= 3 { p.refcount_order } else { 4 },
         header_length: if p.version >= 3 {
             header::V3_HEADER_LEN
@@ -180,7 +197,7 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
         compression: p.compression,
         extra: Vec::new(),
         backing_format: p.backing_fmt.clone(),
-        data_file: None,
+        data_file: p.data_file.clone(),
         other_exts: Vec::new(),
         feature_names: Vec::new(),
     };
@@ -199,10 +216,33 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
     file.write_at(&first, 0)?;
     drop(file);
 
+    if let Some(name) = &p.data_file {
+        // The data file is created (empty, sized below by preallocation or
+        // left sparse) next to the image, as QEMU resolves its name.
+        // QEMU opens the data file by the stored name as given (relative to
+        // the working directory, not to the image).
+        let dpath = name.clone();
+        let df = HostFile::create(Path::new(&dpath))?;
+        df.set_len(size)?;
+    }
     let file = HostFile::open(path, true, Default::default())?;
-    let q = Qcow2::open(file, &DriverOpenOptions { writable: true })?;
+    let q = Qcow2::open(
+        file,
+        &DriverOpenOptions {
+            writable: true,
+            for_check: false,
+            metadata_only: false,
+        },
+    )?;
     let result = (|| {
-        q.resize(size, p.prealloc)?;
+        // A raw data file is fully mapped from the start (QEMU preallocates
+        // its metadata), so the file stays readable as a raw image.
+        let prealloc = if p.data_file_raw && p.prealloc == Prealloc::Off {
+            Prealloc::Metadata
+        } else {
+            p.prealloc
+        };
+        q.resize(size, prealloc)?;
         crate::format::Driver::flush(&q)
     })();
     drop(q);

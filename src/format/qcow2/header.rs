@@ -1,6 +1,7 @@
 //! The qcow2 header and its extensions (docs/interop/qcow2.txt).
 
 use crate::error::{Error, Result};
+use crate::format::bytes::{be32, be64};
 use crate::format::BackingRef;
 
 pub const EXT_END: u32 = 0;
@@ -81,15 +82,6 @@ pub struct Header {
     pub feature_names: Vec<(u8, u8, String)>,
 }
 
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_be_bytes(a)
-}
-
 impl Header {
     pub fn cluster_size(&self) -> u64 {
         1 << self.cluster_bits
@@ -121,7 +113,7 @@ impl Header {
     /// Parse and validate the header from the first cluster of the file
     /// (`buf` holds at least the first cluster or the whole file if
     /// shorter). Every field is checked before use.
-    pub fn parse(buf: &[u8], file_len: u64) -> Result<Header> {
+    pub fn parse(buf: &[u8]) -> Result<Header> {
         if buf.len() < 4 || buf[..4] != super::MAGIC {
             return Err(Error::corrupt("Image is not in qcow2 format"));
         }
@@ -207,8 +199,9 @@ impl Header {
         }
         // Offsets: aligned and small enough that offset + size never overflows.
         let limit = 1u64 << 56;
-        if h.size > i64::MAX as u64 {
-            return Err(Error::invalid("Image size too large"));
+        // QEMU's bound: the L1 index of the last cluster must fit an int.
+        if h.size > i64::MAX as u64 || h.size.div_ceil(h.l2_coverage()) > i32::MAX as u64 {
+            return Err(Error::invalid("Image is too big"));
         }
         if !h.refcount_table_offset.is_multiple_of(cs)
             || h.refcount_table_offset >= limit
@@ -239,20 +232,8 @@ impl Header {
         {
             return Err(Error::corrupt("Snapshot table offset invalid"));
         }
-        for (what, off, len) in [
-            ("L1 table", h.l1_table_offset, h.l1_size as u64 * 8),
-            (
-                "Reference count table",
-                h.refcount_table_offset,
-                h.refcount_table_clusters as u64 * cs,
-            ),
-        ] {
-            if len > 0 && off + len > file_len.max(cs) + cs {
-                return Err(Error::corrupt(format!(
-                    "{what} extends beyond the end of the image file"
-                )));
-            }
-        }
+        // Tables past the end of the file read as zeros, as in QEMU; their
+        // sizes are already bounded above, so nothing is allocated unchecked.
         h.parse_extensions(buf, cs)?;
         // Backing file name.
         let bfo = be64(buf, 8);
@@ -315,13 +296,17 @@ impl Header {
                 break;
             }
             if len > end - off {
-                return Err(Error::corrupt(format!(
-                    "Invalid extension length in header extension 0x{kind:x}"
-                )));
+                return Err(Error::corrupt("Header extension too large"));
             }
             let data = &buf[off..off + len];
             match kind {
                 EXT_BACKING_FORMAT => {
+                    // QEMU keeps the name in a 16-byte buffer.
+                    if len >= 16 {
+                        return Err(Error::corrupt(format!(
+                            "ERROR: ext_backing_format: len={len} too large (>=16)"
+                        )));
+                    }
                     let s = String::from_utf8_lossy(data);
                     self.backing_format = Some(s.trim_end_matches('\0').to_string());
                 }
@@ -395,6 +380,18 @@ impl Header {
         if self.version >= 3 {
             exts.push((EXT_FEATURE_TABLE, feature_table()));
         }
+        // QEMU leaves the (optional) feature-name table out when the first
+        // cluster has no room for it, as with 512-byte clusters.
+        let ext_bytes = |e: &[(u32, Vec<u8>)]| -> usize {
+            e.iter()
+                .map(|(_, d)| 8 + d.len().div_ceil(8) * 8)
+                .sum::<usize>()
+                + 8
+        };
+        let name_len = self.backing_file.as_ref().map_or(0, |n| n.len());
+        if off + ext_bytes(&exts) + name_len > cs {
+            exts.retain(|(k, _)| *k != EXT_FEATURE_TABLE);
+        }
         for e in self.other_exts.iter().filter(|e| e.kind != EXT_CRYPTO) {
             exts.push((e.kind, e.data.clone()));
         }
@@ -456,12 +453,12 @@ mod tests {
         b[..4].copy_from_slice(&super::super::MAGIC);
         for v in [0u32, 1, 4, 0xffff_ffff] {
             b[4..8].copy_from_slice(&v.to_be_bytes());
-            assert!(Header::parse(&b, 512).is_err());
+            assert!(Header::parse(&b).is_err());
         }
         b[4..8].copy_from_slice(&3u32.to_be_bytes());
         for cb in [0u32, 8, 22, 64, u32::MAX] {
             b[20..24].copy_from_slice(&cb.to_be_bytes());
-            assert!(Header::parse(&b, 512).is_err());
+            assert!(Header::parse(&b).is_err());
         }
     }
 }

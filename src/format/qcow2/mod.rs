@@ -4,6 +4,7 @@ mod amend;
 mod check;
 mod compress;
 mod create;
+mod crypto;
 mod header;
 mod l2;
 mod read;
@@ -186,6 +187,8 @@ pub struct Qcow2 {
     writable: bool,
     snapshots: SnapList,
     compression: Compression,
+    /// A corruption notice was printed (QEMU prints only the first).
+    corruption_reported: std::sync::atomic::AtomicBool,
 }
 
 /// Largest first cluster we read to parse the header (2 MiB clusters).
@@ -194,11 +197,18 @@ const MAX_HEADER_READ: u64 = 2 << 20;
 impl Qcow2 {
     pub fn open(file: HostFile, opts: &DriverOpenOptions) -> Result<Self> {
         let file_len = file.len()?;
-        let mut head = vec![0u8; file_len.min(MAX_HEADER_READ) as usize];
+        // Bytes past EOF read as zeros, as QEMU's header read sees them.
+        let mut head = vec![0u8; file_len.clamp(4096, MAX_HEADER_READ) as usize];
         file.read_at(&mut head, 0)?;
-        let hdr = Header::parse(&head, file_len)?;
+        let hdr = Header::parse(&head)?;
         let writable = opts.writable;
-        if writable && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
+        if hdr.crypt_method != 0 && !opts.metadata_only {
+            // We cannot decrypt; QEMU fails the same way without a key.
+            return Err(Error::invalid(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
+        if writable && !opts.for_check && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::corrupt(
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
@@ -208,7 +218,9 @@ impl Qcow2 {
                 .data_file
                 .clone()
                 .ok_or_else(|| Error::invalid("Missing data file name in image header"))?;
-            let path = crate::image::combine_backing_path(&file.path().to_string_lossy(), &name);
+            // Resolved as QEMU does: the stored name as given (relative to
+            // the working directory, not to the image).
+            let path = name;
             Some(HostFile::open(
                 Path::new(&path),
                 writable,
@@ -221,10 +233,11 @@ impl Qcow2 {
             cluster_bits: hdr.cluster_bits,
             extended: hdr.extended_l2(),
             v3: hdr.version >= 3,
+            data_file: data_file.is_some(),
         };
         let mut raw = vec![0u8; hdr.l1_size as usize * 8];
         file.read_at(&mut raw, hdr.l1_table_offset)?;
-        let l1: Vec<u64> = raw.chunks_exact(8).map(be64).collect();
+        let l1: Vec<u64> = crate::format::bytes::be64_table(&raw);
         let rc = Refcounts::load(
             &file,
             hdr.cluster_bits,
@@ -255,18 +268,35 @@ impl Qcow2 {
             hdr: Mutex::new(hdr),
             write_lock: Mutex::new(()),
             file,
+            corruption_reported: Default::default(),
         };
-        if writable && q.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
+        if writable && !opts.for_check && q.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
             // Lazy refcounts left the image dirty: rebuild refcounts from the
             // mappings before any allocation trusts them (QEMU does the same).
             q.repair_refcounts()?;
-            q.set_incompat_flag(header::INCOMPAT_DIRTY, false)?;
         }
         Ok(q)
     }
 
     fn cs(&self) -> u64 {
         self.geo.cs()
+    }
+
+    /// I/O hit damaged metadata: report it once as QEMU does and fail the
+    /// request with EIO (the image file is left as it is).
+    fn io_result<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(e) if e.kind() == crate::error::ErrorKind::Corrupt => {
+                if !self.corruption_reported.swap(true, Ordering::SeqCst) {
+                    crate::events::notice(&format!(
+                        "qcow2: Image is corrupt: {}; further non-fatal corruption events will be suppressed",
+                        e.message()
+                    ));
+                }
+                Err(Error::from_errno(libc::EIO).with_kind(crate::error::ErrorKind::Corrupt))
+            }
+            r => r,
+        }
     }
 
     /// A read-only view of internal snapshot `which` (`ID`, `NAME`, or
@@ -315,7 +345,7 @@ impl Qcow2 {
             snapshots: SnapList::new(Vec::new()),
             compression: self.compression,
             meta: Mutex::new(Meta {
-                l1: raw.chunks_exact(8).map(be64).collect(),
+                l1: crate::format::bytes::be64_table(&raw),
                 l1_offset: snap.l1_table_offset,
                 l2: L2Cache::new(self.cs()),
                 rc,
@@ -325,6 +355,7 @@ impl Qcow2 {
             hdr: Mutex::new(Header { size, ..h }),
             write_lock: Mutex::new(()),
             file,
+            corruption_reported: Default::default(),
         })
     }
 
@@ -408,7 +439,7 @@ impl Qcow2 {
         }
         if off & (self.cs() - 1) != 0 {
             return Err(Error::corrupt(format!(
-                "L2 table offset {off:#x} unaligned (L1 index: {l1i:#x})"
+                "L2 table offset {off:#x} unaligned (L1 index: {l1i})"
             )));
         }
         Ok(Some(off))
@@ -438,6 +469,9 @@ impl Qcow2 {
             d.set("corrupt", h.incompatible & header::INCOMPAT_CORRUPT != 0);
         }
         d.set("refcount-bits", h.refcount_bits() as u64);
+        if let Some(e) = crypto::info(&h, &self.file) {
+            d.set("encrypt", e);
+        }
         d.set("compression-type", h.compression.name());
         Json::object().with("type", "qcow2").with("data", d)
     }
@@ -456,12 +490,6 @@ fn parse_snapshot_param(p: &str) -> (Option<String>, Option<String>) {
         }
     }
     (id, name)
-}
-
-fn be64(c: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&c[..8]);
-    u64::from_be_bytes(a)
 }
 
 impl Driver for Qcow2 {
@@ -491,13 +519,13 @@ impl Driver for Qcow2 {
         }
     }
     fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
-        self.status(off, max)
+        self.io_result(self.status(off, max))
     }
     fn read_at(&self, buf: &mut [u8], off: u64, backing: &dyn BackingRead) -> Result<()> {
-        self.read(buf, off, backing)
+        self.io_result(self.read(buf, off, backing))
     }
     fn write_at(&self, buf: &[u8], off: u64, backing: &dyn BackingRead) -> Result<()> {
-        self.write(buf, off, backing)
+        self.io_result(self.write(buf, off, backing))
     }
     fn write_zeroes(
         &self,
@@ -576,6 +604,13 @@ impl Driver for Qcow2 {
         progress: &mut dyn FnMut(f64),
     ) -> Result<()> {
         Qcow2::amend(self, opts, backing, backing_size, progress)
+    }
+    fn check(
+        &self,
+        repair: super::Repair,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<super::CheckResult> {
+        self.check_image(repair, log)
     }
     fn snapshot(&self, which: &str) -> Result<Box<dyn Driver>> {
         Ok(Box::new(self.snapshot_view(which)?))

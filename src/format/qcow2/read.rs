@@ -155,7 +155,16 @@ impl Qcow2 {
             let (st, host, comp) = match self.geo.kind(&slot, sci)? {
                 Kind::Data(h) => (Status::Data, Some(h + in_cluster % sc), false),
                 Kind::Zero(h) => (Status::Zero, h.map(|h| h + in_cluster), false),
-                Kind::Unallocated => (Status::Unallocated, None, false),
+                // A reserved host cluster (extended L2 preallocation) is
+                // reported with its offset, as QEMU's map does.
+                Kind::Unallocated => {
+                    let host = slot.entry & super::l2::L2E_OFFSET_MASK;
+                    (
+                        Status::Unallocated,
+                        self.geo.has_host(&slot).then_some(host + in_cluster),
+                        false,
+                    )
+                }
                 Kind::Compressed(c, _) => (Status::Data, Some(c), true),
             };
             match first {

@@ -41,10 +41,7 @@ impl Refcounts {
         let bytes = (table_clusters as usize) << cluster_bits;
         let mut raw = vec![0u8; bytes];
         file.read_at(&mut raw, table_offset)?;
-        let table = raw
-            .chunks_exact(8)
-            .map(|c| u64::from_be_bytes(c.try_into().unwrap_or([0; 8])))
-            .collect();
+        let table = crate::format::bytes::be64_table(&raw);
         Ok(Refcounts {
             cluster_bits,
             order,
@@ -233,6 +230,31 @@ impl Refcounts {
             }
         }
         Ok(())
+    }
+
+    /// Set one cluster's refcount, creating its refcount block if needed
+    /// (repair).
+    pub fn set(&mut self, file: &HostFile, cluster: u64, value: u64) -> Result<()> {
+        if value > self.max_refcount() {
+            return Err(Error::corrupt("Reference count overflow"));
+        }
+        let rb = self.block_index(cluster);
+        if self.block_offset(rb)?.is_none() {
+            if value == 0 {
+                return Ok(());
+            }
+            self.create_block(file, rb)?;
+        }
+        self.update_range(file, cluster, 1, &|_| Ok(value))?;
+        if value == 0 && cluster < self.free_hint {
+            self.free_hint = cluster;
+        }
+        Ok(())
+    }
+
+    /// Raw reftable entries (for check).
+    pub fn table_entries(&self) -> &[u64] {
+        &self.table
     }
 
     /// Allocate `n` contiguous clusters (refcount 1); returns the host offset.

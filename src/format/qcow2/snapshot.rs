@@ -1,6 +1,7 @@
 //! The internal snapshot table (read side).
 
 use crate::error::{Error, Result};
+use crate::format::bytes::{be16, be32, be64};
 use crate::format::SnapshotInfo;
 use crate::io::HostFile;
 
@@ -19,18 +20,6 @@ pub struct Snapshot {
     pub info: SnapshotInfo,
 }
 
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_be_bytes(a)
-}
-fn be16(b: &[u8], o: usize) -> usize {
-    u16::from_be_bytes([b[o], b[o + 1]]) as usize
-}
-
 /// Read `count` entries at `offset`; every length is checked against the
 /// table bound before anything is allocated.
 pub fn read_table(file: &HostFile, offset: u64, count: u32) -> Result<Vec<Snapshot>> {
@@ -45,8 +34,8 @@ pub fn read_table(file: &HostFile, offset: u64, count: u32) -> Result<Vec<Snapsh
         file.read_exact_at(&mut h, pos)?;
         let l1_table_offset = be64(&h, 0);
         let l1_size = be32(&h, 8);
-        let id_len = be16(&h, 12);
-        let name_len = be16(&h, 14);
+        let id_len = be16(&h, 12) as usize;
+        let name_len = be16(&h, 14) as usize;
         let date_sec = be32(&h, 16) as u64;
         let date_nsec = be32(&h, 20);
         let vm_clock_nsec = be64(&h, 24);

@@ -278,7 +278,7 @@ impl Qcow2 {
         }
         let mut raw = vec![0u8; e.l1_size as usize * 8];
         self.file.read_exact_at(&mut raw, e.l1_table_offset)?;
-        Ok(raw.chunks_exact(8).map(super::be64).collect())
+        Ok(crate::format::bytes::be64_table(&raw))
     }
 
     fn write_l1_table(&self, off: u64, l1: &[u64]) -> Result<()> {

@@ -66,6 +66,16 @@ impl Qcow2 {
             .write_at(&l2::encode(slots, self.geo.extended), l2off + idx * esz)
     }
 
+    /// Host offset for `k` new data clusters starting at guest cluster
+    /// `ci`. An external data file maps guest offsets 1:1 (as QEMU does) and
+    /// its clusters are not refcounted.
+    fn alloc_data(&self, m: &mut Meta, ci: u64, k: u64) -> Result<u64> {
+        if self.data_file.is_some() {
+            return Ok(ci << self.geo.cluster_bits);
+        }
+        m.rc.alloc(&self.file, k)
+    }
+
     /// Drop the references a slot holds (after it has been replaced).
     fn release(&self, m: &mut Meta, s: &Slot) -> Result<()> {
         if self.geo.is_compressed(s) {
@@ -73,7 +83,7 @@ impl Qcow2 {
             return m.rc.add(&self.file, first, n, -1);
         }
         let off = self.geo.host_offset(s)?;
-        if off != 0 {
+        if off != 0 && self.data_file.is_none() {
             m.rc.add(&self.file, off >> self.geo.cluster_bits, 1, -1)?;
         }
         Ok(())
@@ -84,11 +94,6 @@ impl Qcow2 {
     }
 
     pub(super) fn prepare_write(&self) -> Result<()> {
-        if self.data_file.is_some() {
-            return Err(Error::unsupported(
-                "Writing to qcow2 images with an external data file is not supported",
-            ));
-        }
         if self.hdr.lock().crypt_method != 0 {
             return Err(Error::unsupported(
                 "Encrypted qcow2 images are not supported",
@@ -169,7 +174,7 @@ impl Qcow2 {
         }
         let k = slots.iter().take_while(|s| !self.geo.in_place(s)).count() as u64;
         let l2off = self.l2_for_write(&mut m, l1i)?;
-        let host = m.rc.alloc(&self.file, k)?;
+        let host = self.alloc_data(&mut m, ci, k)?;
         drop(m);
         self.data().write_at(&data[..(k * cs) as usize], host)?;
         let mut m = self.meta.lock();
@@ -216,7 +221,9 @@ impl Qcow2 {
         };
         let sc = self.geo.sc_size();
         let host = self.geo.host_offset(&slot).unwrap_or(0);
-        let shared = !self.geo.is_compressed(&slot) && host != 0 && slot.entry & OFLAG_COPIED == 0;
+        let shared = !self.geo.is_compressed(&slot)
+            && self.geo.has_host(&slot)
+            && slot.entry & OFLAG_COPIED == 0;
         if !self.geo.extended || self.geo.is_compressed(&slot) || shared {
             if self.geo.in_place(&slot) {
                 self.check_overlap(host + in_c, data.len() as u64)?;
@@ -232,12 +239,12 @@ impl Qcow2 {
         let s1 = (in_c + data.len() as u64).div_ceil(sc);
         let l1i = ci / self.epl();
         let idx = ci % self.epl();
-        let host = if host != 0 {
+        let host = if self.geo.has_host(&slot) {
             host
         } else {
             let mut m = self.meta.lock();
             self.l2_for_write(&mut m, l1i)?;
-            m.rc.alloc(&self.file, 1)?
+            self.alloc_data(&mut m, ci, 1)?
         };
         let astart = s0 * sc;
         let alen = (s1 - s0) * sc;
@@ -314,6 +321,17 @@ impl Qcow2 {
     ) -> Result<()> {
         self.prepare_write()?;
         let _w = self.write_lock.lock();
+        if self.data_file_raw() {
+            // The data file must stay a valid raw image: write real zeros.
+            let zeros = vec![0u8; len.min(1 << 20) as usize];
+            let mut pos = off;
+            while pos < off + len {
+                let n = (off + len - pos).min(zeros.len() as u64);
+                self.write_locked(&zeros[..n as usize], pos, backing)?;
+                pos += n;
+            }
+            return Ok(());
+        }
         let cs = self.cs();
         let cb = self.geo.cluster_bits;
         let end = off + len;
@@ -408,7 +426,16 @@ impl Qcow2 {
         Ok(())
     }
 
+    /// An external data file that must stay valid as a raw image.
+    fn data_file_raw(&self) -> bool {
+        self.data_file.is_some() && self.hdr.lock().autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0
+    }
+
     pub(super) fn discard_range(&self, off: u64, len: u64) -> Result<()> {
+        if self.data_file_raw() {
+            // Unmapping would leave the raw file out of step with the image.
+            return Ok(());
+        }
         let cs = self.cs();
         let start = off.div_ceil(cs) * cs;
         let end = ((off + len) / cs * cs).max(start);
@@ -436,6 +463,9 @@ impl Qcow2 {
 
     /// Store an already-compressed cluster at guest offset `off`.
     pub(super) fn store_compressed(&self, data: &[u8], off: u64) -> Result<()> {
+        if self.data_file.is_some() {
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
         let cs = self.cs();
         if !off.is_multiple_of(cs) || data.is_empty() || data.len() as u64 >= cs {
             return Err(Error::invalid(
@@ -520,42 +550,51 @@ impl Qcow2 {
             let l2off = self.l2_for_write(&mut m, ci / self.epl())?;
             let mut new = old.clone();
             let todo: Vec<usize> = (0..n as usize)
-                .filter(|&i| {
-                    matches!(self.geo.host_offset(&old[i]), Ok(0))
-                        && !self.geo.is_compressed(&old[i])
-                })
+                .filter(|&i| !self.geo.has_host(&old[i]) && !self.geo.is_compressed(&old[i]))
                 .collect();
             if !todo.is_empty() {
-                let host = m.rc.alloc(&self.file, todo.len() as u64)?;
+                let host = self.alloc_data(&mut m, ci, todo.len() as u64)?;
                 for (j, &i) in todo.iter().enumerate() {
-                    let h = host + j as u64 * cs;
+                    let h = if self.data_file.is_some() {
+                        (ci + i as u64) << cb
+                    } else {
+                        host + j as u64 * cs
+                    };
+                    // With extended L2, QEMU reserves the host cluster but
+                    // leaves every subcluster unallocated (a backing file
+                    // still shows through).
                     new[i] = Slot {
                         entry: h | OFLAG_COPIED,
-                        bitmap: if self.geo.extended {
-                            BITMAP_ALL_ALLOC
-                        } else {
-                            0
-                        },
+                        bitmap: 0,
                     };
                 }
-                ranges.push((host, todo.len() as u64 * cs));
-                host_end = host_end.max(host + todo.len() as u64 * cs);
+                if self.data_file.is_some() {
+                    for &i in &todo {
+                        let h = (ci + i as u64) << cb;
+                        ranges.push((h, cs));
+                        host_end = host_end.max(h + cs);
+                    }
+                } else {
+                    ranges.push((host, todo.len() as u64 * cs));
+                    host_end = host_end.max(host + todo.len() as u64 * cs);
+                }
             }
             self.set_slots(&mut m, l2off, idx, &new)?;
             ci += n;
         }
-        if host_end > self.file.len()? {
-            self.file.set_len(host_end)?;
+        let data = self.data();
+        if host_end > data.len()? {
+            data.set_len(host_end)?;
         }
         for (h, l) in ranges {
             match mode {
-                Prealloc::Falloc => self.file.allocate(h, l)?,
+                Prealloc::Falloc => data.allocate(h, l)?,
                 Prealloc::Full => {
                     let z = vec![0u8; (l.min(1 << 20)) as usize];
                     let mut p = 0;
                     while p < l {
                         let n = (l - p).min(z.len() as u64);
-                        self.file.write_at(&z[..n as usize], h + p)?;
+                        data.write_at(&z[..n as usize], h + p)?;
                         p += n;
                     }
                 }

@@ -1,0 +1,174 @@
+//! CLI error paths: for each wrong invocation, exit code, stdout and stderr
+//! equal qemu-img's with the program name replaced (`qemu-img:` ->
+//! `imgtool:`). Also `-o help` listings, and a symlink named `qemu-img`
+//! speaking as qemu-img.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn prepare(dir: &Path) {
+    qemu_img_ok(dir, &["create", "-q", "-f", "qcow2", "good.qcow2", "1M"]);
+    std::fs::write(dir.join("plain.raw"), vec![0u8; 65536]).unwrap();
+}
+
+fn check(args: &[&str]) {
+    let dir = TempDir::new("errors");
+    let qd = dir.sub("q");
+    let od = dir.sub("o");
+    prepare(&qd);
+    prepare(&od);
+    let q = qemu_img(&qd, args);
+    let o = imgtool(&od, args);
+    assert_outcome_matches(&q, &o);
+}
+
+macro_rules! cases {
+    ($($name:ident: [$($a:literal),*];)*) => {
+        $( #[test] fn $name() { check(&[$($a),*]); } )*
+    };
+}
+
+cases! {
+    no_arguments: [];
+    unknown_command: ["bogus"];
+    unknown_global_option: ["--bogus"];
+    info_missing_file: ["info", "nonexist.qcow2"];
+    info_missing_file_in_missing_dir: ["info", "nodir/nonexist.qcow2"];
+    info_no_filename: ["info"];
+    info_format_but_no_filename: ["info", "-f", "raw"];
+    info_two_filenames: ["info", "good.qcow2", "good.qcow2"];
+    info_unknown_format: ["info", "-f", "foo", "good.qcow2"];
+    info_wrong_format: ["info", "-f", "qcow2", "plain.raw"];
+    info_bad_output: ["info", "--output=xml", "good.qcow2"];
+    info_unknown_option: ["info", "--bogus", "good.qcow2"];
+    info_directory: ["info", "."];
+    create_unknown_format: ["create", "-f", "foo", "x.img", "1M"];
+    create_bad_size_suffix: ["create", "-f", "qcow2", "x.qcow2", "1Q"];
+    create_bad_size_text: ["create", "-f", "qcow2", "x.qcow2", "big"];
+    create_size_too_big: ["create", "-f", "raw", "x.raw", "9E"];
+    create_negative_size: ["create", "-f", "qcow2", "x.qcow2", "-5"];
+    create_bad_option: ["create", "-f", "qcow2", "-o", "foo=bar", "x.qcow2", "1M"];
+    create_bad_option_value: ["create", "-f", "qcow2", "-o", "cluster_size=64k,,bad", "x.qcow2", "1M"];
+    create_no_filename: ["create", "-f", "qcow2"];
+    create_missing_dir: ["create", "-f", "qcow2", "nodir/x.qcow2", "1M"];
+    create_too_many_args: ["create", "-f", "qcow2", "x.qcow2", "1M", "extra"];
+    create_options_help_qcow2: ["create", "-f", "qcow2", "-o", "help"];
+    create_options_help_raw: ["create", "-f", "raw", "-o", "help"];
+    convert_missing_source: ["convert", "-O", "raw", "nonexist", "out.raw"];
+    convert_unknown_output_format: ["convert", "-O", "foo", "good.qcow2", "out"];
+    convert_bad_output_option_value: ["convert", "-O", "qcow2", "-o", "cluster_size=3k", "good.qcow2", "out.qcow2"];
+    convert_unknown_output_option: ["convert", "-O", "qcow2", "-o", "foo=bar", "good.qcow2", "out.qcow2"];
+    convert_compress_to_raw: ["convert", "-c", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_no_target: ["convert", "-O", "raw", "good.qcow2"];
+    convert_bad_sparse_size: ["convert", "-S", "foo", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_bad_workers: ["convert", "-m", "0", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_wrong_source_format: ["convert", "-f", "qcow2", "-O", "raw", "plain.raw", "out.raw"];
+    convert_unknown_source_format: ["convert", "-f", "foo", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_options_help: ["convert", "-O", "qcow2", "-o", "help"];
+}
+
+/// A symlink named `qemu-img` to our binary speaks as qemu-img, down to the
+/// `Try './qemu-img --help'` hints (argv[0] as given), exactly like the real
+/// qemu-img reached through a symlink of the same name.
+#[test]
+fn symlink_named_qemu_img_prints_qemu_img() {
+    let dir = TempDir::new("symlink");
+    let real = dir.sub("real");
+    let ours = dir.sub("ours");
+    let qemu = std::process::Command::new("sh")
+        .args(["-c", "command -v qemu-img"])
+        .output()
+        .expect("find qemu-img");
+    let qemu = String::from_utf8(qemu.stdout).unwrap().trim().to_string();
+    std::os::unix::fs::symlink(&qemu, real.join("qemu-img")).unwrap();
+    std::os::unix::fs::symlink(bin(), ours.join("qemu-img")).unwrap();
+    for args in [
+        &["info", "nonexist.qcow2"][..],
+        &["info"][..],
+        &["--bogus"][..],
+        &["create", "-f", "qcow2", "x.qcow2", "1Q"][..],
+        &["create", "-f", "qcow2", "x.qcow2", "-1"][..],
+    ] {
+        let run = |d: &Path| {
+            let mut c = std::process::Command::new("./qemu-img");
+            c.args(args).current_dir(d);
+            run_with_timeout(&mut c, DEFAULT_TIMEOUT)
+        };
+        let q = run(&real);
+        let o = run(&ours);
+        assert!(!q.ok() && q.stderr.contains("qemu-img"), "{}", q.describe());
+        assert_eq!(o.code, q.code, "{}", o.describe());
+        assert_text_eq(
+            &format!("stderr of ./qemu-img {args:?}"),
+            &q.stderr,
+            &o.stderr,
+        );
+    }
+}
+
+/// `imgtool CMD --help` prints qemu-img's help for that command with the
+/// program name replaced (its usage lines name the program).
+fn command_help(cmd: &str) {
+    let dir = TempDir::new("help");
+    let q = qemu_img(dir.path(), &[cmd, "--help"]);
+    let o = imgtool(dir.path(), &[cmd, "--help"]);
+    assert_eq!(o.code, q.code, "{}", o.describe());
+    assert_text_eq(
+        &format!("{cmd} --help"),
+        &q.stdout.replace("qemu-img", "imgtool"),
+        &o.stdout,
+    );
+    assert_text_eq(
+        &format!("{cmd} --help (stderr)"),
+        &q.stderr.replace("qemu-img", "imgtool"),
+        &o.stderr,
+    );
+}
+
+macro_rules! help_cases {
+    ($($name:ident: $cmd:literal;)*) => {
+        $( #[test] fn $name() { command_help($cmd); } )*
+    };
+}
+
+help_cases! {
+    help_amend: "amend";
+    help_bench: "bench";
+    help_bitmap: "bitmap";
+    help_check: "check";
+    help_commit: "commit";
+    help_compare: "compare";
+    help_convert: "convert";
+    help_create: "create";
+    help_dd: "dd";
+    help_info: "info";
+    help_map: "map";
+    help_measure: "measure";
+    help_rebase: "rebase";
+    help_resize: "resize";
+    help_snapshot: "snapshot";
+}
+
+/// Global `--help`: the same text apart from the version banner (first two
+/// lines) and the list of supported formats (ours is shorter by design).
+#[test]
+fn global_help() {
+    let dir = TempDir::new("help");
+    let q = qemu_img(dir.path(), &["--help"]).expect_ok();
+    let o = imgtool(dir.path(), &["--help"]);
+    assert!(o.ok(), "{}", o.describe());
+    let body = |s: &str| -> String {
+        s.lines()
+            .skip(2)
+            .take_while(|l| !l.starts_with("Supported image formats:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_text_eq(
+        "--help",
+        &body(&q.stdout.replace("qemu-img", "imgtool")),
+        &body(&o.stdout),
+    );
+}

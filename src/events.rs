@@ -1,0 +1,23 @@
+//! Asynchronous notices a driver raises while working, which qemu-img
+//! prints on stderr without its program prefix (e.g. "qcow2: Image is
+//! corrupt: ..."). The CLI keeps the default (stderr); library users may
+//! install their own sink.
+
+use parking_lot::RwLock;
+
+type Sink = Box<dyn Fn(&str) + Send + Sync>;
+
+static SINK: RwLock<Option<Sink>> = RwLock::new(None);
+
+/// Replace where notices go (None restores stderr).
+pub fn set_sink(sink: Option<Sink>) {
+    *SINK.write() = sink;
+}
+
+/// Emit one notice line.
+pub fn notice(line: &str) {
+    match &*SINK.read() {
+        Some(f) => f(line),
+        None => eprintln!("{line}"),
+    }
+}
