@@ -29,9 +29,6 @@ int imgtool_go_check(const char *path, imgtool_check_options *o, imgtool_check_r
     return imgtool_check(path, o, report, json, NULL, NULL);
 }
 
-
-
-
 void imgtool_go_set_notice_handler(uintptr_t h)
 {
     imgtool_set_notice_handler(h ? imgtool_go_log : NULL, (void *)h);
