@@ -42,6 +42,14 @@ pub mod convert;
 
 pub mod check;
 
+pub mod commit;
+
+pub mod rebase;
+
+pub mod resize;
+
+pub mod amend;
+
 pub mod notice;
 
 mod args;
@@ -51,13 +59,17 @@ mod progress;
 #[cfg(test)]
 mod tests;
 
+pub use amend::*;
 pub use check::*;
+pub use commit::*;
 pub use convert::*;
 pub use create::*;
 pub use error::*;
 pub use image::*;
 pub use info::*;
 pub use notice::*;
+pub use rebase::*;
+pub use resize::*;
 pub use snapshot::*;
 pub use strings::*;
 pub use zeroes::*;

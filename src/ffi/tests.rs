@@ -780,3 +780,5 @@ fn convert_from_internal_snapshot() {
 }
 
 mod more;
+
+mod ops;
