@@ -29,6 +29,21 @@ int imgtool_go_check(const char *path, imgtool_check_options *o, imgtool_check_r
     return imgtool_check(path, o, report, json, NULL, NULL);
 }
 
+int imgtool_go_commit(const char *path, const imgtool_commit_options *o, uintptr_t progress)
+{
+    return imgtool_commit(path, o, progress ? imgtool_go_progress : NULL, (void *)progress);
+}
+
+int imgtool_go_rebase(const char *path, const imgtool_rebase_options *o, uintptr_t progress)
+{
+    return imgtool_rebase(path, o, progress ? imgtool_go_progress : NULL, (void *)progress);
+}
+
+int imgtool_go_amend(const char *path, const imgtool_amend_options *o, uintptr_t progress)
+{
+    return imgtool_amend(path, o, progress ? imgtool_go_progress : NULL, (void *)progress);
+}
+
 void imgtool_go_set_notice_handler(uintptr_t h)
 {
     imgtool_set_notice_handler(h ? imgtool_go_log : NULL, (void *)h);

@@ -15,6 +15,9 @@ int imgtool_go_convert(const char *const *srcs, size_t nsrcs, const char *dst,
                        const imgtool_convert_options *opts, uintptr_t progress);
 int imgtool_go_check(const char *path, imgtool_check_options *o, imgtool_check_report *report,
                      char **json, uintptr_t log);
+int imgtool_go_commit(const char *path, const imgtool_commit_options *o, uintptr_t progress);
+int imgtool_go_rebase(const char *path, const imgtool_rebase_options *o, uintptr_t progress);
+int imgtool_go_amend(const char *path, const imgtool_amend_options *o, uintptr_t progress);
 void imgtool_go_set_notice_handler(uintptr_t h);
 
 #endif
