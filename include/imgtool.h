@@ -212,6 +212,33 @@
 #define IMGTOOL_CHECK_FORCE_SHARE (1 << 0)
 
 /**
+ * `imgtool_compare_options.flags`: strict mode (`-s`): the sizes and the
+ * allocation status must match too, not only the content.
+ */
+#define IMGTOOL_COMPARE_STRICT (1 << 0)
+
+/**
+ * `imgtool_compare_report.result`: the images read the same.
+ */
+#define IMGTOOL_COMPARE_IDENTICAL 0
+
+/**
+ * `imgtool_compare_report.result`: the content differs at `offset`.
+ */
+#define IMGTOOL_COMPARE_CONTENT_MISMATCH 1
+
+/**
+ * `imgtool_compare_report.result`: strict mode, the sizes differ.
+ */
+#define IMGTOOL_COMPARE_SIZE_MISMATCH 2
+
+/**
+ * `imgtool_compare_report.result`: strict mode, the allocation status
+ * differs at `offset`.
+ */
+#define IMGTOOL_COMPARE_STATUS_MISMATCH 3
+
+/**
  * `imgtool_commit_options.flags`: leave the top image as it is instead of
  * emptying it (qemu-img commit `-d`). Implied by a `base`.
  */
@@ -284,6 +311,13 @@ typedef struct imgtool_open_options {
      * "writethrough", "none", "directsync", "unsafe".
      */
     const char *cache;
+    /**
+     * Open this internal snapshot (qcow2) instead of the current state,
+     * read-only, as qemu-img's `-l` does: its ID or name, or
+     * "snapshot.id=ID" / "snapshot.name=NAME". NULL or "" for the current
+     * state. Not with `IMGTOOL_OPEN_WRITABLE`.
+     */
+    const char *snapshot;
 } imgtool_open_options;
 
 /**
@@ -390,6 +424,49 @@ typedef struct imgtool_info {
      */
     bool format_probed;
 } imgtool_info;
+
+/**
+ * One `qemu-img map --output=json` entry (QAPI MapEntry), as `imgtool_map`
+ * fills it. Set `struct_size` to `sizeof(imgtool_map_entry)` before the
+ * first call (the library keeps it); on return it holds the number of
+ * bytes the library filled in.
+ */
+typedef struct imgtool_map_entry {
+    /**
+     * Set by the caller to `sizeof(imgtool_map_entry)`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_EXTENT_*` bits ("data", "zero", "present", "compressed").
+     */
+    uint32_t flags;
+    /**
+     * Guest offset of the run ("start").
+     */
+    uint64_t start;
+    /**
+     * Length of the run in bytes ("length", > 0).
+     */
+    uint64_t length;
+    /**
+     * Host offset in `filename` ("offset"); valid when `has_offset`.
+     */
+    uint64_t offset;
+    /**
+     * Layer that decided the run ("depth"): 0 = the image, 1 = its
+     * backing file, ...
+     */
+    uint32_t depth;
+    /**
+     * Whether `offset` and `filename` are set.
+     */
+    bool has_offset;
+    /**
+     * The file `offset` refers to ("filename"), or NULL. Owned by the
+     * handle: valid until `imgtool_close`; do not free.
+     */
+    const char *filename;
+} imgtool_map_entry;
 
 /**
  * One internal snapshot (QAPI SnapshotInfo), as `imgtool_snapshot_get`
@@ -683,6 +760,111 @@ typedef struct imgtool_check_report {
      */
     uint64_t compressed_clusters;
 } imgtool_check_report;
+
+/**
+ * How `imgtool_compare` compares. Initialise with
+ * `imgtool_compare_options_init()`, then change fields.
+ */
+typedef struct imgtool_compare_options {
+    /**
+     * `sizeof(imgtool_compare_options)`, set by
+     * `imgtool_compare_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMPARE_*` bits.
+     */
+    uint32_t flags;
+} imgtool_compare_options;
+
+/**
+ * The result of `imgtool_compare`. Set `struct_size` to
+ * `sizeof(imgtool_compare_report)` before the call; on return it holds
+ * the number of bytes the library filled in.
+ */
+typedef struct imgtool_compare_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_compare_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMPARE_*` result.
+     */
+    uint32_t result;
+    /**
+     * First differing offset (content: the first differing 512-byte
+     * sector, as qemu-img reports it; strict status: the offset) for the
+     * mismatch results, 0 otherwise.
+     */
+    uint64_t offset;
+    /**
+     * qemu-img compare's exit status: 0 identical, 1 different.
+     */
+    int32_t exit_code;
+    /**
+     * Not strict: the sizes differ (qemu-img warns "Image size mismatch!");
+     * the longer image's tail was compared with zeros.
+     */
+    bool size_mismatch;
+} imgtool_compare_report;
+
+/**
+ * What `imgtool_measure` measures. Initialise with
+ * `imgtool_measure_options_init()`, then set `size` or pass a source.
+ */
+typedef struct imgtool_measure_options {
+    /**
+     * `sizeof(imgtool_measure_options)`, set by
+     * `imgtool_measure_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved for flags; must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image to create (`-O`); NULL or "" = "raw".
+     */
+    const char *out_format;
+    /**
+     * Its creation options (`-o`, "key=value,..."); NULL or "" for none.
+     */
+    const char *options;
+    /**
+     * Virtual size of a new empty image (`--size`), or
+     * `IMGTOOL_SIZE_DEFAULT` (the default) when measuring a source image.
+     */
+    uint64_t size;
+} imgtool_measure_options;
+
+/**
+ * The result of `imgtool_measure` (QAPI BlockMeasureInfo). Set
+ * `struct_size` to `sizeof(imgtool_measure_report)` before the call; on
+ * return it holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_measure_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_measure_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Whether `bitmaps` is valid (both the source and the target format
+     * can hold persistent bitmaps).
+     */
+    bool has_bitmaps;
+    /**
+     * Bytes the new image needs for the source's data ("required").
+     */
+    uint64_t required;
+    /**
+     * Bytes it needs when fully allocated ("fully-allocated").
+     */
+    uint64_t fully_allocated;
+    /**
+     * Bytes for the source's persistent bitmaps ("bitmaps").
+     */
+    uint64_t bitmaps;
+} imgtool_measure_report;
 
 /**
  * How `imgtool_commit` commits. Initialise with
@@ -1093,6 +1275,43 @@ int imgtool_get_info(struct imgtool_image *img, struct imgtool_info *out);
 void imgtool_info_free(struct imgtool_info *info);
 
 /**
+ * The run of guest bytes starting at `offset` with one status, merged as
+ * `qemu-img map` merges them (adjacent block-status runs that agree on
+ * every field and whose host offsets continue), looking at most `bytes`
+ * ahead. Unlike `imgtool_block_status`, the runs are exactly the entries
+ * of `qemu-img map --output=json`, with QEMU's refinements (zero clusters,
+ * preallocated and compressed clusters, host offsets and file names).
+ *
+ * Iterate by calling it in a loop, advancing `offset` by `out->length`
+ * until the end (`imgtool_get_size`, or the end of the range you want):
+ *
+ * ```c
+ * imgtool_map_entry e = {.struct_size = sizeof e};
+ * for (uint64_t off = 0; off < size; off += e.length)
+ *     if (imgtool_map(img, off, size - off, &e) != IMGTOOL_OK) break;
+ * ```
+ *
+ * Nothing is allocated for the caller. `offset` must be below the virtual
+ * size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise); `bytes` is
+ * clipped at the end of the image.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set),
+ * `IMGTOOL_ERANGE`, `IMGTOOL_EIO`/`IMGTOOL_ECORRUPT` (unreadable
+ * metadata: "Could not read file metadata: ...").
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_map_entry` whose `struct_size` is set.
+ */
+int imgtool_map(struct imgtool_image *img,
+                uint64_t offset,
+                uint64_t bytes,
+                struct imgtool_map_entry *out);
+
+/**
  * The `index`-th internal snapshot of the image (its top layer), in table
  * order, as `qemu-img snapshot -l` lists them. `imgtool_get_info` gives
  * the count (`snapshot_count`); iterate with `index` from 0 until the
@@ -1313,6 +1532,103 @@ int imgtool_check(const char *path,
                   char **json,
                   imgtool_progress_fn progress,
                   void *user);
+
+/**
+ * Fill `opts` with defaults (content comparison, not strict) and set
+ * `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_compare_options`.
+ */
+int imgtool_compare_options_init(struct imgtool_compare_options *opts);
+
+/**
+ * Compare the guest content of two open images as `qemu-img compare`
+ * does. Runs that read as zeros in both
+ * are skipped unread; without `IMGTOOL_COMPARE_STRICT` images of different
+ * sizes are equal when the longer one's tail reads as zeros.
+ *
+ * Returns `IMGTOOL_OK` whenever the comparison ran to its end, identical
+ * or not: read `*report` (`result`, `offset`, `exit_code`). `json` may be
+ * NULL; otherwise it receives `{"result": "identical" |
+ * "content-mismatch" | "size-mismatch" | "status-mismatch",
+ * "size-mismatch": bool, "offset": N}` (free with `imgtool_free_string`).
+ *
+ * `progress` may be NULL; otherwise it gets the percentage done. A
+ * comparison cannot be cancelled: the callback's return value is ignored.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, bad options or report size);
+ * a failed block status or read on either image, with qemu-img's message
+ * naming the image by the path it was opened with ("Sector allocation
+ * test failed for PATH", "Error while reading offset N of PATH: ...") and
+ * that failure's code (`IMGTOOL_EIO`, `IMGTOOL_ECORRUPT`, ...).
+ *
+ * Thread safety: only reads both handles; may run concurrently with other
+ * calls on them (except `imgtool_close`). The same handle may be passed
+ * twice.
+ *
+ * # Safety
+ * `img1` and `img2` are NULL or live handles; `opts` is NULL or
+ * initialised; `report` is NULL or a writable report with `struct_size`
+ * set; `json` is NULL or writable; `progress` is NULL or safe to call
+ * with `user`.
+ */
+int imgtool_compare(struct imgtool_image *img1,
+                    struct imgtool_image *img2,
+                    const struct imgtool_compare_options *opts,
+                    struct imgtool_compare_report *report,
+                    char **json,
+                    imgtool_progress_fn progress,
+                    void *user);
+
+/**
+ * Fill `opts` with defaults (raw target, no options, no size) and set
+ * `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_measure_options`.
+ */
+int imgtool_measure_options_init(struct imgtool_measure_options *opts);
+
+/**
+ * Compute the host size an image of `opts->out_format` with
+ * `opts->options` would need, as `qemu-img measure` does: either for a
+ * new empty image of `opts->size` bytes (`source` NULL), or for a copy of
+ * the open image `source` (as `imgtool_convert` would write it; open the
+ * source with `imgtool_open_options.snapshot` to measure a snapshot).
+ *
+ * `report` and `json` may each be NULL; `*json` receives the
+ * `qemu-img measure --output=json` document (free with
+ * `imgtool_free_string`).
+ *
+ * Errors: `IMGTOOL_EINVAL` ("Either --size N or one filename must be
+ * specified.", "--size N cannot be used together with a filename.",
+ * invalid options for the format, unknown format), `IMGTOOL_ENOTSUP` (a
+ * format that cannot be measured), `IMGTOOL_EIO` (reading the source's
+ * block status).
+ *
+ * Thread safety: only reads `source`; may run concurrently with other
+ * calls on it (except `imgtool_close`).
+ *
+ * # Safety
+ * `opts` is NULL or initialised; `source` is NULL or a live handle;
+ * `report` is NULL or a writable report with `struct_size` set; `json` is
+ * NULL or writable.
+ */
+int imgtool_measure(const struct imgtool_measure_options *opts,
+                    struct imgtool_image *source,
+                    struct imgtool_measure_report *report,
+                    char **json);
 
 /**
  * Fill `opts` with the defaults of `qemu-img commit` (into the immediate

@@ -782,3 +782,5 @@ fn convert_from_internal_snapshot() {
 mod more;
 
 mod ops;
+
+mod read;
