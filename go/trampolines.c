@@ -44,6 +44,13 @@ int imgtool_go_amend(const char *path, const imgtool_amend_options *o, uintptr_t
     return imgtool_amend(path, o, progress ? imgtool_go_progress : NULL, (void *)progress);
 }
 
+int imgtool_go_compare(imgtool_image *a, imgtool_image *b, const imgtool_compare_options *o,
+                       imgtool_compare_report *report, uintptr_t progress)
+{
+    return imgtool_compare(a, b, o, report, NULL, progress ? imgtool_go_progress : NULL,
+                           (void *)progress);
+}
+
 void imgtool_go_set_notice_handler(uintptr_t h)
 {
     imgtool_set_notice_handler(h ? imgtool_go_log : NULL, (void *)h);

@@ -18,6 +18,8 @@ int imgtool_go_check(const char *path, imgtool_check_options *o, imgtool_check_r
 int imgtool_go_commit(const char *path, const imgtool_commit_options *o, uintptr_t progress);
 int imgtool_go_rebase(const char *path, const imgtool_rebase_options *o, uintptr_t progress);
 int imgtool_go_amend(const char *path, const imgtool_amend_options *o, uintptr_t progress);
+int imgtool_go_compare(imgtool_image *a, imgtool_image *b, const imgtool_compare_options *o,
+                       imgtool_compare_report *report, uintptr_t progress);
 void imgtool_go_set_notice_handler(uintptr_t h);
 
 #endif
