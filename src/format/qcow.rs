@@ -20,7 +20,7 @@ use std::sync::Arc;
 use flate2::{Compress, Decompress, FlushCompress, FlushDecompress};
 use parking_lot::Mutex;
 
-use super::qed::table::{Endian, TableCache};
+use super::qed::table::{check_request, Endian, TableCache, MAX_REQUEST_END};
 use super::{
     BackingRead, BackingRef, CreateOptions, Driver, DriverInfo, DriverOpenOptions, Extent,
     NoBacking, OptDesc, OptKind, Status,
@@ -41,7 +41,7 @@ const L1_PAGE: u64 = 64 << 10;
 const L1_BUDGET: u64 = 32 << 20;
 const L2_BUDGET: u64 = 32 << 20;
 /// Highest byte offset the block layer addresses.
-const MAX_OFFSET: u64 = i64::MAX as u64;
+const MAX_OFFSET: u64 = MAX_REQUEST_END;
 
 pub const CREATE_OPTS: &[OptDesc] = &[
     OptDesc {
@@ -253,12 +253,12 @@ impl Qcow {
                 return Err(Error::invalid("Backing file name too long"));
             }
             let mut name = vec![0u8; hdr.backing_len as usize];
-            // Beyond the addressable range the name reads as empty, as in
-            // QEMU (its read past the end of the file returns zeros).
-            let end = hdr.backing_offset.checked_add(hdr.backing_len as u64);
-            if matches!(end, Some(e) if e <= MAX_OFFSET) {
-                file.read_at(&mut name, hdr.backing_offset)?;
+            // Past the end of the file it reads as zeros (no name); past
+            // what the block layer addresses it is an I/O error.
+            if check_request(hdr.backing_offset, hdr.backing_len as u64).is_err() {
+                return Err(open_errno(&file, libc::EIO));
             }
+            file.read_at(&mut name, hdr.backing_offset)?;
             let n = name.iter().position(|&c| c == 0).unwrap_or(name.len());
             if n > 0 {
                 backing = Some(String::from_utf8_lossy(&name[..n]).into_owned());
@@ -346,7 +346,7 @@ impl Qcow {
             let seg = match self.kind(&mut m, ci)? {
                 Kind::Unallocated => Seg::Backing { len: n },
                 Kind::Data(h) => Seg::Host {
-                    host: h + in_c,
+                    host: data_offset(h)? + in_c,
                     len: n,
                 },
                 Kind::Compressed(coff, clen) => Seg::Compressed {
@@ -379,9 +379,7 @@ impl Qcow {
             }
         }
         let mut input = vec![0u8; clen as usize];
-        if coff.checked_add(clen).is_none_or(|e| e > MAX_OFFSET) {
-            return Err(Error::from_errno(libc::EIO));
-        }
+        check_request(coff, clen)?;
         self.file.read_at(&mut input, coff)?;
         let mut out = vec![0u8; self.cs() as usize];
         inflate(&input, &mut out)?;
@@ -397,7 +395,10 @@ impl Qcow {
             let n = seg.len() as usize;
             let out = &mut buf[pos..pos + n];
             match seg {
-                Seg::Host { host, .. } => self.file.read_at(out, host)?,
+                Seg::Host { host, .. } => {
+                    check_request(host, n as u64)?;
+                    self.file.read_at(out, host)?
+                }
                 Seg::Backing { .. } => backing.read_backing(out, off + pos as u64)?,
                 Seg::Compressed {
                     coff,
@@ -527,7 +528,9 @@ impl Qcow {
                         total += (cs as usize).min(len - pos - total);
                         next += 1;
                     }
-                    self.file.write_at(&buf[pos..pos + total], h + in_c)?;
+                    let host = data_offset(h)? + in_c;
+                    check_request(host, total as u64)?;
+                    self.file.write_at(&buf[pos..pos + total], host)?;
                     pos += total;
                 }
                 _ if in_c == 0 && n == cs as usize => {
@@ -611,6 +614,15 @@ impl Qcow {
         let entry = OFLAG_COMPRESSED | (len << (63 - self.hdr.cluster_bits)) | coff;
         self.meta.lock().l2.set(&self.file, l2, l2i, &[entry])
     }
+}
+
+/// A data cluster's host offset; QEMU fails I/O on one that is not
+/// sector-aligned.
+fn data_offset(h: u64) -> Result<u64> {
+    if h & 511 != 0 {
+        return Err(Error::from_errno(libc::EIO));
+    }
+    Ok(h)
 }
 
 /// Raw deflate with the 4 KiB window QEMU's qcow uses; None when the

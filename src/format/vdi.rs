@@ -147,6 +147,14 @@ impl Vdi {
     pub fn open(file: HostFile, opts: &DriverOpenOptions) -> Result<Vdi> {
         let mut raw = [0u8; HEADER_LEN];
         file.read_at(&mut raw, 0)?;
+        // QEMU checks the size before anything else.
+        let disk_size = le64(&raw, O_DISK_SIZE);
+        let max = BLOCKS_IN_IMAGE_MAX as u64 * BLOCK_SIZE;
+        if disk_size > max {
+            return Err(Error::unsupported(format!(
+                "Unsupported VDI image size (size is {disk_size:#x}, max supported is {max:#x})"
+            )));
+        }
         let sig = le32(&raw, O_SIGNATURE);
         if sig != SIGNATURE {
             return Err(Error::corrupt(format!(
@@ -162,19 +170,19 @@ impl Vdi {
             )));
         }
         // VBoxManage convertfromraw makes odd sizes; QEMU rounds them up.
-        let disk_size = le64(&raw, O_DISK_SIZE).next_multiple_of(SECTOR);
+        let disk_size = disk_size.next_multiple_of(SECTOR);
         put64(&mut raw, O_DISK_SIZE, disk_size);
         let offset_bmap = le32(&raw, O_OFFSET_BMAP);
         let offset_data = le32(&raw, O_OFFSET_DATA);
         let sector_size = le32(&raw, O_SECTOR_SIZE);
         let block_size = le32(&raw, O_BLOCK_SIZE);
         let blocks_in_image = le32(&raw, O_BLOCKS_IN_IMAGE);
-        if offset_bmap as u64 % SECTOR != 0 {
+        if !(offset_bmap as u64).is_multiple_of(SECTOR) {
             return Err(unsupported(format!(
                 "unaligned block map offset {offset_bmap:#x}"
             )));
         }
-        if offset_data as u64 % SECTOR != 0 {
+        if !(offset_data as u64).is_multiple_of(SECTOR) {
             return Err(unsupported(format!(
                 "unaligned data offset {offset_data:#x}"
             )));
@@ -449,9 +457,11 @@ impl Driver for Vdi {
                 compressed: false,
             }
         } else {
+            // No backing file is possible: this layer decides the zeros
+            // (qemu-img map shows them present).
             Extent {
                 len,
-                status: Status::Unallocated,
+                status: Status::Zero,
                 offset: None,
                 compressed: false,
             }

@@ -51,6 +51,15 @@ impl Used {
 }
 
 impl Qed {
+    /// The bitmap index QEMU's check gives the cluster at byte `off`: it
+    /// divides by `cluster_size - 1`, so from cluster `cluster_size - 1`
+    /// on the indexes skip one every `cluster_size - 1` clusters and the
+    /// skipped ones count as leaks. Reproduced so the counts match.
+    fn cluster_index(&self, off: u64) -> u64 {
+        let cs = self.cs();
+        off.checked_next_multiple_of(cs).unwrap_or(u64::MAX) / (cs - 1)
+    }
+
     /// Read entries of the table at `off` page by page (not through the
     /// cache: a check reads every table once).
     fn scan_table(&self, off: u64, mut f: impl FnMut(u64, u64)) -> Result<()> {
@@ -72,7 +81,7 @@ impl Qed {
     /// Mark a table's or cluster's clusters used; false on a double
     /// reference (counted as corruptions).
     fn mark_used(&self, used: &mut Used, res: &mut CheckResult, off: u64, n: u64) -> bool {
-        let dup = used.mark(off >> self.geo.cluster_bits, n);
+        let dup = used.mark(self.cluster_index(off), n);
         res.corruptions += dup;
         dup == 0
     }
@@ -91,7 +100,7 @@ impl Qed {
             total_clusters: self.virtual_size().div_ceil(cs),
             ..CheckResult::default()
         };
-        let mut used = Used::new(m.file_size >> self.geo.cluster_bits)?;
+        let mut used = Used::new(self.cluster_index(m.file_size))?;
         self.mark_used(&mut used, &mut res, self.geo.l1_offset, self.geo.table_size);
         let mut l1 = Vec::new();
         self.scan_table(self.geo.l1_offset, |i, e| {

@@ -16,6 +16,18 @@ use std::collections::{HashMap, VecDeque};
 use crate::error::{Error, Result};
 use crate::io::HostFile;
 
+/// The block layer's largest addressable byte (QEMU's BDRV_MAX_LENGTH):
+/// requests reaching past it fail with EIO, as in QEMU.
+pub(crate) const MAX_REQUEST_END: u64 = 0x7fff_ffff_c000_0000;
+
+/// EIO unless `[off, off+len)` lies below [`MAX_REQUEST_END`].
+pub(crate) fn check_request(off: u64, len: u64) -> Result<()> {
+    if off > MAX_REQUEST_END || len > MAX_REQUEST_END - off {
+        return Err(Error::from_errno(libc::EIO));
+    }
+    Ok(())
+}
+
 /// Byte order of the entries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Endian {
@@ -79,6 +91,7 @@ impl TableCache {
 
     fn load(&mut self, file: &HostFile, key: u64) -> Result<&mut Vec<u64>> {
         if !self.pages.contains_key(&key) {
+            check_request(key, self.page)?;
             let mut raw = vec![0u8; self.page as usize];
             file.read_at(&mut raw, key)?;
             let page = raw.chunks_exact(8).map(|c| self.endian.decode(c)).collect();
@@ -123,6 +136,7 @@ impl TableCache {
             .checked_mul(8)
             .and_then(|b| table.checked_add(b))
             .ok_or_else(|| Error::from_errno(libc::EINVAL))?;
+        check_request(off, values.len() as u64 * 8)?;
         let mut raw = Vec::with_capacity(values.len() * 8);
         for v in values {
             raw.extend_from_slice(&self.endian.encode(*v));
