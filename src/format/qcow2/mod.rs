@@ -1,13 +1,17 @@
 //! qcow2 (QEMU copy-on-write v2/v3).
 
+mod amend;
 mod check;
 mod compress;
 mod create;
+mod crypto;
 mod header;
 mod l2;
 mod read;
 mod refcount;
+mod shrink;
 mod snapshot;
+mod snapshot_write;
 mod write;
 
 use std::path::Path;
@@ -24,11 +28,12 @@ use crate::error::{Error, Result};
 use crate::format::CreateOptions as _CreateOptions;
 use crate::io::HostFile;
 use crate::json::Json;
+pub use amend::AMEND_OPTS;
 pub use create::create;
 use header::{Compression, Header};
 use l2::{Geometry, L2Cache, Slot, L1E_OFFSET_MASK};
 use refcount::Refcounts;
-use snapshot::Snapshot;
+use snapshot_write::SnapList;
 
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -180,7 +185,7 @@ pub struct Qcow2 {
     write_lock: Mutex<()>,
     size: AtomicU64,
     writable: bool,
-    snapshots: Vec<Snapshot>,
+    snapshots: SnapList,
     compression: Compression,
     /// A corruption notice was printed (QEMU prints only the first).
     corruption_reported: std::sync::atomic::AtomicBool,
@@ -197,6 +202,12 @@ impl Qcow2 {
         file.read_at(&mut head, 0)?;
         let hdr = Header::parse(&head)?;
         let writable = opts.writable;
+        if hdr.crypt_method != 0 && !opts.metadata_only {
+            // We cannot decrypt; QEMU fails the same way without a key.
+            return Err(Error::invalid(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
         if writable && !opts.for_check && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::corrupt(
                 "qcow2: Image is corrupt; cannot be opened read/write",
@@ -207,7 +218,9 @@ impl Qcow2 {
                 .data_file
                 .clone()
                 .ok_or_else(|| Error::invalid("Missing data file name in image header"))?;
-            let path = crate::image::combine_backing_path(&file.path().to_string_lossy(), &name);
+            // Resolved as QEMU does: the stored name as given (relative to
+            // the working directory, not to the image).
+            let path = name;
             Some(HostFile::open(
                 Path::new(&path),
                 writable,
@@ -220,6 +233,7 @@ impl Qcow2 {
             cluster_bits: hdr.cluster_bits,
             extended: hdr.extended_l2(),
             v3: hdr.version >= 3,
+            data_file: data_file.is_some(),
         };
         let mut raw = vec![0u8; hdr.l1_size as usize * 8];
         file.read_at(&mut raw, hdr.l1_table_offset)?;
@@ -241,7 +255,7 @@ impl Qcow2 {
             data_file,
             size: AtomicU64::new(hdr.size),
             writable,
-            snapshots,
+            snapshots: SnapList::new(snapshots),
             compression: hdr.compression,
             meta: Mutex::new(Meta {
                 l1,
@@ -328,7 +342,7 @@ impl Qcow2 {
             },
             size: AtomicU64::new(size),
             writable: false,
-            snapshots: Vec::new(),
+            snapshots: SnapList::new(Vec::new()),
             compression: self.compression,
             meta: Mutex::new(Meta {
                 l1: crate::format::bytes::be64_table(&raw),
@@ -455,6 +469,9 @@ impl Qcow2 {
             d.set("corrupt", h.incompatible & header::INCOMPAT_CORRUPT != 0);
         }
         d.set("refcount-bits", h.refcount_bits() as u64);
+        if let Some(e) = crypto::info(&h, &self.file) {
+            d.set("encrypt", e);
+        }
         d.set("compression-type", h.compression.name());
         Json::object().with("type", "qcow2").with("data", d)
     }
@@ -550,7 +567,43 @@ impl Driver for Qcow2 {
         self.file.flush()
     }
     fn truncate(&self, size: u64, prealloc: Prealloc) -> Result<()> {
-        self.resize(size, prealloc)
+        self.resize_any(size, prealloc)
+    }
+    fn truncate_zeroed(
+        &self,
+        size: u64,
+        prealloc: Prealloc,
+        backing: &dyn BackingRead,
+    ) -> Result<()> {
+        self.grow_zeroed(size, prealloc, backing)
+    }
+    fn make_empty(&self) -> Result<()> {
+        Qcow2::make_empty(self)
+    }
+    fn set_backing(&self, backing: Option<&BackingRef>) -> Result<()> {
+        Qcow2::set_backing(self, backing)
+    }
+    fn snapshot_create(&self, name: &str) -> Result<super::SnapshotInfo> {
+        Qcow2::snapshot_create(self, name)
+    }
+    fn snapshot_apply(&self, which: &str) -> Result<()> {
+        // QEMU reports any failure of its goto as "Failed to load snapshot".
+        Qcow2::snapshot_apply(self, which).map_err(|e| {
+            let t = super::errno_text(&e);
+            e.with_message(format!("Failed to load snapshot: {t}"))
+        })
+    }
+    fn snapshot_delete(&self, id: Option<&str>, name: Option<&str>) -> Result<()> {
+        Qcow2::snapshot_delete(self, id, name)
+    }
+    fn amend(
+        &self,
+        opts: &super::CreateOptions,
+        backing: &dyn BackingRead,
+        backing_size: Option<u64>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<()> {
+        Qcow2::amend(self, opts, backing, backing_size, progress)
     }
     fn check(
         &self,

@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::format::{BackingRead, NoBacking, Prealloc};
 
 impl Qcow2 {
-    fn epl(&self) -> u64 {
+    pub(super) fn epl(&self) -> u64 {
         self.geo.entries_per_l2()
     }
 
@@ -93,7 +93,7 @@ impl Qcow2 {
         (ci..ci + n).map(|c| self.slot(m, c)).collect()
     }
 
-    fn prepare_write(&self) -> Result<()> {
+    pub(super) fn prepare_write(&self) -> Result<()> {
         if self.hdr.lock().crypt_method != 0 {
             return Err(Error::unsupported(
                 "Encrypted qcow2 images are not supported",
@@ -221,7 +221,9 @@ impl Qcow2 {
         };
         let sc = self.geo.sc_size();
         let host = self.geo.host_offset(&slot).unwrap_or(0);
-        let shared = !self.geo.is_compressed(&slot) && host != 0 && slot.entry & OFLAG_COPIED == 0;
+        let shared = !self.geo.is_compressed(&slot)
+            && self.geo.has_host(&slot)
+            && slot.entry & OFLAG_COPIED == 0;
         if !self.geo.extended || self.geo.is_compressed(&slot) || shared {
             if self.geo.in_place(&slot) {
                 self.check_overlap(host + in_c, data.len() as u64)?;
@@ -237,7 +239,7 @@ impl Qcow2 {
         let s1 = (in_c + data.len() as u64).div_ceil(sc);
         let l1i = ci / self.epl();
         let idx = ci % self.epl();
-        let host = if host != 0 {
+        let host = if self.geo.has_host(&slot) {
             host
         } else {
             let mut m = self.meta.lock();
@@ -362,7 +364,7 @@ impl Qcow2 {
 
     /// Make `n` whole clusters from `ci` (one L2 table) read as zeros, or
     /// with `dealloc` (discard without a backing file) unallocated.
-    fn zero_clusters(
+    pub(super) fn zero_clusters(
         &self,
         ci: u64,
         n: u64,
@@ -550,10 +552,7 @@ impl Qcow2 {
             let l2off = self.l2_for_write(&mut m, ci / self.epl())?;
             let mut new = old.clone();
             let todo: Vec<usize> = (0..n as usize)
-                .filter(|&i| {
-                    matches!(self.geo.host_offset(&old[i]), Ok(0))
-                        && !self.geo.is_compressed(&old[i])
-                })
+                .filter(|&i| !self.geo.has_host(&old[i]) && !self.geo.is_compressed(&old[i]))
                 .collect();
             if !todo.is_empty() {
                 let host = self.alloc_data(&mut m, ci, todo.len() as u64)?;
