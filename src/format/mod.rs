@@ -367,6 +367,7 @@ pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
     match format {
         "raw" => Ok(None),
         "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
+        "qcow" | "qed" | "vdi" => Ok(None),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }

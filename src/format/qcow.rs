@@ -240,6 +240,13 @@ impl Qcow {
         let mut head = [0u8; HEADER_LEN];
         file.read_at(&mut head, 0)?;
         let hdr = Header::parse(&head)?;
+        if hdr.crypt_method != 0 && !opts.metadata_only {
+            // We cannot decrypt; QEMU fails the same way without a key (and
+            // opens it for `info`, which reads no data).
+            return Err(Error::invalid(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
         let l1_end = hdr
             .l1_size
             .checked_mul(8)
@@ -588,6 +595,33 @@ impl Qcow {
         Ok(())
     }
 
+    /// Unmap everything (`commit` without `-d`), as QEMU does: zero the
+    /// L1 table and cut the file right after it (L2 tables and data go).
+    fn empty(&self) -> Result<()> {
+        self.prepare_write()?;
+        let _w = self.write_lock.lock();
+        let mut m = self.meta.lock();
+        let len = self.hdr.l1_size * 8;
+        let zeros = vec![0u8; len.min(1 << 20) as usize];
+        let mut done = 0;
+        while done < len {
+            let n = (len - done).min(zeros.len() as u64);
+            self.file
+                .write_at(&zeros[..n as usize], self.hdr.l1_table_offset + done)?;
+            done += n;
+        }
+        // The L1 must be zero on disk before the tables it pointed at go.
+        self.file.flush()?;
+        let end = self.hdr.l1_table_offset + len;
+        self.file.set_len(end)?;
+        let l1_page = (self.hdr.l1_size * 8).clamp(8, L1_PAGE);
+        m.l1 = TableCache::new(Endian::Big, l1_page, L1_BUDGET);
+        m.l2 = TableCache::new(Endian::Big, 8u64 << self.hdr.l2_bits, L2_BUDGET);
+        m.end = end;
+        *self.ccache.lock() = None;
+        Ok(())
+    }
+
     /// Store an already-compressed cluster at guest offset `off`.
     fn store_compressed(&self, data: &[u8], off: u64) -> Result<()> {
         let cs = self.cs();
@@ -723,6 +757,19 @@ impl Driver for Qcow {
     }
     fn io_granularity(&self) -> u64 {
         self.cs().max(65536)
+    }
+    fn truncate_zeroed(
+        &self,
+        _size: u64,
+        _prealloc: super::Prealloc,
+        _backing: &dyn BackingRead,
+    ) -> Result<()> {
+        Err(Error::unsupported(
+            "Image format driver does not support resize",
+        ))
+    }
+    fn make_empty(&self) -> Result<()> {
+        self.empty()
     }
 }
 

@@ -488,6 +488,16 @@ impl Driver for Vdi {
     fn io_granularity(&self) -> u64 {
         BLOCK_SIZE
     }
+    fn truncate_zeroed(
+        &self,
+        _size: u64,
+        _prealloc: super::Prealloc,
+        _backing: &dyn BackingRead,
+    ) -> Result<()> {
+        Err(Error::unsupported(
+            "Image format driver does not support resize",
+        ))
+    }
     fn check(&self, repair: Repair, log: &mut dyn FnMut(&str)) -> Result<CheckResult> {
         if repair != Repair::None {
             // QEMU's vdi check refuses to repair (ENOTSUP).

@@ -649,6 +649,33 @@ impl Qed {
         Ok(())
     }
 
+    /// Rewrite the backing file reference (`rebase`): header and name in
+    /// one synchronous write, as QEMU does.
+    fn change_backing(&self, backing: Option<&BackingRef>) -> Result<()> {
+        self.prepare_write()?;
+        let _w = self.write_lock.lock();
+        let mut h = self.hdr.lock().clone();
+        h.features &= !(F_BACKING_FILE | F_BACKING_FORMAT_NO_PROBE);
+        let name = backing.map_or(&[][..], |b| b.filename.as_bytes());
+        if let Some(b) = backing {
+            h.features |= F_BACKING_FILE;
+            if b.format.as_deref() == Some("raw") {
+                h.features |= F_BACKING_FORMAT_NO_PROBE;
+            }
+        }
+        h.backing_filename_offset = HEADER_LEN as u32;
+        h.backing_filename_size = name.len() as u32;
+        if (HEADER_LEN + name.len()) as u64 > self.geo.header_bytes {
+            return Err(Error::from_errno(libc::ENOSPC));
+        }
+        let mut buf = h.serialize().to_vec();
+        buf.extend_from_slice(name);
+        self.file.write_at(&buf, 0)?;
+        self.file.flush()?;
+        *self.hdr.lock() = h;
+        Ok(())
+    }
+
     /// Grow the image (QED cannot shrink or preallocate).
     fn resize(&self, size: u64, prealloc: Prealloc) -> Result<()> {
         if prealloc != Prealloc::Off {
@@ -735,6 +762,25 @@ impl Driver for Qed {
     }
     fn io_granularity(&self) -> u64 {
         self.cs().max(65536)
+    }
+    fn truncate_zeroed(
+        &self,
+        _size: u64,
+        _prealloc: Prealloc,
+        _backing: &dyn BackingRead,
+    ) -> Result<()> {
+        // Growing over a longer backing file needs zeroing QED cannot do.
+        Err(Error::unsupported(
+            "Block driver does not support requested flags",
+        ))
+    }
+    fn make_empty(&self) -> Result<()> {
+        // QED cannot empty itself; QEMU's commit then leaves the image as
+        // it is (and reports success), so do we.
+        Ok(())
+    }
+    fn set_backing(&self, backing: Option<&BackingRef>) -> Result<()> {
+        self.change_backing(backing)
     }
     fn check(&self, repair: Repair, log: &mut dyn FnMut(&str)) -> Result<CheckResult> {
         // QED fixes what it can under either repair mode (and never leaks).
