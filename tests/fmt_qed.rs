@@ -146,3 +146,82 @@ fn concurrent_writers() {
 fn convert_round_trip_small_clusters() {
     convert_round_trip(FORMAT, "cluster_size=4k,table_size=2");
 }
+
+fn features(path: &std::path::Path) -> u64 {
+    let b = common::read(path);
+    u64::from_le_bytes(b[16..24].try_into().expect("header"))
+}
+
+/// The need-check bit is on disk while allocating writes are in flight and
+/// gone after a clean close, as with QEMU.
+#[test]
+fn need_check_set_while_writing_and_cleared_on_close() {
+    use imgtool::{Image, OpenOptions};
+    let dir = common::TempDir::new("qed-needcheck");
+    let p = dir.join("a.qed");
+    common::qemu_img_ok(dir.path(), &["create", "-q", "-f", "qed", "a.qed", "4M"]);
+    let img = Image::open(p.to_str().unwrap(), &OpenOptions::read_write()).unwrap();
+    assert_eq!(features(&p) & 2, 0, "clean after open");
+    img.write_at(&[7u8; 5000], 70_000).unwrap();
+    assert_eq!(features(&p) & 2, 2, "need-check set by an allocating write");
+    img.close().unwrap();
+    assert_eq!(features(&p) & 2, 0, "cleared on close");
+    common::assert_qemu_check_clean(dir.path(), "a.qed");
+    // Dropping without close() is a clean close too.
+    let img = Image::open(p.to_str().unwrap(), &OpenOptions::read_write()).unwrap();
+    img.write_at(&[8u8; 100], 3 << 20).unwrap();
+    drop(img);
+    assert_eq!(features(&p) & 2, 0, "cleared on drop");
+}
+
+/// An image left with the need-check bit (QEMU aborted mid-write) and a
+/// bad L2 entry is checked and repaired when opened read-write, as
+/// qemu-io's open does: the files end up identical.
+#[test]
+fn dirty_image_repaired_on_read_write_open_like_qemu() {
+    use imgtool::{Image, OpenOptions};
+    let dir = common::TempDir::new("qed-dirty-open");
+    let d = dir.path();
+    fmt1::build("qed", "need_check_set", d);
+    // Damage: point an L2 entry past the end of the file.
+    let good = common::read(&d.join("img.qed"));
+    let l1 = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
+    let l2 = u64::from_le_bytes(good[l1..l1 + 8].try_into().unwrap());
+    assert_ne!(l2, 0);
+    common::patch(&d.join("img.qed"), l2 + 8 * 60, &(1u64 << 40).to_le_bytes());
+    assert_eq!(features(&d.join("img.qed")) & 2, 2);
+    std::fs::copy(d.join("img.qed"), d.join("q.qed")).unwrap();
+    std::fs::copy(d.join("img.qed"), d.join("o.qed")).unwrap();
+    common::qemu_io(d, "qed", "q.qed", &["read 0 512".into()]);
+    let img = Image::open(
+        d.join("o.qed").to_str().unwrap(),
+        &OpenOptions::read_write(),
+    )
+    .unwrap();
+    img.close().unwrap();
+    common::assert_bytes_eq(
+        "repaired on open",
+        &common::read(&d.join("q.qed")),
+        &common::read(&d.join("o.qed")),
+    );
+    check_like_qemu(d, "o.qed", "qed");
+}
+
+/// Reading a dirty image read-only neither repairs nor clears it.
+#[test]
+fn dirty_image_read_only_is_left_alone() {
+    use imgtool::{Image, OpenOptions};
+    let dir = common::TempDir::new("qed-dirty-ro");
+    let d = dir.path();
+    fmt1::build("qed", "need_check_set", d);
+    let before = common::read(&d.join("img.qed"));
+    let img = Image::open(
+        d.join("img.qed").to_str().unwrap(),
+        &OpenOptions::read_only(),
+    )
+    .unwrap();
+    let mut b = vec![0u8; 1 << 20];
+    img.read_at(&mut b, 0).unwrap();
+    img.close().unwrap();
+    assert_eq!(before, common::read(&d.join("img.qed")));
+}

@@ -10,7 +10,7 @@
 //!   QED never repairs;
 //! - allocated/fragmented clusters count data clusters per L2 table.
 
-use super::{Meta, Qed, F_NEED_CHECK, ZERO_CLUSTER};
+use super::{le64, Meta, Qed, F_NEED_CHECK, ZERO_CLUSTER};
 use crate::error::{Error, Result};
 use crate::format::{CheckResult, Driver};
 
@@ -60,24 +60,6 @@ impl Qed {
         off.checked_next_multiple_of(cs).unwrap_or(u64::MAX) / (cs - 1)
     }
 
-    /// Read entries of the table at `off` page by page (not through the
-    /// cache: a check reads every table once).
-    fn scan_table(&self, off: u64, mut f: impl FnMut(u64, u64)) -> Result<()> {
-        let page = self.geo.table_bytes().min(1 << 20);
-        let mut raw = vec![0u8; page as usize];
-        let mut done = 0u64;
-        while done < self.geo.table_bytes() {
-            self.file.read_at(&mut raw, off + done)?;
-            for (i, c) in raw.chunks_exact(8).enumerate() {
-                let mut a = [0u8; 8];
-                a.copy_from_slice(c);
-                f(done / 8 + i as u64, u64::from_le_bytes(a));
-            }
-            done += page;
-        }
-        Ok(())
-    }
-
     /// Mark a table's or cluster's clusters used; false on a double
     /// reference (counted as corruptions).
     fn mark_used(&self, used: &mut Used, res: &mut CheckResult, off: u64, n: u64) -> bool {
@@ -95,75 +77,49 @@ impl Qed {
         }
         let _w = self.write_lock.lock();
         let mut m = self.meta.lock();
-        let cs = self.cs();
         let mut res = CheckResult {
-            total_clusters: self.virtual_size().div_ceil(cs),
+            total_clusters: self.virtual_size().div_ceil(self.cs()),
             ..CheckResult::default()
         };
         let mut used = Used::new(self.cluster_index(m.file_size))?;
         self.mark_used(&mut used, &mut res, self.geo.l1_offset, self.geo.table_size);
-        let mut l1 = Vec::new();
-        self.scan_table(self.geo.l1_offset, |i, e| {
-            if e != 0 {
-                l1.push((i, e));
-            }
-        })?;
-        let mut bad_l1 = Vec::new();
+        // Tables are read a page at a time: nothing here grows with what a
+        // header claims, only with the file.
+        let bytes = self.geo.table_bytes();
+        let page = bytes.min(1 << 20);
+        let mut l1raw = vec![0u8; page as usize];
+        let mut l2raw = vec![0u8; page as usize];
         let mut last_error = None;
-        for (i, l2) in l1 {
-            if !self.geo.table_ok(l2, m.file_size) {
-                if fix {
-                    res.corruptions_fixed += 1;
-                } else {
-                    res.corruptions += 1;
+        let mut done = 0u64;
+        while done < bytes {
+            self.file.read_at(&mut l1raw, self.geo.l1_offset + done)?;
+            for (k, c) in l1raw.chunks_exact(8).enumerate() {
+                let i = done / 8 + k as u64;
+                let l2 = le64(c, 0);
+                if l2 == 0 {
+                    continue;
                 }
-                bad_l1.push(i);
-                continue;
-            }
-            if !self.mark_used(&mut used, &mut res, l2, self.geo.table_size) {
-                continue;
-            }
-            let mut entries = Vec::new();
-            if let Err(e) = self.scan_table(l2, |j, e| {
-                if e != 0 && e != ZERO_CLUSTER {
-                    entries.push((j, e));
-                }
-            }) {
-                res.check_errors += 1;
-                last_error = Some(e);
-                continue;
-            }
-            let mut bad = Vec::new();
-            let mut last = 0u64;
-            for (j, e) in entries {
-                res.allocated_clusters += 1;
-                if last != 0 && last + cs != e {
-                    res.fragmented_clusters += 1;
-                }
-                last = e;
-                if !self.geo.cluster_ok(e, m.file_size) {
+                if !self.geo.table_ok(l2, m.file_size) {
                     if fix {
                         res.corruptions_fixed += 1;
+                        if let Err(e) = m.l1.set(&self.file, self.geo.l1_offset, i, &[0]) {
+                            res.check_errors += 1;
+                            last_error = Some(e);
+                        }
                     } else {
                         res.corruptions += 1;
                     }
-                    bad.push(j);
                     continue;
                 }
-                self.mark_used(&mut used, &mut res, e, 1);
-            }
-            if fix {
-                if let Err(e) = self.clear_entries(&mut m, l2, &bad, false) {
+                if !self.mark_used(&mut used, &mut res, l2, self.geo.table_size) {
+                    continue;
+                }
+                if let Err(e) = self.check_l2(&mut m, l2, fix, &mut used, &mut res, &mut l2raw) {
                     res.check_errors += 1;
                     last_error = Some(e);
                 }
             }
-        }
-        if fix {
-            if let Err(e) = self.clear_entries(&mut m, self.geo.l1_offset, &bad_l1, true) {
-                res.check_errors += 1;
-                last_error = Some(e);
-            }
+            done += page;
         }
         if let Some(e) = last_error {
             // QEMU's check fails as a whole when a table could not be
@@ -187,14 +143,46 @@ impl Qed {
         Ok(res)
     }
 
-    /// Zero the given entries of the table at `table`.
-    fn clear_entries(&self, m: &mut Meta, table: u64, idx: &[u64], l1: bool) -> Result<()> {
-        for &i in idx {
-            if l1 {
-                m.l1.set(&self.file, table, i, &[0])?;
-            } else {
-                m.l2.set(&self.file, table, i, &[0])?;
+    /// Count and mark one L2 table's clusters, clearing invalid entries
+    /// when fixing. Fragmentation is measured within the table, as QEMU
+    /// does.
+    fn check_l2(
+        &self,
+        m: &mut Meta,
+        l2: u64,
+        fix: bool,
+        used: &mut Used,
+        res: &mut CheckResult,
+        raw: &mut [u8],
+    ) -> Result<()> {
+        let cs = self.cs();
+        let page = raw.len() as u64;
+        let mut last = 0u64;
+        let mut done = 0u64;
+        while done < self.geo.table_bytes() {
+            self.file.read_at(raw, l2 + done)?;
+            for (k, c) in raw.chunks_exact(8).enumerate() {
+                let e = le64(c, 0);
+                if e == 0 || e == ZERO_CLUSTER {
+                    continue;
+                }
+                res.allocated_clusters += 1;
+                if last != 0 && last.wrapping_add(cs) != e {
+                    res.fragmented_clusters += 1;
+                }
+                last = e;
+                if !self.geo.cluster_ok(e, m.file_size) {
+                    if fix {
+                        m.l2.set(&self.file, l2, done / 8 + k as u64, &[0])?;
+                        res.corruptions_fixed += 1;
+                    } else {
+                        res.corruptions += 1;
+                    }
+                    continue;
+                }
+                self.mark_used(used, res, e, 1);
             }
+            done += page;
         }
         Ok(())
     }
