@@ -3,8 +3,11 @@
 
 pub(crate) mod bytes;
 pub mod options;
+pub mod qcow;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
+pub mod vdi;
 
 use std::path::Path;
 
@@ -289,7 +292,7 @@ pub struct DriverOpenOptions {
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
-pub const FORMATS: &[&str] = &["qcow2", "raw"];
+pub const FORMATS: &[&str] = &["qcow", "qcow2", "qed", "raw", "vdi"];
 
 /// Guess a file's format from its first bytes (raw when nothing matches).
 pub fn probe(file: &HostFile) -> Result<&'static str> {
@@ -297,6 +300,15 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
     file.read_at(&mut head, 0)?;
     if qcow2::probe(&head) {
         return Ok("qcow2");
+    }
+    if qcow::probe(&head) {
+        return Ok("qcow");
+    }
+    if qed::probe(&head) {
+        return Ok("qed");
+    }
+    if vdi::probe(&head) {
+        return Ok("vdi");
     }
     Ok("raw")
 }
@@ -314,6 +326,9 @@ pub fn open_driver(
     match format {
         "raw" => Ok(Box::new(raw::Raw::open(file)?)),
         "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
+        "qcow" => Ok(Box::new(qcow::Qcow::open(file, opts)?)),
+        "qed" => Ok(Box::new(qed::Qed::open(file, opts)?)),
+        "vdi" => Ok(Box::new(vdi::Vdi::open(file, opts)?)),
         _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
     }
 }
@@ -323,6 +338,9 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
     match format {
         "raw" => Ok(raw::CREATE_OPTS),
         "qcow2" => Ok(qcow2::CREATE_OPTS),
+        "qcow" => Ok(qcow::CREATE_OPTS),
+        "qed" => Ok(qed::CREATE_OPTS),
+        "vdi" => Ok(vdi::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
@@ -349,6 +367,7 @@ pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
     match format {
         "raw" => Ok(None),
         "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
+        "qcow" | "qed" | "vdi" => Ok(None),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
@@ -359,6 +378,9 @@ pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Res
     match format {
         "raw" => raw::create(path, size, opts),
         "qcow2" => qcow2::create(path, size, opts),
+        "qcow" => qcow::create(path, size, opts),
+        "qed" => qed::create(path, size, opts),
+        "vdi" => vdi::create(path, size, opts),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
