@@ -5,6 +5,7 @@ pub(crate) mod bytes;
 pub mod options;
 pub mod qcow2;
 pub mod raw;
+pub mod vhdx;
 pub mod vpc;
 
 use std::path::Path;
@@ -235,7 +236,7 @@ pub struct DriverOpenOptions {
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
-pub const FORMATS: &[&str] = &["qcow2", "raw", "vpc"];
+pub const FORMATS: &[&str] = &["qcow2", "raw", "vhdx", "vpc"];
 
 /// Guess a file's format from its first bytes (raw when nothing matches).
 pub fn probe(file: &HostFile) -> Result<&'static str> {
@@ -243,6 +244,9 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
     file.read_at(&mut head, 0)?;
     if qcow2::probe(&head) {
         return Ok("qcow2");
+    }
+    if vhdx::probe(&head) {
+        return Ok("vhdx");
     }
     if vpc::probe(&head) {
         return Ok("vpc");
@@ -263,6 +267,7 @@ pub fn open_driver(
     match format {
         "raw" => Ok(Box::new(raw::Raw::open(file)?)),
         "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
+        "vhdx" => Ok(Box::new(vhdx::Vhdx::open(file, opts)?)),
         "vpc" => Ok(Box::new(vpc::Vpc::open(file, opts)?)),
         _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
     }
@@ -273,6 +278,7 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
     match format {
         "raw" => Ok(raw::CREATE_OPTS),
         "qcow2" => Ok(qcow2::CREATE_OPTS),
+        "vhdx" => Ok(vhdx::CREATE_OPTS),
         "vpc" => Ok(vpc::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
@@ -284,6 +290,7 @@ pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Res
     match format {
         "raw" => raw::create(path, size, opts),
         "qcow2" => qcow2::create(path, size, opts),
+        "vhdx" => vhdx::create(path, size, opts),
         "vpc" => vpc::create(path, size, opts),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
