@@ -30,6 +30,9 @@ pub struct OpenOptions {
     pub snapshot: Option<String>,
     /// Opened for `check` (see [`format::DriverOpenOptions::for_check`]).
     pub for_check: bool,
+    /// Only metadata is needed (`info`); see
+    /// [`format::DriverOpenOptions::metadata_only`].
+    pub metadata_only: bool,
 }
 
 impl OpenOptions {
@@ -141,6 +144,7 @@ impl Image {
             &DriverOpenOptions {
                 writable: opts.writable,
                 for_check: opts.for_check,
+                metadata_only: opts.metadata_only,
             },
         )?;
         if let Some(snap) = &opts.snapshot {
@@ -169,6 +173,7 @@ impl Image {
                     backing_override: None,
                     snapshot: None,
                     for_check: false,
+                    metadata_only: opts.metadata_only,
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
                     if e.message().contains("creates an infinite loop")

@@ -20,6 +20,10 @@ struct Plan {
     cluster: u64,
     size: u64,
     with_backing: bool,
+    /// Start from this qemu-built variant (see `build_variant`) instead of
+    /// an empty image we create: our writes then land on qemu's clusters,
+    /// compressed ones included.
+    start: Option<&'static str>,
     ops: usize,
 }
 
@@ -54,10 +58,15 @@ fn pick_offset_len(r: &mut Rng, p: &Plan) -> (u64, u64) {
 
 fn run(p: Plan) {
     let dir = TempDir::new(&format!("random_{}", p.seed));
-    let img_path = dir.join("img.qcow2");
+    let mut img_name = "img.qcow2".to_string();
     let mut shadow = vec![0u8; p.size as usize];
     let mut opts = p.opts.to_string();
-    if p.with_backing {
+    if let Some(v) = p.start {
+        let b = build_variant(v, dir.path());
+        assert_eq!(b.size, p.size, "plan size of {v}");
+        shadow = qemu_raw_bytes(dir.path(), &b.file);
+        img_name = b.file;
+    } else if p.with_backing {
         // The backing file is smaller than the image: the tail reads as zeros.
         let bsize = p.size - 3 * p.cluster.max(64 * KIB);
         qemu_img_ok(
@@ -89,7 +98,10 @@ fn run(p: Plan) {
         }
         opts.push_str("backing_file=base.qcow2,backing_fmt=qcow2");
     }
-    create_fmt(&img_path, p.format, p.size, &opts);
+    let img_path = dir.join(&img_name);
+    if p.start.is_none() {
+        create_fmt(&img_path, p.format, p.size, &opts);
+    }
     {
         let rw = OpenOptions {
             format: Some(p.format.into()),
@@ -122,6 +134,18 @@ fn run(p: Plan) {
                     shadow[range].fill(0);
                 }
                 17 => img.flush().unwrap_or_else(|e| panic!("op {i}: flush: {e}")),
+                18 => {
+                    // Discard is advisory, so what it leaves is not
+                    // specified; overwrite the range right away and let
+                    // qemu-img check judge the metadata it left behind.
+                    img.discard(off, len)
+                        .unwrap_or_else(|e| panic!("op {i}: discard({off}, {len}): {e}"));
+                    let mut data = vec![0u8; len as usize];
+                    r.fill(&mut data);
+                    img.write_at(&data, off)
+                        .unwrap_or_else(|e| panic!("op {i}: write_at after discard: {e}"));
+                    shadow[range].copy_from_slice(&data);
+                }
                 _ => {
                     let mut buf = vec![0u8; len as usize];
                     img.read_at(&mut buf, off)
@@ -139,16 +163,16 @@ fn run(p: Plan) {
     std::fs::write(dir.join("shadow.raw"), &shadow).unwrap();
     assert_qemu_compare_identical(
         dir.path(),
-        "img.qcow2",
+        &img_name,
         "shadow.raw",
         &["-f", p.format, "-F", "raw"],
     );
     if p.format == "qcow2" {
-        assert_qemu_check_clean(dir.path(), "img.qcow2");
+        assert_qemu_check_clean(dir.path(), &img_name);
         // The header still says what we asked for.
         let info = parse_json(
             "info",
-            &qemu_img_ok(dir.path(), &["info", "--output=json", "img.qcow2"]),
+            &qemu_img_ok(dir.path(), &["info", "--output=json", &img_name]),
         );
         assert_eq!(
             info.get("cluster-size"),
@@ -181,6 +205,7 @@ fn raw_harness_check() {
         cluster: 4 * KIB,
         size: 3 * MIB,
         with_backing: false,
+        start: None,
         ops: 400,
     });
 }
@@ -194,6 +219,7 @@ fn default_64k() {
         cluster: 64 * KIB,
         size: 4 * MIB,
         with_backing: false,
+        start: None,
         ops: 400,
     });
 }
@@ -207,6 +233,7 @@ fn cluster_512() {
         cluster: 512,
         size: 2 * MIB,
         with_backing: false,
+        start: None,
         ops: 400,
     });
 }
@@ -220,6 +247,7 @@ fn extended_l2() {
         cluster: 64 * KIB,
         size: 4 * MIB,
         with_backing: false,
+        start: None,
         ops: 400,
     });
 }
@@ -233,6 +261,7 @@ fn with_backing() {
         cluster: 64 * KIB,
         size: 4 * MIB,
         with_backing: true,
+        start: None,
         ops: 400,
     });
 }
@@ -246,6 +275,7 @@ fn with_backing_extended_l2() {
         cluster: 16 * KIB,
         size: 4 * MIB,
         with_backing: true,
+        start: None,
         ops: 400,
     });
 }
@@ -259,6 +289,7 @@ fn with_backing_cluster_512() {
         cluster: 512,
         size: 2 * MIB,
         with_backing: true,
+        start: None,
         ops: 300,
     });
 }
@@ -272,6 +303,7 @@ fn compat_010() {
         cluster: 64 * KIB,
         size: 4 * MIB,
         with_backing: true,
+        start: None,
         ops: 300,
     });
 }
@@ -285,6 +317,7 @@ fn refcount_1_lazy() {
         cluster: 4 * KIB,
         size: 3 * MIB,
         with_backing: false,
+        start: None,
         ops: 300,
     });
 }
@@ -298,6 +331,7 @@ fn refcount_64_2m_clusters() {
         cluster: 2 * MIB,
         size: 8 * MIB,
         with_backing: false,
+        start: None,
         ops: 200,
     });
 }
@@ -376,4 +410,49 @@ fn concurrent(format: &str, opts: &str) {
         "shadow.raw",
         &["-f", format, "-F", "raw"],
     );
+}
+
+fn on_qemu_image(seed: u64, variant: &'static str, cluster: u64, size: u64) {
+    run(Plan {
+        format: "qcow2",
+        seed,
+        opts: "",
+        cluster,
+        size,
+        with_backing: false,
+        start: Some(variant),
+        ops: 300,
+    });
+}
+
+#[test]
+fn on_qemu_zlib_compressed() {
+    on_qemu_image(20, "compressed_zlib", 64 * KIB, 4 * MIB);
+}
+
+#[test]
+fn on_qemu_zstd_compressed() {
+    on_qemu_image(21, "compressed_zstd", 64 * KIB, 4 * MIB);
+}
+
+#[test]
+fn on_qemu_extended_l2() {
+    on_qemu_image(22, "extended_l2", 64 * KIB, 4 * MIB);
+}
+
+#[test]
+fn on_qemu_chain3() {
+    on_qemu_image(23, "chain3", 64 * KIB, 6 * MIB);
+}
+
+#[test]
+fn on_qemu_lazy_refcounts_dirty() {
+    // A dirty image opened read-write is repaired first (as QEMU does),
+    // so the final check must be clean.
+    on_qemu_image(24, "lazy_refcounts_dirty", 64 * KIB, 4 * MIB);
+}
+
+#[test]
+fn on_qemu_cluster_512() {
+    on_qemu_image(25, "cluster_512", 512, 4 * MIB);
 }

@@ -95,6 +95,7 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
         let opts = OpenOptions {
             force_share: a.force_share,
             no_backing: true,
+            metadata_only: true,
             ..OpenOptions::default()
         };
         let img = spec.open(&opts)?;

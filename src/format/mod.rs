@@ -233,6 +233,9 @@ pub struct DriverOpenOptions {
     /// Opened by `check`: a corrupt image may be opened for repair, and a
     /// dirty one is not repaired on open (the check does it).
     pub for_check: bool,
+    /// Only metadata will be read (`info`): encrypted images open without
+    /// their key, as with QEMU's BDRV_O_NO_IO.
+    pub metadata_only: bool,
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.

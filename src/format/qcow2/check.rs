@@ -145,6 +145,15 @@ impl Qcow2 {
             (m.l1.clone(), m.l1_offset)
         };
         w.add(l1_off, l1.len() as u64 * 8)?;
+        // The LUKS header the crypto extension points at.
+        if let Some(e) = h.other_exts.iter().find(|e| e.kind == header::EXT_CRYPTO) {
+            if e.data.len() >= 16 {
+                w.add(
+                    crate::format::bytes::be64(&e.data, 0),
+                    crate::format::bytes::be64(&e.data, 8),
+                )?;
+            }
+        }
         self.walk_l1(w, &l1, true)?;
         if h.nb_snapshots > 0 {
             let mut size = 0u64;

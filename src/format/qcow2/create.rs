@@ -229,6 +229,7 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
         &DriverOpenOptions {
             writable: true,
             for_check: false,
+            metadata_only: false,
         },
     )?;
     let result = (|| {

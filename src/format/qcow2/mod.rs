@@ -3,6 +3,7 @@
 mod check;
 mod compress;
 mod create;
+mod crypto;
 mod header;
 mod l2;
 mod read;
@@ -197,6 +198,12 @@ impl Qcow2 {
         file.read_at(&mut head, 0)?;
         let hdr = Header::parse(&head)?;
         let writable = opts.writable;
+        if hdr.crypt_method != 0 && !opts.metadata_only {
+            // We cannot decrypt; QEMU fails the same way without a key.
+            return Err(Error::invalid(
+                "Parameter 'encrypt.key-secret' is required for cipher",
+            ));
+        }
         if writable && !opts.for_check && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::corrupt(
                 "qcow2: Image is corrupt; cannot be opened read/write",
@@ -455,6 +462,9 @@ impl Qcow2 {
             d.set("corrupt", h.incompatible & header::INCOMPAT_CORRUPT != 0);
         }
         d.set("refcount-bits", h.refcount_bits() as u64);
+        if let Some(e) = crypto::info(&h, &self.file) {
+            d.set("encrypt", e);
+        }
         d.set("compression-type", h.compression.name());
         Json::object().with("type", "qcow2").with("data", d)
     }
