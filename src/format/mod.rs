@@ -6,6 +6,7 @@ pub mod options;
 pub mod qcow2;
 pub mod raw;
 pub mod vhdx;
+pub mod vmdk;
 pub mod vpc;
 
 use std::path::Path;
@@ -239,7 +240,7 @@ pub struct DriverOpenOptions {
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
-pub const FORMATS: &[&str] = &["qcow2", "raw", "vhdx", "vpc"];
+pub const FORMATS: &[&str] = &["qcow2", "raw", "vhdx", "vmdk", "vpc"];
 
 /// Guess a file's format from its first bytes (raw when nothing matches).
 pub fn probe(file: &HostFile) -> Result<&'static str> {
@@ -250,6 +251,9 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
     }
     if vhdx::probe(&head) {
         return Ok("vhdx");
+    }
+    if vmdk::probe(&head) {
+        return Ok("vmdk");
     }
     if vpc::probe(&head) {
         return Ok("vpc");
@@ -271,6 +275,7 @@ pub fn open_driver(
         "raw" => Ok(Box::new(raw::Raw::open(file)?)),
         "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
         "vhdx" => Ok(Box::new(vhdx::Vhdx::open(file, opts)?)),
+        "vmdk" => Ok(Box::new(vmdk::Vmdk::open(file, opts)?)),
         "vpc" => Ok(Box::new(vpc::Vpc::open(file, opts)?)),
         _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
     }
@@ -282,6 +287,7 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
         "raw" => Ok(raw::CREATE_OPTS),
         "qcow2" => Ok(qcow2::CREATE_OPTS),
         "vhdx" => Ok(vhdx::CREATE_OPTS),
+        "vmdk" => Ok(vmdk::CREATE_OPTS),
         "vpc" => Ok(vpc::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
@@ -294,6 +300,7 @@ pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Res
         "raw" => raw::create(path, size, opts),
         "qcow2" => qcow2::create(path, size, opts),
         "vhdx" => vhdx::create(path, size, opts),
+        "vmdk" => vmdk::create(path, size, opts),
         "vpc" => vpc::create(path, size, opts),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
