@@ -79,6 +79,11 @@ variants!(
     prealloc_metadata,
     chain3,
     chain3_raw_base,
+    data_file,
+    data_file_raw,
+    internal_snapshots,
+    odd_size,
+    zero_size,
 );
 
 /// A read that crosses the end of the image is refused, not truncated.

@@ -5,10 +5,15 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_bench;
 mod cmd_check;
+mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
+mod cmd_dd;
 mod cmd_info;
+mod cmd_map;
+mod cmd_measure;
 mod common;
 mod copy_steps;
 mod createopts;
@@ -28,17 +33,17 @@ type Handler = fn(&Prog, Vec<String>) -> CmdResult;
 /// and fail clearly instead of being "not found".
 const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("amend", None),
-    ("bench", None),
+    ("bench", Some(cmd_bench::run)),
     ("bitmap", None),
     ("check", Some(cmd_check::run)),
     ("commit", None),
-    ("compare", None),
+    ("compare", Some(cmd_compare::run)),
     ("convert", Some(cmd_convert::run)),
     ("create", Some(cmd_create::run)),
-    ("dd", None),
+    ("dd", Some(cmd_dd::run)),
     ("info", Some(cmd_info::run)),
-    ("map", None),
-    ("measure", None),
+    ("map", Some(cmd_map::run)),
+    ("measure", Some(cmd_measure::run)),
     ("rebase", None),
     ("resize", None),
     ("snapshot", None),

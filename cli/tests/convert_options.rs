@@ -298,3 +298,92 @@ fn info_lists_snapshots() {
         );
     }
 }
+
+/// A 256 GiB image with three small clusters of data: qemu-img converts it
+/// in milliseconds (it walks block status, never reads the holes). We must
+/// finish within the usual hang limit, give identical contents, and keep
+/// the output about as sparse as qemu-img's.
+#[test]
+fn huge_sparse_image() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = TempDir::new("huge_sparse");
+    let d = dir.path();
+    qemu_img_ok(d, &["create", "-q", "-f", "qcow2", "big.qcow2", "256G"]);
+    qemu_io(
+        d,
+        "qcow2",
+        "big.qcow2",
+        &[
+            "write -P 1 0 64k".into(),
+            "write -P 2 100G 64k".into(),
+            format!("write -P 3 {} 64k", 256 * 1024 * MIB - 64 * KIB),
+        ],
+    );
+    for (out, args) in [
+        ("raw", &["convert", "-O", "raw", "big.qcow2"][..]),
+        ("qcow2", &["convert", "-O", "qcow2", "big.qcow2"][..]),
+        (
+            "qcow2 -c",
+            &["convert", "-c", "-O", "qcow2", "big.qcow2"][..],
+        ),
+    ] {
+        let mut q = args.to_vec();
+        q.push("q.out");
+        let mut o = args.to_vec();
+        o.push("o.out");
+        qemu_img(d, &q).expect_ok();
+        let r = imgtool(d, &o);
+        assert!(r.ok(), "{out}: {}", r.describe());
+        assert_qemu_compare_identical(d, "big.qcow2", "o.out", &[]);
+        if out != "raw" {
+            assert_qemu_check_clean(d, "o.out");
+        }
+        let alloc = |f: &str| std::fs::metadata(d.join(f)).unwrap().blocks() * 512;
+        assert!(
+            alloc("o.out") <= (4 * alloc("q.out")).max(16 * MIB),
+            "{out}: our output allocates {} bytes, qemu-img's {}",
+            alloc("o.out"),
+            alloc("q.out")
+        );
+        let _ = std::fs::remove_file(d.join("q.out"));
+        let _ = std::fs::remove_file(d.join("o.out"));
+    }
+}
+
+/// A relative external data file name is resolved against the current
+/// directory (not the image's): converting from another directory fails in
+/// qemu-img, and so it must here.
+#[test]
+fn data_file_name_is_relative_to_cwd() {
+    let dir = TempDir::new("data_file_cwd");
+    qemu_img_ok(
+        dir.path(),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=img.data",
+            "img.qcow2",
+            "1M",
+        ],
+    );
+    qemu_io(
+        dir.path(),
+        "qcow2",
+        "img.qcow2",
+        &["write -P 7 0 64k".into()],
+    );
+    let sub = dir.sub("sub");
+    let (q, _) = same_as_qemu(&sub, &["convert", "-O", "raw", "../img.qcow2", "out.raw"]);
+    assert_eq!(q.code, Some(1));
+    // From the image's own directory it works, with the data.
+    let (q, _) = same_as_qemu(
+        dir.path(),
+        &["convert", "-O", "raw", "img.qcow2", "out.raw"],
+    );
+    assert!(q.ok());
+    let v = read(&dir.join("out.raw"));
+    assert!(v[..65536].iter().all(|&b| b == 7), "data file contents");
+}

@@ -107,3 +107,68 @@ fn symlink_named_qemu_img_prints_qemu_img() {
         );
     }
 }
+
+/// `imgtool CMD --help` prints qemu-img's help for that command with the
+/// program name replaced (its usage lines name the program).
+fn command_help(cmd: &str) {
+    let dir = TempDir::new("help");
+    let q = qemu_img(dir.path(), &[cmd, "--help"]);
+    let o = imgtool(dir.path(), &[cmd, "--help"]);
+    assert_eq!(o.code, q.code, "{}", o.describe());
+    assert_text_eq(
+        &format!("{cmd} --help"),
+        &q.stdout.replace("qemu-img", "imgtool"),
+        &o.stdout,
+    );
+    assert_text_eq(
+        &format!("{cmd} --help (stderr)"),
+        &q.stderr.replace("qemu-img", "imgtool"),
+        &o.stderr,
+    );
+}
+
+macro_rules! help_cases {
+    ($($name:ident: $cmd:literal;)*) => {
+        $( #[test] fn $name() { command_help($cmd); } )*
+    };
+}
+
+help_cases! {
+    help_amend: "amend";
+    help_bench: "bench";
+    help_bitmap: "bitmap";
+    help_check: "check";
+    help_commit: "commit";
+    help_compare: "compare";
+    help_convert: "convert";
+    help_create: "create";
+    help_dd: "dd";
+    help_info: "info";
+    help_map: "map";
+    help_measure: "measure";
+    help_rebase: "rebase";
+    help_resize: "resize";
+    help_snapshot: "snapshot";
+}
+
+/// Global `--help`: the same text apart from the version banner (first two
+/// lines) and the list of supported formats (ours is shorter by design).
+#[test]
+fn global_help() {
+    let dir = TempDir::new("help");
+    let q = qemu_img(dir.path(), &["--help"]).expect_ok();
+    let o = imgtool(dir.path(), &["--help"]);
+    assert!(o.ok(), "{}", o.describe());
+    let body = |s: &str| -> String {
+        s.lines()
+            .skip(2)
+            .take_while(|l| !l.starts_with("Supported image formats:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_text_eq(
+        "--help",
+        &body(&q.stdout.replace("qemu-img", "imgtool")),
+        &body(&o.stdout),
+    );
+}

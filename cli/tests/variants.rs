@@ -179,4 +179,9 @@ variants!(
     prealloc_metadata,
     chain3,
     chain3_raw_base,
+    data_file,
+    data_file_raw,
+    internal_snapshots,
+    odd_size,
+    zero_size,
 );

@@ -1,8 +1,13 @@
 //! Whole-image operations: what the CLI commands and the C ABI both call.
 
+pub mod bench;
 pub mod check;
+pub mod compare;
 pub mod convert;
 pub mod create;
+pub mod dd;
+pub mod map;
+pub mod measure;
 
 /// Progress callback: gets the percentage done (0.0 ..= 100.0); returning
 /// false cancels the operation.

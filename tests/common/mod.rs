@@ -390,6 +390,11 @@ pub const VARIANTS: &[&str] = &[
     "prealloc_metadata",
     "chain3",
     "chain3_raw_base",
+    "data_file",
+    "data_file_raw",
+    "internal_snapshots",
+    "odd_size",
+    "zero_size",
 ];
 
 fn put(dir: &Path, name: &str, data: &[u8]) {
@@ -617,6 +622,60 @@ pub fn build_variant(name: &str, dir: &Path) -> Built {
                 format: "qcow2",
                 convert_opts: "cluster_size=4096".into(),
                 size: 5 * MIB,
+            }
+        }
+        "data_file" | "data_file_raw" => {
+            let extra = if name == "data_file_raw" {
+                ",data_file_raw=on"
+            } else {
+                ""
+            };
+            // qemu resolves a relative data file name against the current
+            // directory, not the image's; an absolute one lets the tests run
+            // from any directory.
+            let data = dir.join("img.data");
+            let o = format!("data_file={}{extra}", data.display());
+            create(dir, "img.qcow2", &o, Some(four), &[]);
+            qemu_io(dir, "qcow2", "img.qcow2", &standard_writes(four));
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: format!("data_file=out.data{extra}"),
+                size: four,
+            }
+        }
+        "internal_snapshots" => {
+            create(dir, "img.qcow2", "", Some(four), &[]);
+            qemu_io(dir, "qcow2", "img.qcow2", &chain_mid_writes());
+            qemu_img_ok(dir, &["snapshot", "-c", "first", "img.qcow2"]);
+            qemu_io(dir, "qcow2", "img.qcow2", &standard_writes(four));
+            qemu_img_ok(dir, &["snapshot", "-c", "second one", "img.qcow2"]);
+            qemu_io(dir, "qcow2", "img.qcow2", &chain_top_writes()[..2]);
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: String::new(),
+                size: four,
+            }
+        }
+        "odd_size" => {
+            // Not a multiple of 512: qemu rounds the virtual size up.
+            create(dir, "img.qcow2", "", Some(four + 1000), &[]);
+            qemu_io(dir, "qcow2", "img.qcow2", &standard_writes(four + 1024));
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: String::new(),
+                size: four + 1024,
+            }
+        }
+        "zero_size" => {
+            create(dir, "img.qcow2", "", Some(0), &[]);
+            Built {
+                file: "img.qcow2".into(),
+                format: "qcow2",
+                convert_opts: String::new(),
+                size: 0,
             }
         }
         other => panic!("unknown variant {other}"),

@@ -109,7 +109,7 @@ impl Qcow2 {
             ));
             w.res.corruptions += 1;
         }
-        if off == 0 {
+        if !self.geo.has_host(s) {
             return Ok(());
         }
         if stats {

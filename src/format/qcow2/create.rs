@@ -219,7 +219,9 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
     if let Some(name) = &p.data_file {
         // The data file is created (empty, sized below by preallocation or
         // left sparse) next to the image, as QEMU resolves its name.
-        let dpath = crate::image::combine_backing_path(&path.to_string_lossy(), name);
+        // QEMU opens the data file by the stored name as given (relative to
+        // the working directory, not to the image).
+        let dpath = name.clone();
         let df = HostFile::create(Path::new(&dpath))?;
         df.set_len(size)?;
     }

@@ -39,9 +39,17 @@ pub struct Geometry {
     pub cluster_bits: u32,
     pub extended: bool,
     pub v3: bool,
+    /// An external data file: guest cluster 0 maps to host offset 0, so an
+    /// entry of `COPIED | 0` is allocated there (as in QEMU).
+    pub data_file: bool,
 }
 
 impl Geometry {
+    /// Whether the entry points at a host cluster.
+    pub fn has_host(&self, s: &Slot) -> bool {
+        s.entry & L2E_OFFSET_MASK != 0 || (self.data_file && s.entry & OFLAG_COPIED != 0)
+    }
+
     pub fn cs(&self) -> u64 {
         1 << self.cluster_bits
     }
@@ -110,18 +118,18 @@ impl Geometry {
             let zero = s.bitmap >> (32 + sc) & 1 != 0;
             return match (alloc, zero) {
                 (true, true) => Err(Error::corrupt("Subcluster is both allocated and zero")),
-                (true, false) if off == 0 => Err(Error::corrupt(
+                (true, false) if !self.has_host(s) => Err(Error::corrupt(
                     "Allocated subcluster without a host cluster",
                 )),
                 (true, false) => Ok(Kind::Data(off + sc as u64 * self.sc_size())),
-                (false, true) => Ok(Kind::Zero((off != 0).then_some(off))),
+                (false, true) => Ok(Kind::Zero(self.has_host(s).then_some(off))),
                 (false, false) => Ok(Kind::Unallocated),
             };
         }
         if self.v3 && s.entry & OFLAG_ZERO != 0 {
-            return Ok(Kind::Zero((off != 0).then_some(off)));
+            return Ok(Kind::Zero(self.has_host(s).then_some(off)));
         }
-        if off == 0 {
+        if !self.has_host(s) {
             return Ok(Kind::Unallocated);
         }
         Ok(Kind::Data(off))
@@ -131,10 +139,7 @@ impl Geometry {
     /// be written in place.
     pub fn in_place(&self, s: &Slot) -> bool {
         let zero_flagged = !self.extended && self.v3 && s.entry & OFLAG_ZERO != 0;
-        !self.is_compressed(s)
-            && !zero_flagged
-            && s.entry & OFLAG_COPIED != 0
-            && s.entry & L2E_OFFSET_MASK != 0
+        !self.is_compressed(s) && !zero_flagged && s.entry & OFLAG_COPIED != 0 && self.has_host(s)
     }
 }
 

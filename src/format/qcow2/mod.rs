@@ -214,7 +214,9 @@ impl Qcow2 {
                 .data_file
                 .clone()
                 .ok_or_else(|| Error::invalid("Missing data file name in image header"))?;
-            let path = crate::image::combine_backing_path(&file.path().to_string_lossy(), &name);
+            // Resolved as QEMU does: the stored name as given (relative to
+            // the working directory, not to the image).
+            let path = name;
             Some(HostFile::open(
                 Path::new(&path),
                 writable,
@@ -227,6 +229,7 @@ impl Qcow2 {
             cluster_bits: hdr.cluster_bits,
             extended: hdr.extended_l2(),
             v3: hdr.version >= 3,
+            data_file: data_file.is_some(),
         };
         let mut raw = vec![0u8; hdr.l1_size as usize * 8];
         file.read_at(&mut raw, hdr.l1_table_offset)?;

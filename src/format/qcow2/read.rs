@@ -161,7 +161,7 @@ impl Qcow2 {
                     let host = slot.entry & super::l2::L2E_OFFSET_MASK;
                     (
                         Status::Unallocated,
-                        (host != 0).then_some(host + in_cluster),
+                        self.geo.has_host(&slot).then_some(host + in_cluster),
                         false,
                     )
                 }

@@ -221,7 +221,9 @@ impl Qcow2 {
         };
         let sc = self.geo.sc_size();
         let host = self.geo.host_offset(&slot).unwrap_or(0);
-        let shared = !self.geo.is_compressed(&slot) && host != 0 && slot.entry & OFLAG_COPIED == 0;
+        let shared = !self.geo.is_compressed(&slot)
+            && self.geo.has_host(&slot)
+            && slot.entry & OFLAG_COPIED == 0;
         if !self.geo.extended || self.geo.is_compressed(&slot) || shared {
             if self.geo.in_place(&slot) {
                 self.check_overlap(host + in_c, data.len() as u64)?;
@@ -237,7 +239,7 @@ impl Qcow2 {
         let s1 = (in_c + data.len() as u64).div_ceil(sc);
         let l1i = ci / self.epl();
         let idx = ci % self.epl();
-        let host = if host != 0 {
+        let host = if self.geo.has_host(&slot) {
             host
         } else {
             let mut m = self.meta.lock();
@@ -550,10 +552,7 @@ impl Qcow2 {
             let l2off = self.l2_for_write(&mut m, ci / self.epl())?;
             let mut new = old.clone();
             let todo: Vec<usize> = (0..n as usize)
-                .filter(|&i| {
-                    matches!(self.geo.host_offset(&old[i]), Ok(0))
-                        && !self.geo.is_compressed(&old[i])
-                })
+                .filter(|&i| !self.geo.has_host(&old[i]) && !self.geo.is_compressed(&old[i]))
                 .collect();
             if !todo.is_empty() {
                 let host = self.alloc_data(&mut m, ci, todo.len() as u64)?;
