@@ -215,13 +215,16 @@ pub fn our_create_matches_qemu(fmt: &str, opts: &str, size: u64) {
         norm(&theirs),
         "qemu-img info of our {fmt} -o {opts:?} vs qemu-img's own"
     );
-    // Both read as zeros and compare equal.
-    assert_qemu_compare_identical(
-        dir.path(),
-        &format!("ours/{file}"),
-        &format!("theirs/{file}"),
-        &["-f", fmt, "-F", fmt],
-    );
+    // Both read as zeros and compare equal (qemu-img reads every byte of
+    // formats without block status, so only for small images).
+    if size <= 256 * MIB {
+        assert_qemu_compare_identical(
+            dir.path(),
+            &format!("ours/{file}"),
+            &format!("theirs/{file}"),
+            &["-f", fmt, "-F", fmt],
+        );
+    }
     // And our own info of our image matches qemu-img's view of it.
     if fmt == "vmdk" {
         assert_info_same_but_extent_children(&ours, &file, fmt);
