@@ -333,3 +333,77 @@ fn damaged_files_like_qemu() {
         same_as_qemu(d, &["check", "-f", fmt, f]);
     }
 }
+
+fn crc32c(data: &[u8]) -> u32 {
+    let mut c = 0xffff_ffffu32;
+    for &b in data {
+        c ^= b as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 {
+                (c >> 1) ^ 0x82f6_3b78
+            } else {
+                c >> 1
+            };
+        }
+    }
+    !c
+}
+
+/// Journal one 4 KiB sector write of `pattern` at file offset `at` in the
+/// log of a qemu-made vhdx and name the log in both headers (a crash
+/// between journaling and applying).
+fn make_dirty(b: &mut [u8], at: u64, pattern: u8) {
+    let le64 = |b: &[u8], o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let guid = *b"cli-test-logguid";
+    let log = le64(b, 64 * 1024 + 72) as usize;
+    let seq = 3u64;
+    let mut e = vec![0u8; 8192];
+    e[0..4].copy_from_slice(b"loge");
+    e[8..12].copy_from_slice(&8192u32.to_le_bytes());
+    e[16..24].copy_from_slice(&seq.to_le_bytes());
+    e[24..28].copy_from_slice(&1u32.to_le_bytes());
+    e[32..48].copy_from_slice(&guid);
+    e[48..56].copy_from_slice(&(b.len() as u64).to_le_bytes());
+    e[56..64].copy_from_slice(&(b.len() as u64).to_le_bytes());
+    e[64..68].copy_from_slice(b"desc");
+    e[68..72].fill(pattern);
+    e[72..80].fill(pattern);
+    e[80..88].copy_from_slice(&at.to_le_bytes());
+    e[88..96].copy_from_slice(&seq.to_le_bytes());
+    e[4096..4100].copy_from_slice(b"data");
+    e[4100..4104].copy_from_slice(&((seq >> 32) as u32).to_le_bytes());
+    e[4104..8188].fill(pattern);
+    e[8188..8192].copy_from_slice(&(seq as u32).to_le_bytes());
+    let c = crc32c(&e);
+    e[4..8].copy_from_slice(&c.to_le_bytes());
+    b[log..log + 8192].copy_from_slice(&e);
+    for h in [64 * 1024, 128 * 1024] {
+        b[h + 48..h + 64].copy_from_slice(&guid);
+        b[h + 4..h + 8].fill(0);
+        let c = crc32c(&b[h..h + 4096]);
+        b[h + 4..h + 8].copy_from_slice(&c.to_le_bytes());
+    }
+}
+
+#[test]
+fn dirty_vhdx_like_qemu() {
+    let dir = TempDir::new("fmt2_dirty");
+    let d = dir.path();
+    prepare(d);
+    let mut b = read(&d.join("d.vhdx"));
+    let bat = u64::from_le_bytes(b[192 * 1024 + 32..192 * 1024 + 40].try_into().unwrap()) as usize;
+    let block0 = u64::from_le_bytes(b[bat..bat + 8].try_into().unwrap()) & !0xfffff;
+    make_dirty(&mut b, block0 + 4096, 0x71);
+    std::fs::write(d.join("x.vhdx"), &b).unwrap();
+    // Read-only users are refused with the hint; nothing changes.
+    same_as_qemu(d, &["info", "x.vhdx"]);
+    same_as_qemu(d, &["check", "x.vhdx"]);
+    same_as_qemu(d, &["convert", "-O", "raw", "x.vhdx", "x.raw"]);
+    assert_eq!(read(&d.join("x.vhdx")), b);
+    // check -r replays: qemu-img on one copy, imgtool on another.
+    std::fs::write(d.join("y.vhdx"), &b).unwrap();
+    let q = qemu_img(d, &["check", "-r", "all", "x.vhdx"]);
+    let o = imgtool(d, &["check", "-r", "all", "y.vhdx"]);
+    assert_outcome_matches(&q, &o);
+    assert_qemu_compare_identical(d, "x.vhdx", "y.vhdx", &[]);
+}
