@@ -621,3 +621,23 @@ fn damaged_images() {
         }
     }
 }
+
+#[test]
+fn mutated_metadata_never_panic() {
+    let dir = TempDir::new("vhdx_mut");
+    let (good, _, _) = build_with_data(dir.path(), "g.vhdx");
+    let (bat, md) = layout(&good);
+    mutation_rounds(
+        "vhdx",
+        &good,
+        &[
+            (0, 256 * 1024),
+            (bat, 256),
+            (md, 256),
+            (md + 65536, 64),
+            (1 << 20, 8192),
+        ],
+        300,
+        8,
+    );
+}

@@ -669,3 +669,66 @@ fn vmdk3_cowd_reads_and_writes_like_qemu() {
     );
     assert_qemu_check_clean(dir.path(), "c.vmdk");
 }
+
+#[test]
+fn mutated_metadata_never_panic() {
+    let dir = TempDir::new("vmdk_mut");
+    qemu_img_ok(dir.path(), &["create", "-q", "-f", "vmdk", "g.vmdk", "4M"]);
+    qemu_io(
+        dir.path(),
+        "vmdk",
+        "g.vmdk",
+        &["write -P 0xab 0 64k".to_string()],
+    );
+    let good = read(&dir.join("g.vmdk"));
+    mutation_rounds(
+        "vmdk",
+        &good,
+        &[(0, 512), (512, 1024), (10752, 40000)],
+        300,
+        9,
+    );
+    let mut s = vec![];
+    {
+        let raw = mixed_raw(5, MIB);
+        std::fs::write(dir.join("r.raw"), raw).unwrap();
+        qemu_img_ok(
+            dir.path(),
+            &[
+                "convert",
+                "-O",
+                "vmdk",
+                "-o",
+                "subformat=streamOptimized",
+                "r.raw",
+                "s.vmdk",
+            ],
+        );
+        s.extend(read(&dir.join("s.vmdk")));
+    }
+    let n = s.len();
+    mutation_rounds(
+        "vmdk",
+        &s,
+        &[(0, 512), (10752, 20000), (n - 60000, 60000)],
+        300,
+        10,
+    );
+    // Descriptor text of a flat image.
+    qemu_img_ok(
+        dir.path(),
+        &[
+            "create",
+            "-q",
+            "-f",
+            "vmdk",
+            "-o",
+            "subformat=monolithicFlat",
+            "f.vmdk",
+            "1M",
+        ],
+    );
+    let d = read(&dir.join("f.vmdk"));
+    let n = d.len();
+    mutation_rounds("vmdk", &d, &[(0, n)], 300, 11);
+}

@@ -310,3 +310,17 @@ fn damaged_images() {
         }
     }
 }
+
+#[test]
+fn mutated_headers_never_panic() {
+    let dir = TempDir::new("vpc_mut");
+    let good = build_good(dir.path());
+    let n = good.len();
+    mutation_rounds(
+        "vpc",
+        &good,
+        &[(0, 512), (512, 1024), (1536, 512), (n - 512, 512)],
+        300,
+        7,
+    );
+}

@@ -435,3 +435,34 @@ pub fn open_and_read_with_deadline(path: &Path, fmt: &str) -> Result<(), String>
         Err(_) => panic!("library hung on damaged {}", path.display()),
     }
 }
+
+/// Flip random bytes (and sometimes truncate) inside `regions` of a good
+/// image, `rounds` times: every variant must open, read and report block
+/// status, or fail with an error, within the deadline and without a panic.
+pub fn mutation_rounds(fmt: &str, good: &[u8], regions: &[(usize, usize)], rounds: u64, seed: u64) {
+    let dir = TempDir::new(&format!("mutate_{fmt}"));
+    let mut r = Rng::new(seed);
+    for round in 0..rounds {
+        let mut b = good.to_vec();
+        let (start, len) = regions[r.below(regions.len() as u64) as usize];
+        let len = len.min(b.len().saturating_sub(start));
+        if len == 0 {
+            continue;
+        }
+        for _ in 0..1 + r.below(8) {
+            let i = start + r.below(len as u64) as usize;
+            b[i] = match r.below(4) {
+                0 => 0,
+                1 => 0xff,
+                _ => r.below(256) as u8,
+            };
+        }
+        if r.below(10) == 0 {
+            b.truncate(start + r.below(len as u64) as usize);
+        }
+        let path = dir.join(&format!("m{round}.{fmt}"));
+        std::fs::write(&path, &b).unwrap();
+        let _ = open_and_read_with_deadline(&path, fmt);
+        let _ = std::fs::remove_file(&path);
+    }
+}

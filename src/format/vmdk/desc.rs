@@ -239,11 +239,9 @@ pub fn with_new_cid(desc: &str, cid: u32) -> Option<String> {
     let parent = desc.find("parentCID")?;
     let tail = &desc[parent..];
     let pos = desc.find("CID")? + 4;
-    if pos > desc.len() {
-        return None;
-    }
+    let head = desc.get(..pos)?;
     let mut s = String::with_capacity(desc.len() + 8);
-    s.push_str(&desc[..pos]);
+    s.push_str(head);
     s.push_str(&format!("{cid:x}\n"));
     s.push_str(tail);
     Some(s)
@@ -311,6 +309,12 @@ mod tests {
             })
         );
         assert_eq!(ls[2], Line::Invalid("RW 10 FLAT \"bad.vmdk\"".into()));
+    }
+
+    #[test]
+    fn cid_rewrite_odd_text() {
+        assert_eq!(with_new_cid("CIDé parentCID", 1), None);
+        assert_eq!(with_new_cid("CID", 1), None);
     }
 
     #[test]
