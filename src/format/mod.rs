@@ -8,6 +8,9 @@ pub mod qcow2;
 pub mod qed;
 pub mod raw;
 pub mod vdi;
+pub mod vhdx;
+pub mod vmdk;
+pub mod vpc;
 
 use std::path::Path;
 
@@ -292,7 +295,7 @@ pub struct DriverOpenOptions {
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
-pub const FORMATS: &[&str] = &["qcow", "qcow2", "qed", "raw", "vdi"];
+pub const FORMATS: &[&str] = &["qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc"];
 
 /// Guess a file's format from its first bytes (raw when nothing matches).
 pub fn probe(file: &HostFile) -> Result<&'static str> {
@@ -309,6 +312,15 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
     }
     if vdi::probe(&head) {
         return Ok("vdi");
+    }
+    if vhdx::probe(&head) {
+        return Ok("vhdx");
+    }
+    if vmdk::probe(&head) {
+        return Ok("vmdk");
+    }
+    if vpc::probe(&head) {
+        return Ok("vpc");
     }
     Ok("raw")
 }
@@ -329,6 +341,9 @@ pub fn open_driver(
         "qcow" => Ok(Box::new(qcow::Qcow::open(file, opts)?)),
         "qed" => Ok(Box::new(qed::Qed::open(file, opts)?)),
         "vdi" => Ok(Box::new(vdi::Vdi::open(file, opts)?)),
+        "vhdx" => Ok(Box::new(vhdx::Vhdx::open(file, opts)?)),
+        "vmdk" => Ok(Box::new(vmdk::Vmdk::open(file, opts)?)),
+        "vpc" => Ok(Box::new(vpc::Vpc::open(file, opts)?)),
         _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
     }
 }
@@ -341,6 +356,9 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
         "qcow" => Ok(qcow::CREATE_OPTS),
         "qed" => Ok(qed::CREATE_OPTS),
         "vdi" => Ok(vdi::CREATE_OPTS),
+        "vhdx" => Ok(vhdx::CREATE_OPTS),
+        "vmdk" => Ok(vmdk::CREATE_OPTS),
+        "vpc" => Ok(vpc::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
@@ -381,6 +399,9 @@ pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Res
         "qcow" => qcow::create(path, size, opts),
         "qed" => qed::create(path, size, opts),
         "vdi" => vdi::create(path, size, opts),
+        "vhdx" => vhdx::create(path, size, opts),
+        "vmdk" => vmdk::create(path, size, opts),
+        "vpc" => vpc::create(path, size, opts),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
