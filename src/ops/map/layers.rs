@@ -141,24 +141,32 @@ impl<'a> Layer<'a> {
     /// An unallocated run (extended L2). Clusters it covers whole have no
     /// allocated subcluster and no offset we can learn (QEMU has one only
     /// when the L2 entry keeps a host cluster for nothing); a cluster it
-    /// covers in part has a host cluster, and the run that cluster's offset.
+    /// covers in part may have a host cluster, and then the run there has
+    /// that cluster's offset. Runs without offsets merge, as QEMU counts
+    /// them; only the clusters at the ends need a look.
     fn unallocated_run(&self, e: &mut MapExtent, cs: u64) -> Result<()> {
         let size = self.img.size();
-        let c0 = e.start - e.start % cs;
-        let full_end = (c0 + cs).min(size);
-        let end = e.end();
-        if e.start == c0 && end >= full_end {
-            let keep = if end == size {
-                end
-            } else {
-                (end - end % cs).max(full_end)
-            };
-            e.length = keep - e.start;
-            e.offset = None;
-            return Ok(());
+        let (start, end) = (e.start, e.end());
+        let c0 = start - start % cs;
+        let first_end = (c0 + cs).min(size);
+        let whole_first = start == c0 && end >= first_end;
+        if !whole_first {
+            if let Some(b) = self.cluster_base(c0, first_end)? {
+                e.length = first_end.min(end) - start;
+                e.offset = Some(b + (start - c0));
+                return Ok(());
+            }
         }
-        e.length = full_end.min(end) - e.start;
-        e.offset = self.cluster_base(c0, full_end)?.map(|b| b + (e.start - c0));
+        let last = end - end % cs;
+        let keep = if end == size || last <= c0 || last == end {
+            end
+        } else if self.cluster_base(last, (last + cs).min(size))?.is_none() {
+            end
+        } else {
+            last
+        };
+        e.length = keep - start;
+        e.offset = None;
         Ok(())
     }
 
