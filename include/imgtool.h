@@ -136,6 +136,26 @@
 #define IMGTOOL_EXTENT_COMPRESSED (1 << 3)
 
 /**
+ * `imgtool_write_zeroes` flag: the range may be deallocated (a hole or an
+ * unallocated/zero cluster) instead of having zeros written, as
+ * `qemu-io -c 'write -z -u'` does. Without it the format keeps the space
+ * allocated where it can.
+ */
+#define IMGTOOL_ZERO_MAY_UNMAP (1 << 0)
+
+/**
+ * Size of `imgtool_snapshot.id`, including the terminating NUL (QEMU's
+ * limit for snapshot IDs).
+ */
+#define IMGTOOL_SNAPSHOT_ID_SIZE 128
+
+/**
+ * Size of `imgtool_snapshot.name`, including the terminating NUL (QEMU
+ * keeps at most 255 bytes of a name).
+ */
+#define IMGTOOL_SNAPSHOT_NAME_SIZE 256
+
+/**
  * `imgtool_create_options.size` value meaning "no size given": take the
  * size of the backing file.
  */
@@ -169,6 +189,27 @@
  * (`-W`).
  */
 #define IMGTOOL_CONVERT_OUT_OF_ORDER (1 << 3)
+
+/**
+ * `imgtool_check_options.repair`: only check (qemu-img check).
+ */
+#define IMGTOOL_REPAIR_NONE 0
+
+/**
+ * `imgtool_check_options.repair`: fix leaked clusters (`-r leaks`).
+ */
+#define IMGTOOL_REPAIR_LEAKS 1
+
+/**
+ * `imgtool_check_options.repair`: fix leaks and corruptions (`-r all`).
+ */
+#define IMGTOOL_REPAIR_ALL 2
+
+/**
+ * `imgtool_check_options.flags`: take no locks (qemu-img `-U`); only for
+ * checking without repair.
+ */
+#define IMGTOOL_CHECK_FORCE_SHARE (1 << 0)
 
 /**
  * An open image: a format driver plus its backing chain.
@@ -242,6 +283,126 @@ typedef struct imgtool_extent {
      */
     bool has_offset;
 } imgtool_extent;
+
+/**
+ * The common facts about an image, as typed fields (`imgtool_get_info`).
+ * Everything else `qemu-img info` knows (format-specific data, snapshots,
+ * the file child) is in `imgtool_info_json`.
+ *
+ * Set `struct_size` to `sizeof(imgtool_info)` before the call, e.g.
+ * `imgtool_info info = { .struct_size = sizeof info };`; on return it
+ * holds the number of bytes the library filled in. Release the strings
+ * with `imgtool_info_free`.
+ */
+typedef struct imgtool_info {
+    /**
+     * Set by the caller to `sizeof(imgtool_info)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Number of layers in the open backing chain (1: no backing file, or
+     * opened with `IMGTOOL_OPEN_NO_BACKING`).
+     */
+    uint32_t chain_length;
+    /**
+     * Guest-visible size in bytes ("virtual-size").
+     */
+    uint64_t virtual_size;
+    /**
+     * Bytes the image file occupies on the host ("actual-size"); valid
+     * when `has_actual_size`.
+     */
+    uint64_t actual_size;
+    /**
+     * Cluster size in bytes ("cluster-size"); 0 for formats without
+     * clusters (raw).
+     */
+    uint64_t cluster_size;
+    /**
+     * Format name ("raw", "qcow2", ...). Static; do not free.
+     */
+    const char *format;
+    /**
+     * Backing file name as recorded in the image ("backing-filename"), or
+     * NULL. Free with `imgtool_info_free`.
+     */
+    char *backing_filename;
+    /**
+     * The backing file name resolved against the image's directory
+     * ("full-backing-filename"), or NULL. Free with `imgtool_info_free`.
+     */
+    char *full_backing_filename;
+    /**
+     * Format recorded for the backing file ("backing-filename-format"), or
+     * NULL. Free with `imgtool_info_free`.
+     */
+    char *backing_format;
+    /**
+     * Number of internal snapshots (qcow2).
+     */
+    uint32_t snapshot_count;
+    /**
+     * Whether `actual_size` is known.
+     */
+    bool has_actual_size;
+    /**
+     * The image was not closed cleanly ("dirty-flag"; qcow2 lazy refcounts).
+     */
+    bool dirty;
+    /**
+     * The image is encrypted ("encrypted").
+     */
+    bool encrypted;
+    /**
+     * The format was probed from the file's content rather than given in
+     * `imgtool_open_options.format`.
+     */
+    bool format_probed;
+} imgtool_info;
+
+/**
+ * One internal snapshot (QAPI SnapshotInfo), as `imgtool_snapshot_get`
+ * fills it. Set `struct_size` to `sizeof(imgtool_snapshot)` before the
+ * call; on return it holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_snapshot {
+    /**
+     * Set by the caller to `sizeof(imgtool_snapshot)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Whether `icount` is valid (the snapshot records one).
+     */
+    bool has_icount;
+    /**
+     * Snapshot ID, NUL-terminated ("1", "2", ...).
+     */
+    char id[IMGTOOL_SNAPSHOT_ID_SIZE];
+    /**
+     * Snapshot name, NUL-terminated (cut to 255 bytes as QEMU does).
+     */
+    char name[IMGTOOL_SNAPSHOT_NAME_SIZE];
+    /**
+     * Size of the saved VM state in bytes (0 for disk-only snapshots).
+     */
+    uint64_t vm_state_size;
+    /**
+     * Creation time, seconds since the epoch.
+     */
+    uint64_t date_sec;
+    /**
+     * Creation time, nanoseconds part.
+     */
+    uint32_t date_nsec;
+    /**
+     * Guest clock when the snapshot was taken, in nanoseconds.
+     */
+    uint64_t vm_clock_nsec;
+    /**
+     * Instruction count (record/replay), when `has_icount`.
+     */
+    uint64_t icount;
+} imgtool_snapshot;
 
 /**
  * What `imgtool_create` creates. Initialise with
@@ -363,6 +524,115 @@ typedef struct imgtool_convert_options {
  */
 typedef int (*imgtool_progress_fn)(double percent, void *user);
 
+/**
+ * Receives one line of text, e.g. each finding of `imgtool_check`
+ * ("Leaked cluster 5 refcount=1 reference=0"), without a trailing
+ * newline; `line` is valid only during the call. Called on the thread
+ * that runs the operation; it must not call back into libimgtool for the
+ * same operation.
+ */
+typedef void (*imgtool_log_fn)(const char *line, void *user);
+
+/**
+ * How `imgtool_check` checks. Initialise with
+ * `imgtool_check_options_init()`, then change fields.
+ */
+typedef struct imgtool_check_options {
+    /**
+     * `sizeof(imgtool_check_options)`, set by `imgtool_check_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_CHECK_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * `IMGTOOL_REPAIR_*`: what to fix (default `IMGTOOL_REPAIR_NONE`).
+     */
+    uint32_t repair;
+    /**
+     * Format (`-f`); NULL or "" probes the file.
+     */
+    const char *format;
+    /**
+     * Cache mode (`-T`); NULL or "" = "writeback".
+     */
+    const char *cache;
+    /**
+     * Called with each finding as qemu-img prints it on stderr; NULL to
+     * drop them (the counts are in the report either way).
+     */
+    imgtool_log_fn log;
+    /**
+     * Passed to `log` unchanged.
+     */
+    void *log_user;
+} imgtool_check_options;
+
+/**
+ * The result of `imgtool_check` (QAPI ImageCheck; the same counts
+ * `qemu-img check --output=json` prints). Set `struct_size` to
+ * `sizeof(imgtool_check_report)` before the call, e.g.
+ * `imgtool_check_report r = { .struct_size = sizeof r };`; on return it
+ * holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_check_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_check_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * qemu-img check's exit status for this result: 0 clean, 1 the check
+     * itself hit errors, 2 corruptions, 3 only leaked clusters.
+     */
+    int32_t exit_code;
+    /**
+     * A repair pass fixed something; the counts are then those of the
+     * re-check after the repair (`*_fixed` say what was fixed).
+     */
+    bool repaired;
+    /**
+     * Metadata inconsistencies that can lose data.
+     */
+    uint64_t corruptions;
+    /**
+     * Clusters allocated but not referenced (waste, no data loss).
+     */
+    uint64_t leaks;
+    /**
+     * Errors that kept the check from completing (e.g. I/O errors).
+     */
+    uint64_t check_errors;
+    /**
+     * Corruptions the repair fixed.
+     */
+    uint64_t corruptions_fixed;
+    /**
+     * Leaks the repair fixed.
+     */
+    uint64_t leaks_fixed;
+    /**
+     * Offset of the end of the image file's used part (0 if unknown).
+     */
+    uint64_t image_end_offset;
+    /**
+     * Guest clusters of the image (0 if the format does not say).
+     */
+    uint64_t total_clusters;
+    /**
+     * Guest clusters allocated in this layer.
+     */
+    uint64_t allocated_clusters;
+    /**
+     * Allocated clusters not contiguous with the previous one.
+     */
+    uint64_t fragmented_clusters;
+    /**
+     * Compressed clusters.
+     */
+    uint64_t compressed_clusters;
+} imgtool_check_report;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -375,12 +645,16 @@ extern "C" {
  * `Could not open 'x.img': No such file or directory`). The pointer is owned
  * by the library and stays valid until the next `imgtool_*` call on this
  * thread that can fail; copy it if you need it longer. Do not free it.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 const char *imgtool_last_error(void);
 
 /**
  * Code of the last error on the calling thread (`IMGTOOL_OK` after a
  * success); the same value the failing call returned.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 int imgtool_last_error_code(void);
 
@@ -388,12 +662,16 @@ int imgtool_last_error_code(void);
  * The host errno behind the last error on the calling thread (e.g. `EIO`,
  * `ENOSPC`, `ENOENT`), or 0 when the error did not come from the host or
  * the last call succeeded.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 int imgtool_last_errno(void);
 
 /**
  * A static, human-readable description of an `IMGTOOL_E*` code ("Unknown
  * error code" for values that are not one). Never NULL; do not free.
+ *
+ * Thread safety: any thread, any time (static strings).
  */
 const char *imgtool_strerror(int code);
 
@@ -403,6 +681,8 @@ const char *imgtool_strerror(int code);
  * NULL is accepted and ignored. Only pass strings this library returned,
  * once each; never strings from `imgtool_last_error`, `imgtool_strerror`
  * or `imgtool_version`, which are static or owned by the library.
+ *
+ * Thread safety: any thread, but each string exactly once.
  *
  * # Safety
  * `s` is NULL or a pointer obtained from a libimgtool function documented
@@ -414,6 +694,8 @@ void imgtool_free_string(char *s);
  * The library's version, e.g. "0.1.0" (the same as
  * `IMGTOOL_VERSION_STRING` in the header the library was built with).
  * Static; never NULL; do not free.
+ *
+ * Thread safety: any thread, any time.
  */
 const char *imgtool_version(void);
 
@@ -422,6 +704,8 @@ const char *imgtool_version(void);
  * and set `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_open_options`.
@@ -440,6 +724,9 @@ int imgtool_open_options_init(struct imgtool_open_options *opts);
  * `IMGTOOL_ELOCKED` (in use by another process), `IMGTOOL_ECORRUPT`,
  * `IMGTOOL_ENOTSUP`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread. Opening the same file twice for writing, from
+ * this or another process, fails with `IMGTOOL_ELOCKED` (image locks).
+ *
  * # Safety
  * `path` is NULL or a NUL-terminated string; `opts` is NULL or an
  * initialised `imgtool_open_options`; `out` is NULL or writable.
@@ -455,6 +742,8 @@ int imgtool_open(const char *path,
  * reports the failed final flush, e.g. `IMGTOOL_EIO` or `IMGTOOL_ENOSPC`).
  * NULL is accepted and ignored (returns `IMGTOOL_OK`), like free(3).
  *
+ * Thread safety: must not run concurrently with any other call on `img`.
+ *
  * # Safety
  * `img` is NULL or a handle from `imgtool_open` not yet closed, and no other
  * thread uses it during or after this call.
@@ -468,6 +757,9 @@ int imgtool_close(struct imgtool_image *img);
  * Any offset and length are allowed (no alignment needed). A range that
  * goes beyond the virtual size fails with `IMGTOOL_ERANGE` and reads
  * nothing. `buf` may be NULL only when `len` is 0.
+ *
+ * Thread safety: may run concurrently with reads, writes and other calls
+ * on the same handle (except `imgtool_close`).
  *
  * # Safety
  * `img` is a live handle; `buf` is NULL or writable for `len` bytes.
@@ -484,6 +776,10 @@ int imgtool_read(struct imgtool_image *img, void *buf, size_t len, uint64_t offs
  * durable only after `imgtool_flush` or `imgtool_close`. `buf` may be NULL
  * only when `len` is 0.
  *
+ * Thread safety: may run concurrently with reads, writes and other calls
+ * on the same handle (except `imgtool_close`); overlapping concurrent
+ * writes land in an unspecified order.
+ *
  * # Safety
  * `img` is a live handle; `buf` is NULL or readable for `len` bytes.
  */
@@ -493,6 +789,9 @@ int imgtool_write(struct imgtool_image *img, const void *buf, size_t len, uint64
  * Write back cached data and metadata of the image to the host and flush
  * the host file (unless the cache mode is "unsafe").
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`); it makes durable what completed before it.
+ *
  * # Safety
  * `img` is a live handle.
  */
@@ -500,6 +799,9 @@ int imgtool_flush(struct imgtool_image *img);
 
 /**
  * Store the virtual size of the image in bytes in `*out`.
+ *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`).
  *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
@@ -515,6 +817,10 @@ int imgtool_get_size(struct imgtool_image *img, uint64_t *out);
  * the virtual size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise);
  * `bytes` is clipped at the end of the image.
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`); with concurrent writes the answer may already
+ * be stale.
+ *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
  */
@@ -522,6 +828,45 @@ int imgtool_block_status(struct imgtool_image *img,
                          uint64_t offset,
                          uint64_t bytes,
                          struct imgtool_extent *out);
+
+/**
+ * Make `len` guest bytes at `offset` read as zeros, without passing a
+ * buffer. On qcow2 this marks whole clusters as zero clusters (no data
+ * written) and writes zeros into partial ones; on raw it punches holes or
+ * writes zeros. Reads from a backing file no longer show through the
+ * range.
+ *
+ * The image must have been opened with `IMGTOOL_OPEN_WRITABLE`
+ * (`IMGTOOL_EACCES` otherwise). Any offset and length are allowed; a range
+ * beyond the virtual size fails with `IMGTOOL_ERANGE` and changes
+ * nothing. `flags` is 0 or `IMGTOOL_ZERO_MAY_UNMAP`.
+ *
+ * Thread safety: like `imgtool_write`, may run concurrently with other
+ * I/O on the same handle.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int imgtool_write_zeroes(struct imgtool_image *img, uint64_t offset, uint64_t len, uint32_t flags);
+
+/**
+ * Tell the image that `len` guest bytes at `offset` are no longer needed
+ * (TRIM). The format may free the space; afterwards the range reads as
+ * either its old content, zeros or the backing file's data, depending on
+ * the format, so use `imgtool_write_zeroes` when the content matters.
+ * Formats that cannot discard ignore the request and return `IMGTOOL_OK`.
+ *
+ * The image must have been opened with `IMGTOOL_OPEN_WRITABLE`
+ * (`IMGTOOL_EACCES` otherwise); a range beyond the virtual size fails
+ * with `IMGTOOL_ERANGE`.
+ *
+ * Thread safety: like `imgtool_write`, may run concurrently with other
+ * I/O on the same handle.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int imgtool_discard(struct imgtool_image *img, uint64_t offset, uint64_t len);
 
 /**
  * Describe the image (its top layer, not the backing files) as JSON: the
@@ -533,10 +878,63 @@ int imgtool_block_status(struct imgtool_image *img,
  * On success `*out` receives a NUL-terminated string to release with
  * `imgtool_free_string`; on failure `*out` is set to NULL.
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`).
+ *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
  */
 int imgtool_info_json(struct imgtool_image *img, char **out);
+
+/**
+ * Fill `*out` with the image's common facts (its top layer, as
+ * `qemu-img info` reports them).
+ *
+ * On success the string fields are owned by the caller: release them with
+ * `imgtool_info_free(out)`. On failure no string is allocated (the
+ * pointers are set to NULL when the struct could be written).
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set).
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_info` whose `struct_size` is set.
+ */
+int imgtool_get_info(struct imgtool_image *img, struct imgtool_info *out);
+
+/**
+ * Release the strings `imgtool_get_info` put into `info` and set them to
+ * NULL (the struct itself is the caller's). NULL, and a struct whose
+ * strings are already NULL, are accepted; calling it twice is harmless.
+ *
+ * Thread safety: may be called from any thread, once per filled struct.
+ *
+ * # Safety
+ * `info` is NULL or a struct filled by `imgtool_get_info` (or with NULL
+ * string fields), not shared with another thread during the call.
+ */
+void imgtool_info_free(struct imgtool_info *info);
+
+/**
+ * The `index`-th internal snapshot of the image (its top layer), in table
+ * order, as `qemu-img snapshot -l` lists them. `imgtool_get_info` gives
+ * the count (`snapshot_count`); iterate with `index` from 0 until the
+ * call returns `IMGTOOL_ERANGE`. Formats without snapshots have none.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set),
+ * `IMGTOOL_ERANGE` (`index` is not below the number of snapshots).
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_snapshot` whose `struct_size` is set.
+ */
+int imgtool_snapshot_get(struct imgtool_image *img, size_t index, struct imgtool_snapshot *out);
 
 /**
  * Fill `opts` with defaults (format "raw", no file name, size
@@ -544,6 +942,8 @@ int imgtool_info_json(struct imgtool_image *img, char **out);
  * `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_create_options`.
@@ -560,6 +960,9 @@ int imgtool_create_options_init(struct imgtool_create_options *opts);
  * `IMGTOOL_ENOENT`/`IMGTOOL_EACCES` (directory, backing file),
  * `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread; creating the same file from two threads at
+ * once leaves one of the two images.
+ *
  * # Safety
  * `opts` is NULL or an initialised `imgtool_create_options` whose string
  * fields are NULL or NUL-terminated.
@@ -571,6 +974,8 @@ int imgtool_create(const struct imgtool_create_options *opts);
  * sparse detection, 8 workers) and set `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_convert_options`.
@@ -592,6 +997,11 @@ int imgtool_convert_options_init(struct imgtool_convert_options *opts);
  * `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (e.g. compressing to raw),
  * `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread; the call blocks until done and runs up to
+ * `num_workers` threads of its own. The sources are opened read-only with
+ * shared locks, so other readers may use them meanwhile; the target is
+ * locked for writing.
+ *
  * # Safety
  * `srcs` is NULL or an array of `nsrcs` NUL-terminated strings; `dst` is
  * NULL or NUL-terminated; `opts` is NULL or initialised; `progress` is NULL
@@ -603,6 +1013,82 @@ int imgtool_convert(const char *const *srcs,
                     const struct imgtool_convert_options *opts,
                     imgtool_progress_fn progress,
                     void *user);
+
+/**
+ * Fill `opts` with defaults (check only, probe the format, writeback
+ * cache, no log) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ * Thread safety: may be called from any thread.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_check_options`.
+ */
+int imgtool_check_options_init(struct imgtool_check_options *opts);
+
+/**
+ * Check the image at `path` for metadata consistency and, with
+ * `opts->repair`, repair it, exactly as `qemu-img check [-r leaks|all]`:
+ * after a repair that fixed something the image is checked again and the
+ * report describes the repaired image.
+ *
+ * Returns `IMGTOOL_OK` whenever the check ran, whatever it found: read
+ * the counts (and `exit_code`) in `*report`. `report` and `json` may each
+ * be NULL when not wanted; on success `*json` receives the
+ * `qemu-img check --output=json` document (free with
+ * `imgtool_free_string`); it is set to NULL first. `opts` may be NULL for
+ * the defaults.
+ *
+ * `progress` may be NULL; it is called with `user` at the start (0.0) and
+ * at the end (100.0) of the check; returning non-zero at the start cancels
+ * before the image is opened (`IMGTOOL_ECANCELED`).
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL `path`, bad options or report size),
+ * `IMGTOOL_ENOTSUP` (a format without checks, e.g. raw: qemu-img says
+ * "This image format does not support checks"), errors from opening the
+ * image (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, `IMGTOOL_ECORRUPT`, ...),
+ * `IMGTOOL_EIO`.
+ *
+ * Thread safety: may be called from any thread; checks of different
+ * images may run concurrently. A repair opens the image for writing, so
+ * it fails with `IMGTOOL_ELOCKED` while any handle has it open.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `report` is NULL or a writable report whose `struct_size` is set;
+ * `json` is NULL or writable; `progress` is NULL or safe to call with
+ * `user`.
+ */
+int imgtool_check(const char *path,
+                  const struct imgtool_check_options *opts,
+                  struct imgtool_check_report *report,
+                  char **json,
+                  imgtool_progress_fn progress,
+                  void *user);
+
+/**
+ * Redirect the library's notices: one-line messages a format driver
+ * emits on its own while working, which qemu-img prints on stderr (e.g.
+ * `qcow2: Image is corrupt: ...; further corruption events will be
+ * suppressed` when damaged metadata is first seen). The operation that
+ * hit the problem still fails with its own error code; the notice is
+ * extra information.
+ *
+ * `handler` is called with each line (no trailing newline, valid only
+ * during the call) and `user`. NULL restores the default, printing to
+ * stderr; a handler that does nothing silences notices.
+ *
+ * Thread safety: the setting is process-wide. The handler may be called
+ * from any thread, also from several at once, and must not call back into
+ * libimgtool. Changing the handler while other threads work is safe;
+ * after this call returns, the old handler is no longer called, so its
+ * `user` may be freed.
+ *
+ * # Safety
+ * `handler` is NULL or a function safe to call with `user` from any
+ * thread until it is replaced.
+ */
+void imgtool_set_notice_handler(imgtool_log_fn handler, void *user);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -5,10 +5,20 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_amend;
+mod cmd_bench;
 mod cmd_check;
+mod cmd_commit;
+mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
+mod cmd_dd;
 mod cmd_info;
+mod cmd_map;
+mod cmd_measure;
+mod cmd_rebase;
+mod cmd_resize;
+mod cmd_snapshot;
 mod common;
 mod copy_steps;
 mod createopts;
@@ -27,21 +37,21 @@ type Handler = fn(&Prog, Vec<String>) -> CmdResult;
 /// Every qemu-img command; those without a handler are separate work items
 /// and fail clearly instead of being "not found".
 const COMMANDS: &[(&str, Option<Handler>)] = &[
-    ("amend", None),
-    ("bench", None),
+    ("amend", Some(cmd_amend::run)),
+    ("bench", Some(cmd_bench::run)),
     ("bitmap", None),
     ("check", Some(cmd_check::run)),
-    ("commit", None),
-    ("compare", None),
+    ("commit", Some(cmd_commit::run)),
+    ("compare", Some(cmd_compare::run)),
     ("convert", Some(cmd_convert::run)),
     ("create", Some(cmd_create::run)),
-    ("dd", None),
+    ("dd", Some(cmd_dd::run)),
     ("info", Some(cmd_info::run)),
-    ("map", None),
-    ("measure", None),
-    ("rebase", None),
-    ("resize", None),
-    ("snapshot", None),
+    ("map", Some(cmd_map::run)),
+    ("measure", Some(cmd_measure::run)),
+    ("rebase", Some(cmd_rebase::run)),
+    ("resize", Some(cmd_resize::run)),
+    ("snapshot", Some(cmd_snapshot::run)),
 ];
 
 const LONGS: &[LongOpt] = &[

@@ -87,6 +87,8 @@ impl imgtool_open_options {
 ///
 /// Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
 ///
+/// Thread safety: any thread; touches only `opts`.
+///
 /// # Safety
 /// `opts` is NULL or points to writable memory for an `imgtool_open_options`.
 #[no_mangle]
@@ -109,6 +111,9 @@ pub unsafe extern "C" fn imgtool_open_options_init(opts: *mut imgtool_open_optio
 /// options, unknown format), `IMGTOOL_ENOENT`, `IMGTOOL_EACCES`,
 /// `IMGTOOL_ELOCKED` (in use by another process), `IMGTOOL_ECORRUPT`,
 /// `IMGTOOL_ENOTSUP`, `IMGTOOL_EIO`.
+///
+/// Thread safety: any thread. Opening the same file twice for writing, from
+/// this or another process, fails with `IMGTOOL_ELOCKED` (image locks).
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `opts` is NULL or an
@@ -158,6 +163,8 @@ pub unsafe extern "C" fn imgtool_open(
 /// reports the failed final flush, e.g. `IMGTOOL_EIO` or `IMGTOOL_ENOSPC`).
 /// NULL is accepted and ignored (returns `IMGTOOL_OK`), like free(3).
 ///
+/// Thread safety: must not run concurrently with any other call on `img`.
+///
 /// # Safety
 /// `img` is NULL or a handle from `imgtool_open` not yet closed, and no other
 /// thread uses it during or after this call.
@@ -178,7 +185,7 @@ pub unsafe extern "C" fn imgtool_close(img: *mut imgtool_image) -> c_int {
 ///
 /// # Safety
 /// `img` is NULL or a live handle from `imgtool_open`.
-unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image, Error> {
+pub(crate) unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image, Error> {
     // SAFETY: forwarded contract; imgtool_image is only ever created by
     // imgtool_open and only released by imgtool_close.
     Ok(&unsafe { arg_ref(img, what) }?.img)
@@ -190,6 +197,9 @@ unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image,
 /// Any offset and length are allowed (no alignment needed). A range that
 /// goes beyond the virtual size fails with `IMGTOOL_ERANGE` and reads
 /// nothing. `buf` may be NULL only when `len` is 0.
+///
+/// Thread safety: may run concurrently with reads, writes and other calls
+/// on the same handle (except `imgtool_close`).
 ///
 /// # Safety
 /// `img` is a live handle; `buf` is NULL or writable for `len` bytes.
@@ -231,6 +241,10 @@ pub unsafe extern "C" fn imgtool_read(
 /// durable only after `imgtool_flush` or `imgtool_close`. `buf` may be NULL
 /// only when `len` is 0.
 ///
+/// Thread safety: may run concurrently with reads, writes and other calls
+/// on the same handle (except `imgtool_close`); overlapping concurrent
+/// writes land in an unspecified order.
+///
 /// # Safety
 /// `img` is a live handle; `buf` is NULL or readable for `len` bytes.
 #[no_mangle]
@@ -256,18 +270,16 @@ pub unsafe extern "C" fn imgtool_write(
             // SAFETY: non-null, readable for len bytes per the contract.
             unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
         };
-        if !img.driver().host_file().is_writable() {
-            return Err(Error::new(
-                crate::ErrorKind::PermissionDenied,
-                "Image was opened read-only (use IMGTOOL_OPEN_WRITABLE)",
-            ));
-        }
+        super::args::check_writable(img)?;
         img.write_at(b, offset)
     })
 }
 
 /// Write back cached data and metadata of the image to the host and flush
 /// the host file (unless the cache mode is "unsafe").
+///
+/// Thread safety: may run concurrently with other calls on the same handle
+/// (except `imgtool_close`); it makes durable what completed before it.
 ///
 /// # Safety
 /// `img` is a live handle.
@@ -280,6 +292,9 @@ pub unsafe extern "C" fn imgtool_flush(img: *mut imgtool_image) -> c_int {
 }
 
 /// Store the virtual size of the image in bytes in `*out`.
+///
+/// Thread safety: may run concurrently with other calls on the same handle
+/// (except `imgtool_close`).
 ///
 /// # Safety
 /// `img` is a live handle; `out` is NULL or writable.
@@ -332,6 +347,10 @@ pub struct imgtool_extent {
 /// `out->length` until the virtual size is reached. `offset` must be below
 /// the virtual size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise);
 /// `bytes` is clipped at the end of the image.
+///
+/// Thread safety: may run concurrently with other calls on the same handle
+/// (except `imgtool_close`); with concurrent writes the answer may already
+/// be stale.
 ///
 /// # Safety
 /// `img` is a live handle; `out` is NULL or writable.

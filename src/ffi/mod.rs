@@ -30,21 +30,34 @@ pub mod strings;
 
 pub mod image;
 
+pub mod zeroes;
+
 pub mod info;
+
+pub mod snapshot;
 
 pub mod create;
 
 pub mod convert;
 
+pub mod check;
+
+pub mod notice;
+
 mod args;
 mod panic;
+mod progress;
 
 #[cfg(test)]
 mod tests;
 
+pub use check::*;
 pub use convert::*;
 pub use create::*;
 pub use error::*;
 pub use image::*;
 pub use info::*;
+pub use notice::*;
+pub use snapshot::*;
 pub use strings::*;
+pub use zeroes::*;

@@ -212,6 +212,58 @@ pub trait Driver: Send + Sync {
             "This image format does not support checks",
         ))
     }
+    /// Grow to `size` so that the new area reads as zeros even where
+    /// `backing` has data (QEMU's truncate with ZERO_WRITE, used when the
+    /// backing file is longer than the image).
+    fn truncate_zeroed(
+        &self,
+        _size: u64,
+        _prealloc: Prealloc,
+        _backing: &dyn BackingRead,
+    ) -> Result<()> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Deallocate everything so that all reads fall through to the backing
+    /// file (`commit` without `-d`).
+    fn make_empty(&self) -> Result<()> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Rewrite the backing file reference in the header (None: no backing
+    /// file). The open image's backing chain is not reopened.
+    fn set_backing(&self, _backing: Option<&BackingRef>) -> Result<()> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Create an internal snapshot of the current state.
+    fn snapshot_create(&self, _name: &str) -> Result<SnapshotInfo> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Revert to internal snapshot `which` (an ID, or failing that a name).
+    fn snapshot_apply(&self, _which: &str) -> Result<()> {
+        Err(Error::unsupported(
+            "Block driver does not support snapshots",
+        ))
+    }
+    /// Delete the internal snapshot matching `id` and `name` (each optional).
+    fn snapshot_delete(&self, _id: Option<&str>, _name: Option<&str>) -> Result<()> {
+        Err(Error::unsupported(
+            "Block driver does not support snapshots",
+        ))
+    }
+    /// Change format options of an existing image (`amend -o`); options
+    /// are those of [`amend_options`]. A version change needs the image to
+    /// be closed and reopened before further use.
+    fn amend(
+        &self,
+        _opts: &CreateOptions,
+        _backing: &dyn BackingRead,
+        _backing_size: Option<u64>,
+        _progress: &mut dyn FnMut(f64),
+    ) -> Result<()> {
+        Err(Error::unsupported(format!(
+            "Format driver '{}' does not support option amendment",
+            self.format_name()
+        )))
+    }
     /// A read-only view of an internal snapshot (`convert -l`).
     fn snapshot(&self, _which: &str) -> Result<Box<dyn Driver>> {
         Err(Error::unsupported(
@@ -271,6 +323,32 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
     match format {
         "raw" => Ok(raw::CREATE_OPTS),
         "qcow2" => Ok(qcow2::CREATE_OPTS),
+        _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
+    }
+}
+
+/// The errno text (`strerror`) QEMU would print for a failure, for the
+/// messages that show only that ("Could not create snapshot 'x': ...").
+pub fn errno_text(e: &Error) -> String {
+    use crate::error::ErrorKind as K;
+    let n = e.errno().unwrap_or(match e.kind() {
+        K::InvalidArgument | K::OutOfRange => libc::EINVAL,
+        K::NotFound => libc::ENOENT,
+        K::PermissionDenied => libc::EACCES,
+        K::Io | K::Corrupt => libc::EIO,
+        K::Unsupported => libc::ENOTSUP,
+        K::Locked => libc::EAGAIN,
+        K::Cancelled => libc::ECANCELED,
+        K::NoSpace => libc::ENOSPC,
+    });
+    crate::error::strerror(n)
+}
+
+/// Options `amend` accepts for a format (None: the format cannot amend).
+pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
+    match format {
+        "raw" => Ok(None),
+        "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
