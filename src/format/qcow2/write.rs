@@ -464,9 +464,7 @@ impl Qcow2 {
     /// Store an already-compressed cluster at guest offset `off`.
     pub(super) fn store_compressed(&self, data: &[u8], off: u64) -> Result<()> {
         if self.data_file.is_some() {
-            return Err(Error::unsupported(
-                "Compression is not supported with an external data file",
-            ));
+            return Err(Error::from_errno(libc::ENOTSUP));
         }
         let cs = self.cs();
         if !off.is_multiple_of(cs) || data.is_empty() || data.len() as u64 >= cs {
