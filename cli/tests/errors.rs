@@ -22,6 +22,24 @@ fn check(args: &[&str]) {
     let q = qemu_img(&qd, args);
     let o = imgtool(&od, args);
     assert_outcome_matches(&q, &o);
+    // Where qemu-img succeeded and wrote an image, ours must hold the same.
+    if q.ok() {
+        for e in std::fs::read_dir(&qd).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if name == "good.qcow2" || name == "plain.raw" {
+                continue;
+            }
+            assert!(
+                od.join(&name).exists(),
+                "{args:?}: imgtool did not write {name}"
+            );
+            assert_bytes_eq(
+                &format!("{args:?}: contents of {name}"),
+                &qemu_raw_bytes(&qd, &name),
+                &qemu_raw_bytes(&od, &name),
+            );
+        }
+    }
 }
 
 macro_rules! cases {
