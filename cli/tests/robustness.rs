@@ -11,12 +11,14 @@ use common::*;
 use std::time::Duration;
 
 /// While qemu-io holds an image open for writing, `info` and `convert` fail
-/// with qemu-img's lock message; `-U` still works.
+/// with qemu-img's lock message; `-U` still works; `create` or `convert`
+/// onto it are refused and leave it byte-identical.
 #[test]
 fn image_locked_by_qemu() {
     let dir = TempDir::new("locked");
     let d = dir.path();
     qemu_img_ok(d, &["create", "-q", "-f", "qcow2", "x.qcow2", "1M"]);
+    std::fs::write(d.join("src.raw"), text_bytes(1, MIB as usize)).unwrap();
     let mut holder = std::process::Command::new("qemu-io")
         .args(["-f", "qcow2", "-c", "sleep 30000", "x.qcow2"])
         .current_dir(d)
@@ -54,6 +56,28 @@ fn image_locked_by_qemu() {
         }
         let (q, _) = same_as_qemu(d, &["info", "-U", "--output=json", "x.qcow2"]);
         let _ = q;
+        // Writing over an image in use is refused and leaves it alone.
+        let before = read(&d.join("x.qcow2"));
+        for args in [
+            &["create", "-f", "qcow2", "x.qcow2", "2M"][..],
+            &["convert", "-O", "qcow2", "src.raw", "x.qcow2"][..],
+            &["convert", "-O", "raw", "src.raw", "x.qcow2"][..],
+        ] {
+            let q = qemu_img(d, args);
+            assert_eq!(q.code, Some(1), "{}", q.describe());
+            let o = imgtool(d, args);
+            assert!(
+                d.join("x.qcow2").exists(),
+                "{args:?} deleted an image another process has open:\n{}",
+                o.describe()
+            );
+            assert_bytes_eq(
+                &format!("{args:?} changed an image another process has open"),
+                &before,
+                &read(&d.join("x.qcow2")),
+            );
+            assert_outcome_matches(&q, &o);
+        }
     });
     let _ = holder.kill();
     let _ = holder.wait();
