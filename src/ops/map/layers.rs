@@ -158,13 +158,11 @@ impl<'a> Layer<'a> {
             }
         }
         let last = end - end % cs;
-        let keep = if end == size || last <= c0 || last == end {
-            end
-        } else if self.cluster_base(last, (last + cs).min(size))?.is_none() {
-            end
-        } else {
-            last
-        };
+        let keep_all = end == size
+            || last <= c0
+            || last == end
+            || self.cluster_base(last, (last + cs).min(size))?.is_none();
+        let keep = if keep_all { end } else { last };
         e.length = keep - start;
         e.offset = None;
         Ok(())
