@@ -64,6 +64,7 @@ PY
 qemu-img convert -f raw -O qcow2 "$DIR/in.raw" "$DIR/in.qcow2"
 qemu-img convert -c -f raw -O qcow2 "$DIR/in.raw" "$DIR/in-c.qcow2"
 
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 now() { date +%s.%N; }
 warm() { cat "$1" >/dev/null; }
 
@@ -116,6 +117,7 @@ run_case "compressed qcow2 -> raw" "$DIR/in-c.qcow2" convert -f qcow2 -O raw "$D
 echo
 echo "imgtool $(git describe --always --dirty 2>/dev/null || echo '?') vs $(qemu-img --version | head -n1)"
 echo "input: ${SIZE_MIB} MiB raw (~50% random, ~25% text, ~25% holes); $(nproc) cores; median of $N runs"
+echo "load average before: $LOAD_BEFORE; after: $(cut -d' ' -f1-3 /proc/loadavg) (other work on the machine skews both tools)"
 echo
 echo "| case                     | imgtool s |  qemu s   | ours/qemu  | -c size ours/qemu |"
 echo "|--------------------------|-----------|-----------|------------|-------------------|"

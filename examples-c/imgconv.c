@@ -1,29 +1,48 @@
 /*
  * imgconv - convert images with libimgtool, reporting progress.
  *
- *   imgconv [-f FMT] [-O FMT] [-o OPTS] [-c] [-m N] [--cancel-at PCT] SRC... DST
+ *   imgconv [-f FMT] [-O FMT] [-o OPTS] [-c] [-m N] [--cancel-at PCT]
+ *           [--pause-at PCT] SRC... DST
  *
  * Converts SRC... (concatenated) into DST like `qemu-img convert`, printing
  * progress to stderr and checking that it only grows and ends at 100%.
  * With --cancel-at PCT the callback cancels once progress reaches PCT
  * (0 = at the first call): imgconv then expects IMGTOOL_ECANCELED and that
  * DST was removed again, and exits 0 when both hold.
+ *
+ * Ctrl-C (SIGINT) or SIGTERM cancels the conversion the same way: the
+ * signal handler only sets a flag, the progress callback returns non-zero
+ * when it sees it, imgtool_convert removes the partial DST and returns
+ * IMGTOOL_ECANCELED, and imgconv exits 130 (128 + SIGINT) after checking
+ * DST is gone. --pause-at PCT makes the callback wait (up to 30 s) once
+ * progress reaches PCT, printing "imgconv: paused" to stderr, so a test can
+ * deliver the signal at a known point.
  */
 #define _POSIX_C_SOURCE 200809L
 
 #include <imgtool.h>
 
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 struct progress {
     double last;
     unsigned calls;
     double cancel_at; /* < 0: never */
+    double pause_at;  /* < 0: never */
     int bad;
 };
+
+static volatile sig_atomic_t interrupted;
+
+static void on_signal(int sig)
+{
+    interrupted = sig;
+}
 
 static int on_progress(double percent, void *user)
 {
@@ -35,20 +54,31 @@ static int on_progress(double percent, void *user)
     p->last = percent;
     p->calls++;
     fprintf(stderr, "\r    (%6.2f/100%%)", percent);
+    if (p->pause_at >= 0 && percent >= p->pause_at) {
+        p->pause_at = -1;
+        fprintf(stderr, "\nimgconv: paused at %.2f%%\n", percent);
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        for (int i = 0; i < 3000 && !interrupted; i++)
+            nanosleep(&ts, NULL);
+    }
+    /* Any non-zero return cancels. The callback may run on a libimgtool
+     * worker thread; a sig_atomic_t flag is safe to read from any thread. */
+    if (interrupted)
+        return 1;
     return p->cancel_at >= 0 && percent >= p->cancel_at;
 }
 
 static void usage(void)
 {
     fprintf(stderr, "usage: imgconv [-f FMT] [-O FMT] [-o OPTS] [-c] [-m N] [--cancel-at PCT] "
-                    "SRC... DST\n");
+                    "[--pause-at PCT] SRC... DST\n");
     exit(2);
 }
 
 int main(int argc, char **argv)
 {
     imgtool_convert_options o;
-    struct progress p = {0.0, 0, -1.0, 0};
+    struct progress p = {0.0, 0, -1.0, -1.0, 0};
     const char **srcs = calloc((size_t)argc, sizeof *srcs);
     size_t n = 0;
     int rc;
@@ -71,6 +101,8 @@ int main(int argc, char **argv)
             o.num_workers = (uint32_t)strtoul(argv[++i], NULL, 0);
         else if (strcmp(a, "--cancel-at") == 0 && i + 1 < argc)
             p.cancel_at = strtod(argv[++i], NULL);
+        else if (strcmp(a, "--pause-at") == 0 && i + 1 < argc)
+            p.pause_at = strtod(argv[++i], NULL);
         else if (a[0] == '-')
             usage();
         else
@@ -80,9 +112,33 @@ int main(int argc, char **argv)
         usage();
     const char *dst = srcs[--n];
 
+    /* Ctrl-C cancels through the progress callback. SA_RESTART: system
+     * calls the library is in when the signal arrives resume instead of
+     * failing with EINTR. */
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+
     rc = imgtool_convert(srcs, n, dst, &o, on_progress, &p);
     fputc('\n', stderr);
     free(srcs);
+    if (interrupted) {
+        if (rc != IMGTOOL_ECANCELED) {
+            fprintf(stderr, "imgconv: interrupted, but imgtool_convert returned %d (%s)\n", rc,
+                    imgtool_last_error());
+            return 1;
+        }
+        if (access(dst, F_OK) == 0) {
+            fprintf(stderr, "imgconv: interrupted, but %s was left behind\n", dst);
+            return 1;
+        }
+        fprintf(stderr, "imgconv: interrupted at %.2f%%; %s removed\n", p.last, dst);
+        return 128 + (int)interrupted;
+    }
     if (rc == IMGTOOL_ENOTSUP) {
         fprintf(stderr, "imgconv: imgtool_convert failed: %s [%s]\n", imgtool_last_error(),
                 imgtool_strerror(rc));

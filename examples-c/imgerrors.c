@@ -8,7 +8,8 @@
  * out-of-range I/O gives IMGTOOL_ERANGE; writing through a read-only
  * handle fails; a bad struct_size is refused; unknown options are refused
  * with qemu-img's message; the last error is per thread and cleared by the
- * next successful call; version macros match the library.
+ * next successful call; version macros match the library; the report
+ * structs (imgtool_info, imgtool_check_report) need struct_size.
  */
 #define _POSIX_C_SOURCE 200809L
 
@@ -139,6 +140,24 @@ int main(int argc, char **argv)
         EXPECT(imgtool_block_status(img, size, 1, &e) == IMGTOOL_ERANGE);
         EXPECT(imgtool_block_status(img, 0, size, &e) == IMGTOOL_OK);
         EXPECT(e.length > 0 && e.length <= size && (e.flags & IMGTOOL_EXTENT_PRESENT));
+        /* Zeroes and discards need a writable handle too. */
+        EXPECT(imgtool_write_zeroes(img, 0, 512, 0) == IMGTOOL_EACCES);
+        EXPECT(imgtool_discard(img, 0, 512) == IMGTOOL_EACCES);
+        EXPECT(imgtool_write_zeroes(img, 0, 512, 0x100) == IMGTOOL_EINVAL);
+        /* imgtool_get_info needs struct_size; its strings are ours to free. */
+        imgtool_info info;
+        memset(&info, 0, sizeof info);
+        EXPECT(imgtool_get_info(img, &info) == IMGTOOL_EINVAL);
+        EXPECT(contains(imgtool_last_error(), "struct_size"));
+        info.struct_size = sizeof info;
+        EXPECT(imgtool_get_info(img, &info) == IMGTOOL_OK);
+        EXPECT(info.struct_size == sizeof info);
+        EXPECT(info.virtual_size == 1 << 20 && info.cluster_size == 0);
+        EXPECT(strcmp(info.format, "raw") == 0 && !info.format_probed);
+        EXPECT(info.backing_filename == NULL && info.chain_length == 1);
+        imgtool_info_free(&info);
+        imgtool_info_free(&info);
+        imgtool_info_free(NULL);
         char *json = NULL;
         EXPECT(imgtool_info_json(img, &json) == IMGTOOL_OK);
         EXPECT(contains(json, "\"format\": \"raw\""));
@@ -152,6 +171,72 @@ int main(int argc, char **argv)
     EXPECT(imgtool_convert(NULL, 1, "x", NULL, NULL, NULL) == IMGTOOL_EINVAL);
     EXPECT(imgtool_convert(srcs, 0, "x", NULL, NULL, NULL) == IMGTOOL_EINVAL);
     EXPECT(imgtool_convert(srcs, 1, NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+
+    /* Writes without a buffer on a NULL handle. */
+    EXPECT(imgtool_write_zeroes(NULL, 0, 1, 0) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_discard(NULL, 0, 1) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_get_info(NULL, NULL) == IMGTOOL_EINVAL);
+
+    /* Check: options, report size, formats without a check. */
+    imgtool_check_options ck;
+    EXPECT(imgtool_check_options_init(&ck) == IMGTOOL_OK);
+    EXPECT(ck.struct_size == sizeof ck && ck.repair == IMGTOOL_REPAIR_NONE && ck.log == NULL);
+    char *cj = (char *)path; /* must be overwritten with NULL */
+    EXPECT(imgtool_check(NULL, NULL, NULL, &cj, NULL, NULL) == IMGTOOL_EINVAL);
+    EXPECT(cj == NULL);
+    imgtool_check_report rep = {.struct_size = 4};
+    EXPECT(imgtool_check(path, NULL, &rep, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+    rep.struct_size = sizeof rep;
+    ck.repair = 7;
+    EXPECT(imgtool_check(path, &ck, &rep, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+    EXPECT(imgtool_check(path, NULL, &rep, NULL, NULL, NULL) == IMGTOOL_ENOTSUP);
+    EXPECT(strcmp(imgtool_last_error(), "This image format does not support checks") == 0);
+    EXPECT(imgtool_check(missing, NULL, &rep, NULL, NULL, NULL) == IMGTOOL_ENOENT);
+
+    /* Every options struct: _init sets struct_size to what C sees. */
+    {
+        imgtool_commit_options a;
+        imgtool_rebase_options b;
+        imgtool_resize_options r;
+        imgtool_amend_options am;
+        imgtool_snapshot_options s;
+        imgtool_compare_options cm;
+        imgtool_measure_options m;
+        EXPECT(imgtool_commit_options_init(&a) == IMGTOOL_OK && a.struct_size == sizeof a);
+        EXPECT(imgtool_rebase_options_init(&b) == IMGTOOL_OK && b.struct_size == sizeof b);
+        EXPECT(imgtool_resize_options_init(&r) == IMGTOOL_OK && r.struct_size == sizeof r);
+        EXPECT(imgtool_amend_options_init(&am) == IMGTOOL_OK && am.struct_size == sizeof am);
+        EXPECT(imgtool_snapshot_options_init(&s) == IMGTOOL_OK && s.struct_size == sizeof s);
+        EXPECT(imgtool_compare_options_init(&cm) == IMGTOOL_OK && cm.struct_size == sizeof cm);
+        EXPECT(imgtool_measure_options_init(&m) == IMGTOOL_OK && m.struct_size == sizeof m);
+        EXPECT(m.size == IMGTOOL_SIZE_DEFAULT);
+        /* NULL paths and handles. */
+        EXPECT(imgtool_commit(NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_rebase(NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_resize(NULL, 1, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_amend(path, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_snapshot_apply(path, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_compare(NULL, NULL, NULL, NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_measure(NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        imgtool_map_entry me = {.struct_size = sizeof me};
+        EXPECT(imgtool_map(NULL, 0, 1, &me) == IMGTOOL_EINVAL);
+        /* Path-based operations name the file like qemu-img. */
+        EXPECT(imgtool_commit(missing, NULL, NULL, NULL) == IMGTOOL_ENOENT);
+        EXPECT(contains(imgtool_last_error(), "Could not open"));
+        EXPECT(imgtool_commit(path, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(strcmp(imgtool_last_error(), "Image does not have a backing file") == 0);
+        /* raw has no internal snapshots and cannot amend. */
+        EXPECT(imgtool_snapshot_create(path, "x", NULL, NULL) == IMGTOOL_ENOTSUP);
+        am.options = "size=2M";
+        EXPECT(imgtool_amend(path, &am, NULL, NULL) == IMGTOOL_ENOTSUP);
+        /* Writable snapshot views do not exist. */
+        imgtool_open_options so;
+        imgtool_image *si = (imgtool_image *)&so;
+        EXPECT(imgtool_open_options_init(&so) == IMGTOOL_OK);
+        so.flags = IMGTOOL_OPEN_WRITABLE;
+        so.snapshot = "x";
+        EXPECT(imgtool_open(path, &so, &si) != IMGTOOL_OK && si == NULL);
+    }
 
     /* Every code has a description. */
     for (int code = IMGTOOL_EPANIC; code <= IMGTOOL_OK; code++)

@@ -13,7 +13,9 @@
  *          creation options OPTS; with -b as an overlay backed by SRC).
  *       3. Write COUNT random chunks (random sizes, unaligned, many crossing
  *          cluster boundaries) from THREADS threads sharing one handle, and
- *          the same bytes into an in-memory shadow.
+ *          the same bytes into an in-memory shadow; one in ten is an
+ *          imgtool_write_zeroes and one in ten an imgtool_discard of whole
+ *          64 KiB blocks (both read back as zeros).
  *       4. Verify NEW against the shadow, flush, close, reopen read-only and
  *          verify again; then write the shadow to the raw file SHADOW.
  *     The test script then runs `qemu-img check NEW` and
@@ -250,16 +252,46 @@ static void *writer_main(void *arg)
         }
         if (off + len > w->hi)
             off = w->hi - len;
-        for (uint64_t j = 0; j < len; j++)
-            buf[j] = (uint8_t)(next_rand(&rs) | 1); /* never 0: holes show */
-        int rc = imgtool_write(w->img, buf, len, off);
+        unsigned op = (unsigned)(next_rand(&rs) % 10);
+        int rc;
+        const char *what;
+        if (op == 0) {
+            /* Zeros without a buffer; sometimes letting the format unmap. */
+            uint32_t flags = next_rand(&rs) % 2 ? IMGTOOL_ZERO_MAY_UNMAP : 0;
+            what = "imgtool_write_zeroes";
+            rc = imgtool_write_zeroes(w->img, off, len, flags);
+            if (rc == IMGTOOL_OK)
+                memset(w->shadow + off, 0, len);
+        } else if (op == 1) {
+            /* Discard whole 64 KiB blocks of this stripe only (a discard
+             * frees whole clusters; partial ones keep their data). */
+            uint64_t a = (off + 65535) / 65536 * 65536, b = (off + len) / 65536 * 65536;
+            uint64_t lo = (w->lo + 65535) / 65536 * 65536, hi = w->hi / 65536 * 65536;
+            if (a < lo)
+                a = lo;
+            if (b > hi)
+                b = hi;
+            if (b <= a)
+                continue;
+            off = a;
+            len = b - a;
+            what = "imgtool_discard";
+            rc = imgtool_discard(w->img, off, len);
+            if (rc == IMGTOOL_OK)
+                memset(w->shadow + off, 0, len);
+        } else {
+            for (uint64_t j = 0; j < len; j++)
+                buf[j] = (uint8_t)(next_rand(&rs) | 1); /* never 0: holes show */
+            what = "imgtool_write";
+            rc = imgtool_write(w->img, buf, len, off);
+            if (rc == IMGTOOL_OK)
+                memcpy(w->shadow + off, buf, len);
+        }
         if (rc != IMGTOOL_OK) {
-            snprintf(w->error, sizeof w->error,
-                     "imgtool_write(%" PRIu64 ", +%" PRIu64 "): %s [%s]", off, len,
-                     imgtool_last_error(), imgtool_strerror(rc));
+            snprintf(w->error, sizeof w->error, "%s(%" PRIu64 ", +%" PRIu64 "): %s [%s]", what,
+                     off, len, imgtool_last_error(), imgtool_strerror(rc));
             break;
         }
-        memcpy(w->shadow + off, buf, len);
         w->bytes += len;
     }
     free(buf);

@@ -3,6 +3,8 @@
 #
 # Environment (set by `make check`):
 #   BIN            directory with the built examples
+#   ASAN_BIN       directory with the same examples built with
+#                  -fsanitize=address,undefined (empty: not built)
 #   LIBDIR         where libimgtool.so is installed (added to LD_LIBRARY_PATH)
 #   VALGRIND       auto (default: use it when installed) | yes | no
 #   REQUIRE_QCOW2  1: a qcow2 case the library reports unsupported fails
@@ -12,6 +14,7 @@
 set -uo pipefail
 
 BIN=${BIN:?BIN must point at the built examples}
+ASAN_BIN=${ASAN_BIN:-}
 LIBDIR=${LIBDIR:-}
 VALGRIND=${VALGRIND:-auto}
 REQUIRE_QCOW2=${REQUIRE_QCOW2:-}
@@ -72,6 +75,60 @@ qcompare() {
     run "qemu-img compare $(basename -- "$a") $(basename -- "$b")" "$QEMU_IMG" compare -q "$@"
 }
 
+# run_rc NAME WANT CMD...: like run, but the command must exit with WANT.
+run_rc() {
+    local name=$1 want=$2; shift 2
+    "$@" >"$log" 2>&1
+    local rc=$?
+    if [[ $rc -eq $want ]]; then
+        pass "$name"; return 0
+    fi
+    echo "(exit status $rc, expected $want)" >>"$log"
+    fail "$name"; return 1
+}
+
+# Big-endian u64 at byte offset $2 of file $1.
+be64() { od -An -tu8 --endian=big -j "$2" -N8 "$1" | tr -d ' '; }
+
+# Leak one cluster in a qcow2 with 64 KiB clusters and 16-bit refcounts:
+# append a cluster and give it refcount 1 without any reference. Prints
+# the cluster's index.
+make_leak() {
+    local f=$1 rt rb size n
+    rt=$(be64 "$f" 48)
+    rb=$(be64 "$f" "$rt")
+    size=$(stat -c %s "$f")
+    n=$(((size + 65535) / 65536))
+    truncate -s $(((n + 1) * 65536)) "$f"
+    printf '\000\001' | dd of="$f" bs=1 seek=$((rb + 2 * n)) conv=notrunc status=none
+    echo "$n"
+}
+
+# sigint_case NAME IMGCONV SRC DST: start a conversion that pauses in its
+# progress callback, send SIGINT as Ctrl-C would, and require exit status
+# 130 with DST removed (imgconv checks the return code and the file too).
+sigint_case() {
+    local name=$1 conv=$2 src=$3 dst=$4 pid rc i had_partial=no
+    rm -f "$dst"
+    "$conv" -O qcow2 -m 1 --pause-at 30 "$src" "$dst" >"$log" 2>&1 &
+    pid=$!
+    for ((i = 0; i < 300; i++)); do
+        grep -q 'imgconv: paused' "$log" && break
+        sleep 0.1
+    done
+    [[ -e $dst ]] && had_partial=yes
+    kill -INT "$pid" 2>/dev/null
+    wait "$pid"
+    rc=$?
+    if [[ $rc -eq 130 && ! -e $dst && $had_partial == yes ]]; then
+        pass "$name"
+    else
+        echo "(exit status $rc, partial output while paused: $had_partial, left behind: \
+$([[ -e $dst ]] && echo yes || echo no))" >>"$log"
+        fail "$name"
+    fi
+}
+
 vg=()
 case $VALGRIND in
     no) ;;
@@ -98,6 +155,13 @@ for fmt in raw qcow2; do
         fail "qemu-io writes into src.$fmt"; exit 1
     fi
 done
+
+# --- the usage example of README.md -------------------------------------------
+mkdir -p "$work/readme"
+if run "README.md usage example" env -C "$work/readme" "$BIN/readme-example"; then
+    qcheck "$work/readme/disk.qcow2"
+    qcompare -F raw "$work/readme/disk.qcow2" "$work/readme/disk.raw"
+fi
 
 # --- API contract from C ------------------------------------------------------
 run "imgerrors" "$BIN/imgerrors" "$work"
@@ -155,14 +219,203 @@ for fmt in raw qcow2; do
             note "imginfo --json src.$fmt differs from qemu-img info --output=json"
         fi
     fi
+    "$QEMU_IMG" map --output=json -f "$fmt" "$src" >"$work/qmap.json"
     if run "imginfo --map src.$fmt" "$BIN/imginfo" --map "$src"; then
         cp "$log" "$work/map.json"
-        "$QEMU_IMG" map --output=json -f "$fmt" "$src" >"$work/qmap.json"
-        if ! diff -u "$work/qmap.json" "$work/map.json" >"$log"; then
-            note "imginfo --map src.$fmt differs from qemu-img map --output=json"
+        if diff -u "$work/qmap.json" "$work/map.json" >"$log"; then
+            pass "imgtool_map on src.$fmt is qemu-img map --output=json"
+        else
+            fail "imgtool_map on src.$fmt is qemu-img map --output=json"
+        fi
+    fi
+    # Block status is lower level (no QEMU refinements); differences are notes.
+    if run "imginfo --block-status src.$fmt" "$BIN/imginfo" --block-status "$src"; then
+        cp "$log" "$work/bs.json"
+        if ! diff -u "$work/qmap.json" "$work/bs.json" >"$log"; then
+            note "merged imgtool_block_status on src.$fmt differs from qemu-img map"
         fi
     fi
 done
+
+# --- imgtool_get_info vs qemu-img info -----------------------------------------
+"$QEMU_IMG" create -q -f qcow2 -b src.raw -F raw "$work/overlay-info.qcow2" 2>"$log" ||
+    fail "qemu-img create overlay-info.qcow2"
+for name in src.raw src.qcow2 overlay-info.qcow2; do
+    if run "imginfo --summary $name" "$BIN/imginfo" --summary "$work/$name"; then
+        cp "$log" "$work/summary"
+        # Top-level scalar fields of qemu-img's JSON (4-space indent) that
+        # imgtool_info has, as "key: value".
+        "$QEMU_IMG" info --output=json "$work/$name" |
+            sed -n 's/^    "\(format\|virtual-size\|cluster-size\|backing-filename\|full-backing-filename\|backing-filename-format\|dirty-flag\)": "\{0,1\}\([^",]*\)"\{0,1\},\{0,1\}$/\1: \2/p' \
+            >"$work/qsummary"
+        : >"$log"
+        while IFS= read -r line; do
+            grep -qxF -- "$line" "$work/summary" || echo "missing: $line" >>"$log"
+        done <"$work/qsummary"
+        if [[ -s $work/qsummary && ! -s $log ]]; then
+            pass "imgtool_get_info $name matches qemu-img info ($(wc -l <"$work/qsummary") fields)"
+        else
+            cat "$work/summary" >>"$log"; fail "imgtool_get_info $name matches qemu-img info"
+        fi
+    fi
+done
+if grep -qx 'chain-length: 2' "$work/summary"; then
+    pass "imgtool_get_info overlay chain length"
+else
+    cp "$work/summary" "$log"; fail "imgtool_get_info overlay chain length"
+fi
+
+# Internal snapshots, as qemu-img snapshot -l lists them.
+cp "$work/src.qcow2" "$work/snap.qcow2"
+"$QEMU_IMG" snapshot -c first "$work/snap.qcow2" && "$QEMU_IMG" snapshot -c "second one" "$work/snap.qcow2"
+if run "imginfo --summary with snapshots" "$BIN/imginfo" --summary "$work/snap.qcow2"; then
+    if grep -qx 'snapshots: 2' "$log" && grep -qx 'snapshot: 1 first 0' "$log" &&
+        grep -qx 'snapshot: 2 second one 0' "$log"; then
+        pass "imgtool_snapshot_get lists qemu-img's snapshots"
+    else
+        fail "imgtool_snapshot_get lists qemu-img's snapshots"
+    fi
+fi
+
+# --- check and repair vs qemu-img check -----------------------------------------
+"$QEMU_IMG" convert -O qcow2 "$work/src.qcow2" "$work/chk.qcow2"
+run "imgcheck clean qcow2" "$BIN/imgcheck" "$work/chk.qcow2"
+leaked=$(make_leak "$work/chk.qcow2")
+cp "$work/chk.qcow2" "$work/chk-orig.qcow2"
+"$QEMU_IMG" check --output=json "$work/chk.qcow2" >"$work/qcheck.json" 2>/dev/null
+qrc=$?
+if run_rc "imgcheck leaked qcow2: qemu-img's exit status ($qrc)" "$qrc" \
+    "$BIN/imgcheck" "$work/chk.qcow2"; then
+    if grep -q "Leaked cluster $leaked " "$log"; then
+        pass "imgcheck logs the leaked cluster through the log callback"
+    else
+        fail "imgcheck logs the leaked cluster through the log callback"
+    fi
+fi
+if run_rc "imgcheck --json leaked qcow2" "$qrc" "$BIN/imgcheck" --json "$work/chk.qcow2"; then
+    grep -v '^Leaked cluster' "$log" >"$work/check.json"
+    if diff -u "$work/qcheck.json" "$work/check.json" >"$log"; then
+        pass "imgcheck --json is qemu-img check --output=json"
+    else
+        fail "imgcheck --json is qemu-img check --output=json"
+    fi
+fi
+if run "imgcheck -r leaks" "$BIN/imgcheck" -r leaks "$work/chk.qcow2"; then
+    if grep -q '(repaired)' "$log"; then pass "imgcheck -r leaks reports the repair"; else
+        fail "imgcheck -r leaks reports the repair"; fi
+    qcheck "$work/chk.qcow2"
+    qcompare -f qcow2 -F qcow2 "$work/chk.qcow2" "$work/src.qcow2"
+fi
+run_rc "imgcheck raw: no check (63, as qemu-img)" 63 "$BIN/imgcheck" "$work/src.raw"
+
+# --- commit, rebase, resize, amend, snapshot, compare, measure ------------------
+# Each operation runs on one copy with imgops and on another with qemu-img;
+# qemu-img then judges both results.
+ops=$work/ops
+mkdir -p "$ops"
+mkchain() { # DIR: base.qcow2 (QEMU's pattern) <- top.qcow2 (more data)
+    mkdir -p "$1"
+    cp "$work/src.qcow2" "$1/base.qcow2"
+    "$QEMU_IMG" create -q -f qcow2 -b base.qcow2 -F qcow2 "$1/top.qcow2"
+    "$QEMU_IO" -f qcow2 -c 'write -P 0x5a 1000000 300000' -c 'write -z 8M 64k' \
+        "$1/top.qcow2" >/dev/null
+}
+mkchain "$ops/a"; mkchain "$ops/q"
+"$QEMU_IMG" convert -O raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+run "imgops commit cancelled" "$BIN/imgops" commit --cancel "$ops/a/top.qcow2"
+qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+if run "imgops commit" "$BIN/imgops" commit "$ops/a/top.qcow2"; then
+    "$QEMU_IMG" commit -q "$ops/q/top.qcow2"
+    qcheck "$ops/a/base.qcow2"
+    qcompare "$ops/a/base.qcow2" "$ops/q/base.qcow2"
+    qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+    if "$QEMU_IMG" map --output=json "$ops/a/top.qcow2" | grep -q '"depth": 0, "present": true'; then
+        fail "commit emptied the top image"
+    else
+        pass "commit emptied the top image"
+    fi
+fi
+rm -rf "$ops/a" "$ops/q"; mkchain "$ops/a"
+"$QEMU_IMG" create -q -f qcow2 "$ops/a/other.qcow2" 16M
+"$QEMU_IO" -f qcow2 -c 'write -P 0x77 0 6M' "$ops/a/other.qcow2" >/dev/null
+if run "imgops rebase (safe) onto other.qcow2" "$BIN/imgops" rebase -b other.qcow2 -F qcow2 \
+    "$ops/a/top.qcow2"; then
+    qcheck "$ops/a/top.qcow2"
+    qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+    if "$QEMU_IMG" info "$ops/a/top.qcow2" | grep -q '^backing file: other.qcow2'; then
+        pass "rebase recorded the new backing file"
+    else
+        fail "rebase recorded the new backing file"
+    fi
+fi
+if run "imgops rebase -b '' (flatten)" "$BIN/imgops" rebase -b "" "$ops/a/top.qcow2"; then
+    qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+fi
+cp "$work/src.qcow2" "$ops/r.qcow2"
+if run "imgops resize 40M" "$BIN/imgops" resize "$ops/r.qcow2" 41943040; then
+    qcheck "$ops/r.qcow2"
+    if "$QEMU_IMG" info --output=json "$ops/r.qcow2" | grep -q '"virtual-size": 41943040'; then
+        pass "resize: qemu-img info shows 40M"
+    else
+        fail "resize: qemu-img info shows 40M"
+    fi
+    qcompare "$ops/r.qcow2" "$work/src.qcow2" # the grown tail reads as zeros
+fi
+run_rc "imgops resize smaller without --shrink fails" 1 "$BIN/imgops" resize "$ops/r.qcow2" 1048576
+cp "$work/src.qcow2" "$ops/m.qcow2"
+if run "imgops amend -o compat=0.10" "$BIN/imgops" amend -o compat=0.10 "$ops/m.qcow2"; then
+    qcheck "$ops/m.qcow2"
+    qcompare "$ops/m.qcow2" "$work/src.qcow2"
+    if "$QEMU_IMG" info "$ops/m.qcow2" | grep -q 'compat: 0.10'; then
+        pass "amend: qemu-img info shows compat 0.10"
+    else
+        fail "amend: qemu-img info shows compat 0.10"
+    fi
+fi
+cp "$work/src.qcow2" "$ops/s.qcow2"
+if run "imgops snapshot -c" "$BIN/imgops" snapshot -c before "$ops/s.qcow2"; then
+    "$QEMU_IO" -f qcow2 -c 'write -P 0x66 0 2M' "$ops/s.qcow2" >/dev/null
+    if "$QEMU_IMG" snapshot -l "$ops/s.qcow2" | grep -q ' before '; then
+        pass "qemu-img snapshot -l lists the snapshot"
+    else
+        fail "qemu-img snapshot -l lists the snapshot"
+    fi
+    run "imgops snapshot -a" "$BIN/imgops" snapshot -a before "$ops/s.qcow2"
+    qcompare "$ops/s.qcow2" "$work/src.qcow2"
+    run "imgops snapshot -d" "$BIN/imgops" snapshot -d before "$ops/s.qcow2"
+    qcheck "$ops/s.qcow2"
+    run_rc "imgops snapshot -d of a deleted snapshot fails" 1 \
+        "$BIN/imgops" snapshot -d before "$ops/s.qcow2"
+fi
+# compare: exit status and message as qemu-img's.
+cmp_case() { # NAME ARGS...
+    local name=$1 qout qrc; shift
+    qout=$("$QEMU_IMG" compare "$@" 2>/dev/null); qrc=$?
+    if run_rc "imgops compare $name (exit $qrc)" "$qrc" "$BIN/imgops" compare "$@"; then
+        if [[ $(cat "$log") == "$qout" ]]; then pass "imgops compare $name prints qemu-img's line"
+        else { echo "qemu-img: $qout"; } >>"$log"; fail "imgops compare $name prints qemu-img's line"; fi
+    fi
+}
+cmp_case "identical" "$work/src.qcow2" "$work/src.raw"
+cmp_case "different" "$work/src.qcow2" "$ops/top-view.raw"
+cmp_case "sizes" "$work/src.qcow2" "$ops/r.qcow2"
+cmp_case "strict" -s "$work/src.qcow2" "$work/src.raw"
+# measure: the JSON document as qemu-img's.
+meas_case() { # NAME ARGS...
+    local name=$1; shift
+    "$QEMU_IMG" measure --output=json "$@" >"$work/qmeasure.json" 2>/dev/null
+    if run "imgops measure $name" "$BIN/imgops" measure "$@"; then
+        if diff -u "$work/qmeasure.json" "$log" >"$work/measure.diff"; then
+            pass "imgops measure $name is qemu-img measure --output=json"
+        else
+            cp "$work/measure.diff" "$log"; fail "imgops measure $name is qemu-img measure --output=json"
+        fi
+    fi
+}
+meas_case "--size 1G qcow2" -O qcow2 --size 1073741824
+meas_case "src.qcow2 -> qcow2 4k clusters" -O qcow2 -o cluster_size=4096 "$work/src.qcow2"
+meas_case "src.raw -> raw" -O raw "$work/src.raw"
+meas_case "snapshot of snap.qcow2" -O qcow2 -l first "$work/snap.qcow2"
 
 # --- convert with progress and cancel -----------------------------------------
 for fmt in raw qcow2; do
@@ -185,6 +438,9 @@ for fmt in raw qcow2; do
         "$BIN/imgconv" -O qcow2 --cancel-at 30 "$src" "$work/cancel.qcow2"
     rm -f "$work"/conv*.{raw,qcow2}
 done
+# Ctrl-C in the middle: the partial output is removed.
+sigint_case "imgconv interrupted by SIGINT removes the partial output" "$BIN/imgconv" \
+    "$work/src.qcow2" "$work/sigint.qcow2"
 # Two sources, concatenated; qemu-img convert is the oracle.
 if "$QEMU_IMG" convert -O raw "$work/src.raw" "$work/src.qcow2" "$work/cat-oracle.raw" 2>"$log"; then
     if run "imgconv src.raw + src.qcow2 -> raw (concatenated)" \
@@ -215,8 +471,64 @@ if ((${#vg[@]})); then
         "$work/src.qcow2" "$work/vgc.qcow2"
     run "valgrind imgconv cancelled" "${vg[@]}" "$BIN/imgconv" --cancel-at 0 \
         "$work/src.raw" "$work/vgcancel.raw"
+    run "valgrind imginfo --map src.qcow2" "${vg[@]}" "$BIN/imginfo" --map "$work/src.qcow2"
+    mkchain "$ops/vg"
+    run_rc "valgrind imgops compare" 1 "${vg[@]}" "$BIN/imgops" compare "$ops/vg/top.qcow2" \
+        "$ops/vg/base.qcow2"
+    run "valgrind imgops measure" "${vg[@]}" "$BIN/imgops" measure -O qcow2 "$ops/vg/top.qcow2"
+    run "valgrind imgops commit" "${vg[@]}" "$BIN/imgops" commit "$ops/vg/top.qcow2"
+    run "valgrind imginfo --summary overlay" "${vg[@]}" "$BIN/imginfo" --summary \
+        "$work/overlay-info.qcow2"
+    cp "$work/chk-orig.qcow2" "$work/vgchk.qcow2"
+    run_rc "valgrind imgcheck --json leaked qcow2" 3 "${vg[@]}" "$BIN/imgcheck" --json \
+        "$work/vgchk.qcow2"
+    run "valgrind imgcheck -r leaks" "${vg[@]}" "$BIN/imgcheck" -r leaks "$work/vgchk.qcow2"
 else
     echo "(valgrind not used: VALGRIND=$VALGRIND, installed: $(command -v valgrind || echo no))"
+fi
+
+# --- AddressSanitizer + UBSan builds ----------------------------------------------
+# The C side is instrumented (every buffer the examples hand to libimgtool,
+# every string they get back and free); ASan's allocator also serves the
+# library's allocations, so double frees and leaks of returned strings show.
+if [[ -n $ASAN_BIN ]]; then
+    export ASAN_OPTIONS=detect_leaks=1:abort_on_error=0:exitcode=98:strict_string_checks=1
+    export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1:exitcode=97
+    export LSAN_OPTIONS=suppressions=$(cd "$(dirname "$0")" && pwd)/lsan.supp
+    run "asan imgerrors" "$ASAN_BIN/imgerrors" "$work"
+    rm -rf "$work/readme" && mkdir -p "$work/readme"
+    run "asan README.md usage example" env -C "$work/readme" "$ASAN_BIN/readme-example"
+    run "asan imginfo src.qcow2" "$ASAN_BIN/imginfo" "$work/src.qcow2"
+    run "asan imginfo --summary overlay" "$ASAN_BIN/imginfo" --summary "$work/overlay-info.qcow2"
+    if run "asan imgrw src.raw -> raw (3 threads)" "$ASAN_BIN/imgrw" -f raw -n 200 -t 3 -s 21 \
+        "$work/src.raw" "$work/asan.raw" "$work/asan.shadow"; then
+        qcompare -f raw -F raw "$work/asan.raw" "$work/asan.shadow"
+    fi
+    if run "asan imgrw src.qcow2 -> qcow2 overlay (3 threads)" "$ASAN_BIN/imgrw" -f qcow2 -b \
+        -n 200 -t 3 -s 22 "$work/src.qcow2" "$work/asan.qcow2" "$work/asan.shadow"; then
+        qcheck "$work/asan.qcow2"
+        qcompare -f qcow2 -F raw "$work/asan.qcow2" "$work/asan.shadow"
+    fi
+    run "asan imgconv src.qcow2 -> qcow2 compressed" "$ASAN_BIN/imgconv" -c -O qcow2 -m 4 \
+        "$work/src.qcow2" "$work/asanc.qcow2"
+    run "asan imgconv cancelled midway" "$ASAN_BIN/imgconv" -O qcow2 --cancel-at 30 \
+        "$work/src.qcow2" "$work/asan-cancel.qcow2"
+    sigint_case "asan imgconv interrupted by SIGINT" "$ASAN_BIN/imgconv" "$work/src.qcow2" \
+        "$work/asan-sigint.qcow2"
+    run "asan imginfo --map src.qcow2" "$ASAN_BIN/imginfo" --map "$work/src.qcow2"
+    mkchain "$ops/asan"
+    run_rc "asan imgops compare" 1 "$ASAN_BIN/imgops" compare "$ops/asan/top.qcow2" \
+        "$ops/asan/base.qcow2"
+    run "asan imgops measure" "$ASAN_BIN/imgops" measure -O qcow2 "$ops/asan/top.qcow2"
+    run "asan imgops commit" "$ASAN_BIN/imgops" commit "$ops/asan/top.qcow2"
+    run "asan imgops rebase" "$ASAN_BIN/imgops" rebase -b "" "$ops/asan/top.qcow2"
+    run "asan imgops snapshot -c" "$ASAN_BIN/imgops" snapshot -c x "$ops/asan/top.qcow2"
+    cp "$work/chk-orig.qcow2" "$work/asanchk.qcow2"
+    run_rc "asan imgcheck --json leaked qcow2" 3 "$ASAN_BIN/imgcheck" --json "$work/asanchk.qcow2"
+    run "asan imgcheck -r leaks" "$ASAN_BIN/imgcheck" -r leaks "$work/asanchk.qcow2"
+    unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
+else
+    echo "(AddressSanitizer builds not used: SANITIZE=no or $CC cannot build them)"
 fi
 
 echo "== $passed passed, $failed failed, $skipped skipped, $notes notes"

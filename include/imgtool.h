@@ -136,6 +136,26 @@
 #define IMGTOOL_EXTENT_COMPRESSED (1 << 3)
 
 /**
+ * `imgtool_write_zeroes` flag: the range may be deallocated (a hole or an
+ * unallocated/zero cluster) instead of having zeros written, as
+ * `qemu-io -c 'write -z -u'` does. Without it the format keeps the space
+ * allocated where it can.
+ */
+#define IMGTOOL_ZERO_MAY_UNMAP (1 << 0)
+
+/**
+ * Size of `imgtool_snapshot.id`, including the terminating NUL (QEMU's
+ * limit for snapshot IDs).
+ */
+#define IMGTOOL_SNAPSHOT_ID_SIZE 128
+
+/**
+ * Size of `imgtool_snapshot.name`, including the terminating NUL (QEMU
+ * keeps at most 255 bytes of a name).
+ */
+#define IMGTOOL_SNAPSHOT_NAME_SIZE 256
+
+/**
  * `imgtool_create_options.size` value meaning "no size given": take the
  * size of the backing file.
  */
@@ -169,6 +189,85 @@
  * (`-W`).
  */
 #define IMGTOOL_CONVERT_OUT_OF_ORDER (1 << 3)
+
+/**
+ * `imgtool_check_options.repair`: only check (qemu-img check).
+ */
+#define IMGTOOL_REPAIR_NONE 0
+
+/**
+ * `imgtool_check_options.repair`: fix leaked clusters (`-r leaks`).
+ */
+#define IMGTOOL_REPAIR_LEAKS 1
+
+/**
+ * `imgtool_check_options.repair`: fix leaks and corruptions (`-r all`).
+ */
+#define IMGTOOL_REPAIR_ALL 2
+
+/**
+ * `imgtool_check_options.flags`: take no locks (qemu-img `-U`); only for
+ * checking without repair.
+ */
+#define IMGTOOL_CHECK_FORCE_SHARE (1 << 0)
+
+/**
+ * `imgtool_compare_options.flags`: strict mode (`-s`): the sizes and the
+ * allocation status must match too, not only the content.
+ */
+#define IMGTOOL_COMPARE_STRICT (1 << 0)
+
+/**
+ * `imgtool_compare_report.result`: the images read the same.
+ */
+#define IMGTOOL_COMPARE_IDENTICAL 0
+
+/**
+ * `imgtool_compare_report.result`: the content differs at `offset`.
+ */
+#define IMGTOOL_COMPARE_CONTENT_MISMATCH 1
+
+/**
+ * `imgtool_compare_report.result`: strict mode, the sizes differ.
+ */
+#define IMGTOOL_COMPARE_SIZE_MISMATCH 2
+
+/**
+ * `imgtool_compare_report.result`: strict mode, the allocation status
+ * differs at `offset`.
+ */
+#define IMGTOOL_COMPARE_STATUS_MISMATCH 3
+
+/**
+ * `imgtool_commit_options.flags`: leave the top image as it is instead of
+ * emptying it (qemu-img commit `-d`). Implied by a `base`.
+ */
+#define IMGTOOL_COMMIT_DROP (1 << 0)
+
+/**
+ * `imgtool_rebase_options.flags`: only rewrite the backing file name in
+ * the header, without comparing or copying data (qemu-img rebase `-u`).
+ * The caller vouches that the new backing file has the same content.
+ */
+#define IMGTOOL_REBASE_UNSAFE (1 << 0)
+
+/**
+ * `imgtool_rebase_options.flags`: write the clusters copied into the
+ * image compressed (`-c`; qcow2).
+ */
+#define IMGTOOL_REBASE_COMPRESS (1 << 1)
+
+/**
+ * `imgtool_rebase_options.flags`: open the new backing file without
+ * locks (`-U`).
+ */
+#define IMGTOOL_REBASE_FORCE_SHARE (1 << 2)
+
+/**
+ * `imgtool_resize_options.flags`: allow making the image smaller
+ * (qemu-img resize `--shrink`); data beyond the new end is lost.
+ */
+#define IMGTOOL_RESIZE_SHRINK (1 << 0)
 
 /**
  * An open image: a format driver plus its backing chain.
@@ -212,6 +311,13 @@ typedef struct imgtool_open_options {
      * "writethrough", "none", "directsync", "unsafe".
      */
     const char *cache;
+    /**
+     * Open this internal snapshot (qcow2) instead of the current state,
+     * read-only, as qemu-img's `-l` does: its ID or name, or
+     * "snapshot.id=ID" / "snapshot.name=NAME". NULL or "" for the current
+     * state. Not with `IMGTOOL_OPEN_WRITABLE`.
+     */
+    const char *snapshot;
 } imgtool_open_options;
 
 /**
@@ -242,6 +348,189 @@ typedef struct imgtool_extent {
      */
     bool has_offset;
 } imgtool_extent;
+
+/**
+ * The common facts about an image, as typed fields (`imgtool_get_info`).
+ * Everything else `qemu-img info` knows (format-specific data, snapshots,
+ * the file child) is in `imgtool_info_json`.
+ *
+ * Set `struct_size` to `sizeof(imgtool_info)` before the call, e.g.
+ * `imgtool_info info = { .struct_size = sizeof info };`; on return it
+ * holds the number of bytes the library filled in. Release the strings
+ * with `imgtool_info_free`.
+ */
+typedef struct imgtool_info {
+    /**
+     * Set by the caller to `sizeof(imgtool_info)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Number of layers in the open backing chain (1: no backing file, or
+     * opened with `IMGTOOL_OPEN_NO_BACKING`).
+     */
+    uint32_t chain_length;
+    /**
+     * Guest-visible size in bytes ("virtual-size").
+     */
+    uint64_t virtual_size;
+    /**
+     * Bytes the image file occupies on the host ("actual-size"); valid
+     * when `has_actual_size`.
+     */
+    uint64_t actual_size;
+    /**
+     * Cluster size in bytes ("cluster-size"); 0 for formats without
+     * clusters (raw).
+     */
+    uint64_t cluster_size;
+    /**
+     * Format name ("raw", "qcow2", ...). Static; do not free.
+     */
+    const char *format;
+    /**
+     * Backing file name as recorded in the image ("backing-filename"), or
+     * NULL. Free with `imgtool_info_free`.
+     */
+    char *backing_filename;
+    /**
+     * The backing file name resolved against the image's directory
+     * ("full-backing-filename"), or NULL. Free with `imgtool_info_free`.
+     */
+    char *full_backing_filename;
+    /**
+     * Format recorded for the backing file ("backing-filename-format"), or
+     * NULL. Free with `imgtool_info_free`.
+     */
+    char *backing_format;
+    /**
+     * Number of internal snapshots (qcow2).
+     */
+    uint32_t snapshot_count;
+    /**
+     * Whether `actual_size` is known.
+     */
+    bool has_actual_size;
+    /**
+     * The image was not closed cleanly ("dirty-flag"; qcow2 lazy refcounts).
+     */
+    bool dirty;
+    /**
+     * The image is encrypted ("encrypted").
+     */
+    bool encrypted;
+    /**
+     * The format was probed from the file's content rather than given in
+     * `imgtool_open_options.format`.
+     */
+    bool format_probed;
+} imgtool_info;
+
+/**
+ * One `qemu-img map --output=json` entry (QAPI MapEntry), as `imgtool_map`
+ * fills it. Set `struct_size` to `sizeof(imgtool_map_entry)` before the
+ * first call (the library keeps it); on return it holds the number of
+ * bytes the library filled in.
+ */
+typedef struct imgtool_map_entry {
+    /**
+     * Set by the caller to `sizeof(imgtool_map_entry)`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_EXTENT_*` bits ("data", "zero", "present", "compressed").
+     */
+    uint32_t flags;
+    /**
+     * Guest offset of the run ("start").
+     */
+    uint64_t start;
+    /**
+     * Length of the run in bytes ("length", > 0).
+     */
+    uint64_t length;
+    /**
+     * Host offset in `filename` ("offset"); valid when `has_offset`.
+     */
+    uint64_t offset;
+    /**
+     * Layer that decided the run ("depth"): 0 = the image, 1 = its
+     * backing file, ...
+     */
+    uint32_t depth;
+    /**
+     * Whether `offset` and `filename` are set.
+     */
+    bool has_offset;
+    /**
+     * The file `offset` refers to ("filename"), or NULL. Owned by the
+     * handle: valid until `imgtool_close`; do not free.
+     */
+    const char *filename;
+} imgtool_map_entry;
+
+/**
+ * One internal snapshot (QAPI SnapshotInfo), as `imgtool_snapshot_get`
+ * fills it. Set `struct_size` to `sizeof(imgtool_snapshot)` before the
+ * call; on return it holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_snapshot {
+    /**
+     * Set by the caller to `sizeof(imgtool_snapshot)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Whether `icount` is valid (the snapshot records one).
+     */
+    bool has_icount;
+    /**
+     * Snapshot ID, NUL-terminated ("1", "2", ...).
+     */
+    char id[IMGTOOL_SNAPSHOT_ID_SIZE];
+    /**
+     * Snapshot name, NUL-terminated (cut to 255 bytes as QEMU does).
+     */
+    char name[IMGTOOL_SNAPSHOT_NAME_SIZE];
+    /**
+     * Size of the saved VM state in bytes (0 for disk-only snapshots).
+     */
+    uint64_t vm_state_size;
+    /**
+     * Creation time, seconds since the epoch.
+     */
+    uint64_t date_sec;
+    /**
+     * Creation time, nanoseconds part.
+     */
+    uint32_t date_nsec;
+    /**
+     * Guest clock when the snapshot was taken, in nanoseconds.
+     */
+    uint64_t vm_clock_nsec;
+    /**
+     * Instruction count (record/replay), when `has_icount`.
+     */
+    uint64_t icount;
+} imgtool_snapshot;
+
+/**
+ * How `imgtool_snapshot_create`/`_apply`/`_delete` open the image.
+ * Initialise with `imgtool_snapshot_options_init()`.
+ */
+typedef struct imgtool_snapshot_options {
+    /**
+     * `sizeof(imgtool_snapshot_options)`, set by
+     * `imgtool_snapshot_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved for flags; must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+} imgtool_snapshot_options;
 
 /**
  * What `imgtool_create` creates. Initialise with
@@ -363,6 +652,343 @@ typedef struct imgtool_convert_options {
  */
 typedef int (*imgtool_progress_fn)(double percent, void *user);
 
+/**
+ * Receives one line of text, e.g. each finding of `imgtool_check`
+ * ("Leaked cluster 5 refcount=1 reference=0"), without a trailing
+ * newline; `line` is valid only during the call. Called on the thread
+ * that runs the operation; it must not call back into libimgtool for the
+ * same operation.
+ */
+typedef void (*imgtool_log_fn)(const char *line, void *user);
+
+/**
+ * How `imgtool_check` checks. Initialise with
+ * `imgtool_check_options_init()`, then change fields.
+ */
+typedef struct imgtool_check_options {
+    /**
+     * `sizeof(imgtool_check_options)`, set by `imgtool_check_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_CHECK_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * `IMGTOOL_REPAIR_*`: what to fix (default `IMGTOOL_REPAIR_NONE`).
+     */
+    uint32_t repair;
+    /**
+     * Format (`-f`); NULL or "" probes the file.
+     */
+    const char *format;
+    /**
+     * Cache mode (`-T`); NULL or "" = "writeback".
+     */
+    const char *cache;
+    /**
+     * Called with each finding as qemu-img prints it on stderr; NULL to
+     * drop them (the counts are in the report either way).
+     */
+    imgtool_log_fn log;
+    /**
+     * Passed to `log` unchanged.
+     */
+    void *log_user;
+} imgtool_check_options;
+
+/**
+ * The result of `imgtool_check` (QAPI ImageCheck; the same counts
+ * `qemu-img check --output=json` prints). Set `struct_size` to
+ * `sizeof(imgtool_check_report)` before the call, e.g.
+ * `imgtool_check_report r = { .struct_size = sizeof r };`; on return it
+ * holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_check_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_check_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * qemu-img check's exit status for this result: 0 clean, 1 the check
+     * itself hit errors, 2 corruptions, 3 only leaked clusters.
+     */
+    int32_t exit_code;
+    /**
+     * A repair pass fixed something; the counts are then those of the
+     * re-check after the repair (`*_fixed` say what was fixed).
+     */
+    bool repaired;
+    /**
+     * Metadata inconsistencies that can lose data.
+     */
+    uint64_t corruptions;
+    /**
+     * Clusters allocated but not referenced (waste, no data loss).
+     */
+    uint64_t leaks;
+    /**
+     * Errors that kept the check from completing (e.g. I/O errors).
+     */
+    uint64_t check_errors;
+    /**
+     * Corruptions the repair fixed.
+     */
+    uint64_t corruptions_fixed;
+    /**
+     * Leaks the repair fixed.
+     */
+    uint64_t leaks_fixed;
+    /**
+     * Offset of the end of the image file's used part (0 if unknown).
+     */
+    uint64_t image_end_offset;
+    /**
+     * Guest clusters of the image (0 if the format does not say).
+     */
+    uint64_t total_clusters;
+    /**
+     * Guest clusters allocated in this layer.
+     */
+    uint64_t allocated_clusters;
+    /**
+     * Allocated clusters not contiguous with the previous one.
+     */
+    uint64_t fragmented_clusters;
+    /**
+     * Compressed clusters.
+     */
+    uint64_t compressed_clusters;
+} imgtool_check_report;
+
+/**
+ * How `imgtool_compare` compares. Initialise with
+ * `imgtool_compare_options_init()`, then change fields.
+ */
+typedef struct imgtool_compare_options {
+    /**
+     * `sizeof(imgtool_compare_options)`, set by
+     * `imgtool_compare_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMPARE_*` bits.
+     */
+    uint32_t flags;
+} imgtool_compare_options;
+
+/**
+ * The result of `imgtool_compare`. Set `struct_size` to
+ * `sizeof(imgtool_compare_report)` before the call; on return it holds
+ * the number of bytes the library filled in.
+ */
+typedef struct imgtool_compare_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_compare_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMPARE_*` result.
+     */
+    uint32_t result;
+    /**
+     * First differing offset (content: the first differing 512-byte
+     * sector, as qemu-img reports it; strict status: the offset) for the
+     * mismatch results, 0 otherwise.
+     */
+    uint64_t offset;
+    /**
+     * qemu-img compare's exit status: 0 identical, 1 different.
+     */
+    int32_t exit_code;
+    /**
+     * Not strict: the sizes differ (qemu-img warns "Image size mismatch!");
+     * the longer image's tail was compared with zeros.
+     */
+    bool size_mismatch;
+} imgtool_compare_report;
+
+/**
+ * What `imgtool_measure` measures. Initialise with
+ * `imgtool_measure_options_init()`, then set `size` or pass a source.
+ */
+typedef struct imgtool_measure_options {
+    /**
+     * `sizeof(imgtool_measure_options)`, set by
+     * `imgtool_measure_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved for flags; must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image to create (`-O`); NULL or "" = "raw".
+     */
+    const char *out_format;
+    /**
+     * Its creation options (`-o`, "key=value,..."); NULL or "" for none.
+     */
+    const char *options;
+    /**
+     * Virtual size of a new empty image (`--size`), or
+     * `IMGTOOL_SIZE_DEFAULT` (the default) when measuring a source image.
+     */
+    uint64_t size;
+} imgtool_measure_options;
+
+/**
+ * The result of `imgtool_measure` (QAPI BlockMeasureInfo). Set
+ * `struct_size` to `sizeof(imgtool_measure_report)` before the call; on
+ * return it holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_measure_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_measure_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Whether `bitmaps` is valid (both the source and the target format
+     * can hold persistent bitmaps).
+     */
+    bool has_bitmaps;
+    /**
+     * Bytes the new image needs for the source's data ("required").
+     */
+    uint64_t required;
+    /**
+     * Bytes it needs when fully allocated ("fully-allocated").
+     */
+    uint64_t fully_allocated;
+    /**
+     * Bytes for the source's persistent bitmaps ("bitmaps").
+     */
+    uint64_t bitmaps;
+} imgtool_measure_report;
+
+/**
+ * How `imgtool_commit` commits. Initialise with
+ * `imgtool_commit_options_init()`, then change fields.
+ */
+typedef struct imgtool_commit_options {
+    /**
+     * `sizeof(imgtool_commit_options)`, set by `imgtool_commit_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMMIT_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Format of the top image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * The image of the backing chain to commit into (`-b`), as named in
+     * the chain or as a path; NULL or "" for the top's backing file.
+     */
+    const char *base;
+    /**
+     * Cache mode for the images written (`-t`); NULL or "" = "writeback".
+     */
+    const char *cache;
+} imgtool_commit_options;
+
+/**
+ * How `imgtool_rebase` rebases. Initialise with
+ * `imgtool_rebase_options_init()`, then set `backing_file`.
+ */
+typedef struct imgtool_rebase_options {
+    /**
+     * `sizeof(imgtool_rebase_options)`, set by `imgtool_rebase_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_REBASE_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * The new backing file as it goes into the header (`-b`), relative to
+     * the image's directory; "" removes the backing file (the image then
+     * holds all its data). NULL is only allowed with
+     * `IMGTOOL_REBASE_UNSAFE` and also removes it.
+     */
+    const char *backing_file;
+    /**
+     * Format of the new backing file (`-F`); NULL or "" probes it.
+     */
+    const char *backing_format;
+    /**
+     * Cache mode of the image (`-t`); NULL or "" = "writeback".
+     */
+    const char *cache;
+    /**
+     * Cache mode of the old and new backing files (`-T`); NULL or "" =
+     * "writeback".
+     */
+    const char *backing_cache;
+} imgtool_rebase_options;
+
+/**
+ * How `imgtool_resize` resizes. Initialise with
+ * `imgtool_resize_options_init()`, then change fields.
+ */
+typedef struct imgtool_resize_options {
+    /**
+     * `sizeof(imgtool_resize_options)`, set by `imgtool_resize_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_RESIZE_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * Preallocation of the new area when growing (`--preallocation`):
+     * "off" (default when NULL or ""), "metadata", "falloc", "full".
+     */
+    const char *preallocation;
+    /**
+     * Cache mode; NULL or "" = "writeback".
+     */
+    const char *cache;
+} imgtool_resize_options;
+
+/**
+ * How `imgtool_amend` amends. Initialise with
+ * `imgtool_amend_options_init()`, then set `options`.
+ */
+typedef struct imgtool_amend_options {
+    /**
+     * `sizeof(imgtool_amend_options)`, set by `imgtool_amend_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved for `IMGTOOL_AMEND_*` flags; must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * The options to change (`-o`, required), "key=value,...", e.g.
+     * "compat=0.10" or "refcount_bits=64,lazy_refcounts=on".
+     */
+    const char *options;
+    /**
+     * Cache mode (`-t`); NULL or "" = "writeback".
+     */
+    const char *cache;
+} imgtool_amend_options;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -375,12 +1001,16 @@ extern "C" {
  * `Could not open 'x.img': No such file or directory`). The pointer is owned
  * by the library and stays valid until the next `imgtool_*` call on this
  * thread that can fail; copy it if you need it longer. Do not free it.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 const char *imgtool_last_error(void);
 
 /**
  * Code of the last error on the calling thread (`IMGTOOL_OK` after a
  * success); the same value the failing call returned.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 int imgtool_last_error_code(void);
 
@@ -388,12 +1018,16 @@ int imgtool_last_error_code(void);
  * The host errno behind the last error on the calling thread (e.g. `EIO`,
  * `ENOSPC`, `ENOENT`), or 0 when the error did not come from the host or
  * the last call succeeded.
+ *
+ * Thread safety: reads the calling thread's own slot; any thread may call it.
  */
 int imgtool_last_errno(void);
 
 /**
  * A static, human-readable description of an `IMGTOOL_E*` code ("Unknown
  * error code" for values that are not one). Never NULL; do not free.
+ *
+ * Thread safety: any thread, any time (static strings).
  */
 const char *imgtool_strerror(int code);
 
@@ -403,6 +1037,8 @@ const char *imgtool_strerror(int code);
  * NULL is accepted and ignored. Only pass strings this library returned,
  * once each; never strings from `imgtool_last_error`, `imgtool_strerror`
  * or `imgtool_version`, which are static or owned by the library.
+ *
+ * Thread safety: any thread, but each string exactly once.
  *
  * # Safety
  * `s` is NULL or a pointer obtained from a libimgtool function documented
@@ -414,6 +1050,8 @@ void imgtool_free_string(char *s);
  * The library's version, e.g. "0.1.0" (the same as
  * `IMGTOOL_VERSION_STRING` in the header the library was built with).
  * Static; never NULL; do not free.
+ *
+ * Thread safety: any thread, any time.
  */
 const char *imgtool_version(void);
 
@@ -422,6 +1060,8 @@ const char *imgtool_version(void);
  * and set `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_open_options`.
@@ -440,6 +1080,9 @@ int imgtool_open_options_init(struct imgtool_open_options *opts);
  * `IMGTOOL_ELOCKED` (in use by another process), `IMGTOOL_ECORRUPT`,
  * `IMGTOOL_ENOTSUP`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread. Opening the same file twice for writing, from
+ * this or another process, fails with `IMGTOOL_ELOCKED` (image locks).
+ *
  * # Safety
  * `path` is NULL or a NUL-terminated string; `opts` is NULL or an
  * initialised `imgtool_open_options`; `out` is NULL or writable.
@@ -455,6 +1098,8 @@ int imgtool_open(const char *path,
  * reports the failed final flush, e.g. `IMGTOOL_EIO` or `IMGTOOL_ENOSPC`).
  * NULL is accepted and ignored (returns `IMGTOOL_OK`), like free(3).
  *
+ * Thread safety: must not run concurrently with any other call on `img`.
+ *
  * # Safety
  * `img` is NULL or a handle from `imgtool_open` not yet closed, and no other
  * thread uses it during or after this call.
@@ -468,6 +1113,9 @@ int imgtool_close(struct imgtool_image *img);
  * Any offset and length are allowed (no alignment needed). A range that
  * goes beyond the virtual size fails with `IMGTOOL_ERANGE` and reads
  * nothing. `buf` may be NULL only when `len` is 0.
+ *
+ * Thread safety: may run concurrently with reads, writes and other calls
+ * on the same handle (except `imgtool_close`).
  *
  * # Safety
  * `img` is a live handle; `buf` is NULL or writable for `len` bytes.
@@ -484,6 +1132,10 @@ int imgtool_read(struct imgtool_image *img, void *buf, size_t len, uint64_t offs
  * durable only after `imgtool_flush` or `imgtool_close`. `buf` may be NULL
  * only when `len` is 0.
  *
+ * Thread safety: may run concurrently with reads, writes and other calls
+ * on the same handle (except `imgtool_close`); overlapping concurrent
+ * writes land in an unspecified order.
+ *
  * # Safety
  * `img` is a live handle; `buf` is NULL or readable for `len` bytes.
  */
@@ -493,6 +1145,9 @@ int imgtool_write(struct imgtool_image *img, const void *buf, size_t len, uint64
  * Write back cached data and metadata of the image to the host and flush
  * the host file (unless the cache mode is "unsafe").
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`); it makes durable what completed before it.
+ *
  * # Safety
  * `img` is a live handle.
  */
@@ -500,6 +1155,9 @@ int imgtool_flush(struct imgtool_image *img);
 
 /**
  * Store the virtual size of the image in bytes in `*out`.
+ *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`).
  *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
@@ -515,6 +1173,10 @@ int imgtool_get_size(struct imgtool_image *img, uint64_t *out);
  * the virtual size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise);
  * `bytes` is clipped at the end of the image.
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`); with concurrent writes the answer may already
+ * be stale.
+ *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
  */
@@ -522,6 +1184,45 @@ int imgtool_block_status(struct imgtool_image *img,
                          uint64_t offset,
                          uint64_t bytes,
                          struct imgtool_extent *out);
+
+/**
+ * Make `len` guest bytes at `offset` read as zeros, without passing a
+ * buffer. On qcow2 this marks whole clusters as zero clusters (no data
+ * written) and writes zeros into partial ones; on raw it punches holes or
+ * writes zeros. Reads from a backing file no longer show through the
+ * range.
+ *
+ * The image must have been opened with `IMGTOOL_OPEN_WRITABLE`
+ * (`IMGTOOL_EACCES` otherwise). Any offset and length are allowed; a range
+ * beyond the virtual size fails with `IMGTOOL_ERANGE` and changes
+ * nothing. `flags` is 0 or `IMGTOOL_ZERO_MAY_UNMAP`.
+ *
+ * Thread safety: like `imgtool_write`, may run concurrently with other
+ * I/O on the same handle.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int imgtool_write_zeroes(struct imgtool_image *img, uint64_t offset, uint64_t len, uint32_t flags);
+
+/**
+ * Tell the image that `len` guest bytes at `offset` are no longer needed
+ * (TRIM). The format may free the space; afterwards the range reads as
+ * either its old content, zeros or the backing file's data, depending on
+ * the format, so use `imgtool_write_zeroes` when the content matters.
+ * Formats that cannot discard ignore the request and return `IMGTOOL_OK`.
+ *
+ * The image must have been opened with `IMGTOOL_OPEN_WRITABLE`
+ * (`IMGTOOL_EACCES` otherwise); a range beyond the virtual size fails
+ * with `IMGTOOL_ERANGE`.
+ *
+ * Thread safety: like `imgtool_write`, may run concurrently with other
+ * I/O on the same handle.
+ *
+ * # Safety
+ * `img` is NULL or a live handle.
+ */
+int imgtool_discard(struct imgtool_image *img, uint64_t offset, uint64_t len);
 
 /**
  * Describe the image (its top layer, not the backing files) as JSON: the
@@ -533,10 +1234,174 @@ int imgtool_block_status(struct imgtool_image *img,
  * On success `*out` receives a NUL-terminated string to release with
  * `imgtool_free_string`; on failure `*out` is set to NULL.
  *
+ * Thread safety: may run concurrently with other calls on the same handle
+ * (except `imgtool_close`).
+ *
  * # Safety
  * `img` is a live handle; `out` is NULL or writable.
  */
 int imgtool_info_json(struct imgtool_image *img, char **out);
+
+/**
+ * Fill `*out` with the image's common facts (its top layer, as
+ * `qemu-img info` reports them).
+ *
+ * On success the string fields are owned by the caller: release them with
+ * `imgtool_info_free(out)`. On failure no string is allocated (the
+ * pointers are set to NULL when the struct could be written).
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set).
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_info` whose `struct_size` is set.
+ */
+int imgtool_get_info(struct imgtool_image *img, struct imgtool_info *out);
+
+/**
+ * Release the strings `imgtool_get_info` put into `info` and set them to
+ * NULL (the struct itself is the caller's). NULL, and a struct whose
+ * strings are already NULL, are accepted; calling it twice is harmless.
+ *
+ * Thread safety: may be called from any thread, once per filled struct.
+ *
+ * # Safety
+ * `info` is NULL or a struct filled by `imgtool_get_info` (or with NULL
+ * string fields), not shared with another thread during the call.
+ */
+void imgtool_info_free(struct imgtool_info *info);
+
+/**
+ * The run of guest bytes starting at `offset` with one status, merged as
+ * `qemu-img map` merges them (adjacent block-status runs that agree on
+ * every field and whose host offsets continue), looking at most `bytes`
+ * ahead. Unlike `imgtool_block_status`, the runs are exactly the entries
+ * of `qemu-img map --output=json`, with QEMU's refinements (zero clusters,
+ * preallocated and compressed clusters, host offsets and file names).
+ *
+ * Iterate by calling it in a loop, advancing `offset` by `out->length`
+ * until the end (`imgtool_get_size`, or the end of the range you want):
+ *
+ * ```c
+ * imgtool_map_entry e = {.struct_size = sizeof e};
+ * for (uint64_t off = 0; off < size; off += e.length)
+ *     if (imgtool_map(img, off, size - off, &e) != IMGTOOL_OK) break;
+ * ```
+ *
+ * Nothing is allocated for the caller. `offset` must be below the virtual
+ * size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise); `bytes` is
+ * clipped at the end of the image.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set),
+ * `IMGTOOL_ERANGE`, `IMGTOOL_EIO`/`IMGTOOL_ECORRUPT` (unreadable
+ * metadata: "Could not read file metadata: ...").
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_map_entry` whose `struct_size` is set.
+ */
+int imgtool_map(struct imgtool_image *img,
+                uint64_t offset,
+                uint64_t bytes,
+                struct imgtool_map_entry *out);
+
+/**
+ * The `index`-th internal snapshot of the image (its top layer), in table
+ * order, as `qemu-img snapshot -l` lists them. `imgtool_get_info` gives
+ * the count (`snapshot_count`); iterate with `index` from 0 until the
+ * call returns `IMGTOOL_ERANGE`. Formats without snapshots have none.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set),
+ * `IMGTOOL_ERANGE` (`index` is not below the number of snapshots).
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_snapshot` whose `struct_size` is set.
+ */
+int imgtool_snapshot_get(struct imgtool_image *img, size_t index, struct imgtool_snapshot *out);
+
+/**
+ * Fill `opts` with defaults (format probed) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_snapshot_options`.
+ */
+int imgtool_snapshot_options_init(struct imgtool_snapshot_options *opts);
+
+/**
+ * Create an internal snapshot called `name` of the image at `path`
+ * (`qemu-img snapshot -c`): its ID is one above the highest, its date
+ * now, without VM state. Names longer than 255 bytes are cut, as QEMU
+ * does. If `out` is not NULL it receives the new snapshot (set its
+ * `struct_size` first).
+ *
+ * Errors: `IMGTOOL_EINVAL`, `IMGTOOL_ENOTSUP` (formats without internal
+ * snapshots, e.g. raw), errors from opening the image (`IMGTOOL_ENOENT`,
+ * `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`; the message
+ * is qemu-img's ("Could not create snapshot 'NAME': ...").
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration, so it must not be open elsewhere.
+ *
+ * # Safety
+ * `path` and `name` are NULL or NUL-terminated; `opts` is NULL or
+ * initialised; `out` is NULL or a writable `imgtool_snapshot` whose
+ * `struct_size` is set.
+ */
+int imgtool_snapshot_create(const char *path,
+                            const char *name,
+                            const struct imgtool_snapshot_options *opts,
+                            struct imgtool_snapshot *out);
+
+/**
+ * Revert the image at `path` to its internal snapshot `name` (an ID or a
+ * name; `qemu-img snapshot -a`). The current state is lost.
+ *
+ * Errors: as `imgtool_snapshot_create`; an unknown snapshot is
+ * `IMGTOOL_ENOENT` or `IMGTOOL_EINVAL` with qemu-img's message
+ * ("Could not apply snapshot 'NAME': ...").
+ *
+ * Thread safety: as `imgtool_snapshot_create`.
+ *
+ * # Safety
+ * `path` and `name` are NULL or NUL-terminated; `opts` is NULL or
+ * initialised.
+ */
+int imgtool_snapshot_apply(const char *path,
+                           const char *name,
+                           const struct imgtool_snapshot_options *opts);
+
+/**
+ * Delete the first internal snapshot called `name` of the image at `path`
+ * (`qemu-img snapshot -d`; names, not IDs, as qemu-img looks them up).
+ *
+ * Errors: as `imgtool_snapshot_create`; no such snapshot is
+ * `IMGTOOL_ENOENT` ("Could not delete snapshot 'NAME': snapshot not
+ * found").
+ *
+ * Thread safety: as `imgtool_snapshot_create`.
+ *
+ * # Safety
+ * `path` and `name` are NULL or NUL-terminated; `opts` is NULL or
+ * initialised.
+ */
+int imgtool_snapshot_delete(const char *path,
+                            const char *name,
+                            const struct imgtool_snapshot_options *opts);
 
 /**
  * Fill `opts` with defaults (format "raw", no file name, size
@@ -544,6 +1409,8 @@ int imgtool_info_json(struct imgtool_image *img, char **out);
  * `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_create_options`.
@@ -560,6 +1427,9 @@ int imgtool_create_options_init(struct imgtool_create_options *opts);
  * `IMGTOOL_ENOENT`/`IMGTOOL_EACCES` (directory, backing file),
  * `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread; creating the same file from two threads at
+ * once leaves one of the two images.
+ *
  * # Safety
  * `opts` is NULL or an initialised `imgtool_create_options` whose string
  * fields are NULL or NUL-terminated.
@@ -571,6 +1441,8 @@ int imgtool_create(const struct imgtool_create_options *opts);
  * sparse detection, 8 workers) and set `opts->struct_size`.
  *
  * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
  *
  * # Safety
  * `opts` is NULL or points to writable memory for an `imgtool_convert_options`.
@@ -592,6 +1464,11 @@ int imgtool_convert_options_init(struct imgtool_convert_options *opts);
  * `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (e.g. compressing to raw),
  * `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
  *
+ * Thread safety: any thread; the call blocks until done and runs up to
+ * `num_workers` threads of its own. The sources are opened read-only with
+ * shared locks, so other readers may use them meanwhile; the target is
+ * locked for writing.
+ *
  * # Safety
  * `srcs` is NULL or an array of `nsrcs` NUL-terminated strings; `dst` is
  * NULL or NUL-terminated; `opts` is NULL or initialised; `progress` is NULL
@@ -603,6 +1480,348 @@ int imgtool_convert(const char *const *srcs,
                     const struct imgtool_convert_options *opts,
                     imgtool_progress_fn progress,
                     void *user);
+
+/**
+ * Fill `opts` with defaults (check only, probe the format, writeback
+ * cache, no log) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ * Thread safety: may be called from any thread.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_check_options`.
+ */
+int imgtool_check_options_init(struct imgtool_check_options *opts);
+
+/**
+ * Check the image at `path` for metadata consistency and, with
+ * `opts->repair`, repair it, exactly as `qemu-img check [-r leaks|all]`:
+ * after a repair that fixed something the image is checked again and the
+ * report describes the repaired image.
+ *
+ * Returns `IMGTOOL_OK` whenever the check ran, whatever it found: read
+ * the counts (and `exit_code`) in `*report`. `report` and `json` may each
+ * be NULL when not wanted; on success `*json` receives the
+ * `qemu-img check --output=json` document (free with
+ * `imgtool_free_string`); it is set to NULL first. `opts` may be NULL for
+ * the defaults.
+ *
+ * `progress` may be NULL; it is called with `user` at the start (0.0) and
+ * at the end (100.0) of the check; returning non-zero at the start cancels
+ * before the image is opened (`IMGTOOL_ECANCELED`).
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL `path`, bad options or report size),
+ * `IMGTOOL_ENOTSUP` (a format without checks, e.g. raw: qemu-img says
+ * "This image format does not support checks"), errors from opening the
+ * image (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, `IMGTOOL_ECORRUPT`, ...),
+ * `IMGTOOL_EIO`.
+ *
+ * Thread safety: may be called from any thread; checks of different
+ * images may run concurrently. A repair opens the image for writing, so
+ * it fails with `IMGTOOL_ELOCKED` while any handle has it open.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `report` is NULL or a writable report whose `struct_size` is set;
+ * `json` is NULL or writable; `progress` is NULL or safe to call with
+ * `user`.
+ */
+int imgtool_check(const char *path,
+                  const struct imgtool_check_options *opts,
+                  struct imgtool_check_report *report,
+                  char **json,
+                  imgtool_progress_fn progress,
+                  void *user);
+
+/**
+ * Fill `opts` with defaults (content comparison, not strict) and set
+ * `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_compare_options`.
+ */
+int imgtool_compare_options_init(struct imgtool_compare_options *opts);
+
+/**
+ * Compare the guest content of two open images as `qemu-img compare`
+ * does. Runs that read as zeros in both
+ * are skipped unread; without `IMGTOOL_COMPARE_STRICT` images of different
+ * sizes are equal when the longer one's tail reads as zeros.
+ *
+ * Returns `IMGTOOL_OK` whenever the comparison ran to its end, identical
+ * or not: read `*report` (`result`, `offset`, `exit_code`). `json` may be
+ * NULL; otherwise it receives `{"result": "identical" |
+ * "content-mismatch" | "size-mismatch" | "status-mismatch",
+ * "size-mismatch": bool, "offset": N}` (free with `imgtool_free_string`).
+ *
+ * `progress` may be NULL; otherwise it gets the percentage done. A
+ * comparison cannot be cancelled: the callback's return value is ignored.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, bad options or report size);
+ * a failed block status or read on either image, with qemu-img's message
+ * naming the image by the path it was opened with ("Sector allocation
+ * test failed for PATH", "Error while reading offset N of PATH: ...") and
+ * that failure's code (`IMGTOOL_EIO`, `IMGTOOL_ECORRUPT`, ...).
+ *
+ * Thread safety: only reads both handles; may run concurrently with other
+ * calls on them (except `imgtool_close`). The same handle may be passed
+ * twice.
+ *
+ * # Safety
+ * `img1` and `img2` are NULL or live handles; `opts` is NULL or
+ * initialised; `report` is NULL or a writable report with `struct_size`
+ * set; `json` is NULL or writable; `progress` is NULL or safe to call
+ * with `user`.
+ */
+int imgtool_compare(struct imgtool_image *img1,
+                    struct imgtool_image *img2,
+                    const struct imgtool_compare_options *opts,
+                    struct imgtool_compare_report *report,
+                    char **json,
+                    imgtool_progress_fn progress,
+                    void *user);
+
+/**
+ * Fill `opts` with defaults (raw target, no options, no size) and set
+ * `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_measure_options`.
+ */
+int imgtool_measure_options_init(struct imgtool_measure_options *opts);
+
+/**
+ * Compute the host size an image of `opts->out_format` with
+ * `opts->options` would need, as `qemu-img measure` does: either for a
+ * new empty image of `opts->size` bytes (`source` NULL), or for a copy of
+ * the open image `source` (as `imgtool_convert` would write it; open the
+ * source with `imgtool_open_options.snapshot` to measure a snapshot).
+ *
+ * `report` and `json` may each be NULL; `*json` receives the
+ * `qemu-img measure --output=json` document (free with
+ * `imgtool_free_string`).
+ *
+ * Errors: `IMGTOOL_EINVAL` ("Either --size N or one filename must be
+ * specified.", "--size N cannot be used together with a filename.",
+ * invalid options for the format, unknown format), `IMGTOOL_ENOTSUP` (a
+ * format that cannot be measured), `IMGTOOL_EIO` (reading the source's
+ * block status).
+ *
+ * Thread safety: only reads `source`; may run concurrently with other
+ * calls on it (except `imgtool_close`).
+ *
+ * # Safety
+ * `opts` is NULL or initialised; `source` is NULL or a live handle;
+ * `report` is NULL or a writable report with `struct_size` set; `json` is
+ * NULL or writable.
+ */
+int imgtool_measure(const struct imgtool_measure_options *opts,
+                    struct imgtool_image *source,
+                    struct imgtool_measure_report *report,
+                    char **json);
+
+/**
+ * Fill `opts` with the defaults of `qemu-img commit` (into the immediate
+ * backing file, then empty the top; format probed; writeback cache) and
+ * set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_commit_options`.
+ */
+int imgtool_commit_options_init(struct imgtool_commit_options *opts);
+
+/**
+ * Commit the image at `path` into its backing file, as `qemu-img commit`
+ * does: everything the top image (and any layer between it and the base)
+ * has allocated is written into the base, then the top is emptied so its
+ * reads fall through to the base (unless `IMGTOOL_COMMIT_DROP` or a
+ * `base` is given).
+ *
+ * `opts` may be NULL for the defaults. `progress` may be NULL; otherwise
+ * it gets the percentage done, and returning non-zero from it cancels
+ * (`IMGTOOL_ECANCELED`). A cancelled or failed commit may leave part of
+ * the data written into the base (as with qemu-img): the top image is
+ * still complete and its content unchanged, but other images using the
+ * base may see the new data.
+ *
+ * Errors: `IMGTOOL_EINVAL` (no backing file: "Image does not have a
+ * backing file"; a `base` not in the chain; bad options), errors from
+ * opening the images (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...),
+ * `IMGTOOL_ENOTSUP` (a format that cannot be emptied), `IMGTOOL_ECANCELED`,
+ * `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the images are locked for writing for the
+ * duration, so they must not be open elsewhere.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `progress` is NULL or safe to call with `user`.
+ */
+int imgtool_commit(const char *path,
+                   const struct imgtool_commit_options *opts,
+                   imgtool_progress_fn progress,
+                   void *user);
+
+/**
+ * Fill `opts` with defaults (safe mode, formats probed, writeback caches,
+ * no backing file given) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_rebase_options`.
+ */
+int imgtool_rebase_options_init(struct imgtool_rebase_options *opts);
+
+/**
+ * Point the image at `path` to another backing file (or none), as
+ * `qemu-img rebase` does. In safe mode (the default) the guest-visible
+ * content does not change: every range the image does not allocate and
+ * whose content differs between the old and the new backing chain is
+ * first copied into the image; the header changes last.
+ *
+ * `progress` may be NULL; otherwise it gets the percentage done, and
+ * returning non-zero from it cancels (`IMGTOOL_ECANCELED`) before the
+ * header is switched: the image still uses its old backing file, possibly
+ * with some data already copied into it (which does not change what the
+ * guest sees).
+ *
+ * Errors: `IMGTOOL_EINVAL` (bad options, NULL `backing_file` without
+ * `IMGTOOL_REBASE_UNSAFE`), errors from opening the images
+ * (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (a format
+ * without backing files), `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`,
+ * `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `progress` is NULL or safe to call with `user`.
+ */
+int imgtool_rebase(const char *path,
+                   const struct imgtool_rebase_options *opts,
+                   imgtool_progress_fn progress,
+                   void *user);
+
+/**
+ * Fill `opts` with defaults (grow only, no preallocation, format probed)
+ * and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_resize_options`.
+ */
+int imgtool_resize_options_init(struct imgtool_resize_options *opts);
+
+/**
+ * Set the virtual size of the image at `path` to `size` bytes, as
+ * `qemu-img resize` does (with qemu-img's checks and messages). Growing
+ * makes the new area read as zeros, even where a longer backing file has
+ * data. Shrinking needs `IMGTOOL_RESIZE_SHRINK`.
+ *
+ * Sizes relative to the current one (qemu-img's `+N`/`-N`) are the
+ * caller's arithmetic: read the size with `imgtool_get_size` first.
+ *
+ * Errors: `IMGTOOL_EINVAL` ("New image size must be positive", "Use the
+ * --shrink option to perform a shrink operation.", "Preallocation can
+ * only be used for growing images", bad options), errors from opening
+ * the image (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP`
+ * (a format or a shrink the driver cannot do), `IMGTOOL_ENOSPC`,
+ * `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration, so it must not be open elsewhere.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised.
+ */
+int imgtool_resize(const char *path, uint64_t size, const struct imgtool_resize_options *opts);
+
+/**
+ * Fill `opts` with defaults (no options, format probed, writeback cache)
+ * and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_amend_options`.
+ */
+int imgtool_amend_options_init(struct imgtool_amend_options *opts);
+
+/**
+ * Change format options of the image at `path` in place, as
+ * `qemu-img amend -o` does (qcow2: `compat`, `refcount_bits`,
+ * `lazy_refcounts`, `backing_file`, `backing_fmt`, ...), with qemu-img's
+ * validation and messages.
+ *
+ * `progress` may be NULL; otherwise it gets the percentage done. An
+ * amendment cannot be cancelled halfway: the callback's return value is
+ * ignored.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL `opts` or `options`, an unknown option
+ * or value, an option only creation supports), `IMGTOOL_ENOTSUP` (a
+ * format without amend, e.g. raw: "Format driver 'raw' does not support
+ * option amendment"; a change the driver cannot make), errors from
+ * opening the image (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...),
+ * `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `progress` is NULL or safe to call with `user`.
+ */
+int imgtool_amend(const char *path,
+                  const struct imgtool_amend_options *opts,
+                  imgtool_progress_fn progress,
+                  void *user);
+
+/**
+ * Redirect the library's notices: one-line messages a format driver
+ * emits on its own while working, which qemu-img prints on stderr (e.g.
+ * `qcow2: Image is corrupt: ...; further corruption events will be
+ * suppressed` when damaged metadata is first seen). The operation that
+ * hit the problem still fails with its own error code; the notice is
+ * extra information.
+ *
+ * `handler` is called with each line (no trailing newline, valid only
+ * during the call) and `user`. NULL restores the default, printing to
+ * stderr; a handler that does nothing silences notices.
+ *
+ * Thread safety: the setting is process-wide. The handler may be called
+ * from any thread, also from several at once, and must not call back into
+ * libimgtool. Changing the handler while other threads work is safe;
+ * after this call returns, the old handler is no longer called, so its
+ * `user` may be freed.
+ *
+ * # Safety
+ * `handler` is NULL or a function safe to call with `user` from any
+ * thread until it is replaced.
+ */
+void imgtool_set_notice_handler(imgtool_log_fn handler, void *user);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -5,8 +5,10 @@
 //! messages; `render.rs` prints reports for humans.
 
 mod app;
+mod cmd_amend;
 mod cmd_bench;
 mod cmd_check;
+mod cmd_commit;
 mod cmd_compare;
 mod cmd_convert;
 mod cmd_create;
@@ -14,6 +16,9 @@ mod cmd_dd;
 mod cmd_info;
 mod cmd_map;
 mod cmd_measure;
+mod cmd_rebase;
+mod cmd_resize;
+mod cmd_snapshot;
 mod common;
 mod copy_steps;
 mod createopts;
@@ -32,11 +37,11 @@ type Handler = fn(&Prog, Vec<String>) -> CmdResult;
 /// Every qemu-img command; those without a handler are separate work items
 /// and fail clearly instead of being "not found".
 const COMMANDS: &[(&str, Option<Handler>)] = &[
-    ("amend", None),
+    ("amend", Some(cmd_amend::run)),
     ("bench", Some(cmd_bench::run)),
     ("bitmap", None),
     ("check", Some(cmd_check::run)),
-    ("commit", None),
+    ("commit", Some(cmd_commit::run)),
     ("compare", Some(cmd_compare::run)),
     ("convert", Some(cmd_convert::run)),
     ("create", Some(cmd_create::run)),
@@ -44,9 +49,9 @@ const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("info", Some(cmd_info::run)),
     ("map", Some(cmd_map::run)),
     ("measure", Some(cmd_measure::run)),
-    ("rebase", None),
-    ("resize", None),
-    ("snapshot", None),
+    ("rebase", Some(cmd_rebase::run)),
+    ("resize", Some(cmd_resize::run)),
+    ("snapshot", Some(cmd_snapshot::run)),
 ];
 
 const LONGS: &[LongOpt] = &[

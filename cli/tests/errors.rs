@@ -22,6 +22,24 @@ fn check(args: &[&str]) {
     let q = qemu_img(&qd, args);
     let o = imgtool(&od, args);
     assert_outcome_matches(&q, &o);
+    // Where qemu-img succeeded and wrote an image, ours must hold the same.
+    if q.ok() {
+        for e in std::fs::read_dir(&qd).unwrap() {
+            let name = e.unwrap().file_name().into_string().unwrap();
+            if name == "good.qcow2" || name == "plain.raw" {
+                continue;
+            }
+            assert!(
+                od.join(&name).exists(),
+                "{args:?}: imgtool did not write {name}"
+            );
+            assert_bytes_eq(
+                &format!("{args:?}: contents of {name}"),
+                &qemu_raw_bytes(&qd, &name),
+                &qemu_raw_bytes(&od, &name),
+            );
+        }
+    }
 }
 
 macro_rules! cases {
@@ -67,6 +85,48 @@ cases! {
     convert_wrong_source_format: ["convert", "-f", "qcow2", "-O", "raw", "plain.raw", "out.raw"];
     convert_unknown_source_format: ["convert", "-f", "foo", "-O", "raw", "good.qcow2", "out.raw"];
     convert_options_help: ["convert", "-O", "qcow2", "-o", "help"];
+    convert_backing_to_raw: ["convert", "-B", "good.qcow2", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_backing_without_format: ["convert", "-B", "good.qcow2", "-O", "qcow2", "good.qcow2", "out.qcow2"];
+    convert_backing_option_without_format: ["convert", "-O", "qcow2", "-o", "backing_file=x", "good.qcow2", "out.qcow2"];
+    convert_existing_target_missing: ["convert", "-n", "-O", "raw", "good.qcow2", "missing.raw"];
+    convert_sparse_size_not_sector_multiple: ["convert", "-S", "511", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_sparse_size_1k: ["convert", "-S", "1k", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_too_many_workers: ["convert", "-m", "17", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_bad_cache_mode: ["convert", "-t", "bogus", "-O", "raw", "good.qcow2", "out.raw"];
+    convert_missing_snapshot: ["convert", "-l", "snap", "-O", "raw", "good.qcow2", "out.raw"];
+    create_backing_format_twice: ["create", "-f", "qcow2", "-b", "good.qcow2", "-F", "raw", "-o", "backing_fmt=qcow2", "x.qcow2"];
+    create_unsafe_backing_without_format: ["create", "-f", "qcow2", "-u", "-b", "nonexist", "x.qcow2"];
+    info_options_after_filename: ["info", "good.qcow2", "--output", "json", "-U"];
+}
+
+/// Converting an image onto itself is refused (the source holds a lock the
+/// target needs) and leaves the source byte-identical.
+#[test]
+fn convert_onto_its_own_source() {
+    for fmt in ["raw", "qcow2"] {
+        let dir = TempDir::new("onto_self");
+        let qd = dir.sub("q");
+        let od = dir.sub("o");
+        prepare(&qd);
+        prepare(&od);
+        qemu_io(&od, "qcow2", "good.qcow2", &["write -P 0x5c 0 64k".into()]);
+        qemu_io(&qd, "qcow2", "good.qcow2", &["write -P 0x5c 0 64k".into()]);
+        let before = read(&od.join("good.qcow2"));
+        let args = ["convert", "-O", fmt, "good.qcow2", "good.qcow2"];
+        let q = qemu_img(&qd, &args);
+        let o = imgtool(&od, &args);
+        assert!(
+            od.join("good.qcow2").exists(),
+            "convert -O {fmt} onto its own source deleted the source:\n{}",
+            o.describe()
+        );
+        assert_bytes_eq(
+            &format!("{fmt}: source unchanged"),
+            &before,
+            &read(&od.join("good.qcow2")),
+        );
+        assert_outcome_matches(&q, &o);
+    }
 }
 
 /// A symlink named `qemu-img` to our binary speaks as qemu-img, down to the
@@ -106,4 +166,69 @@ fn symlink_named_qemu_img_prints_qemu_img() {
             &o.stderr,
         );
     }
+}
+
+/// `imgtool CMD --help` prints qemu-img's help for that command with the
+/// program name replaced (its usage lines name the program).
+fn command_help(cmd: &str) {
+    let dir = TempDir::new("help");
+    let q = qemu_img(dir.path(), &[cmd, "--help"]);
+    let o = imgtool(dir.path(), &[cmd, "--help"]);
+    assert_eq!(o.code, q.code, "{}", o.describe());
+    assert_text_eq(
+        &format!("{cmd} --help"),
+        &q.stdout.replace("qemu-img", "imgtool"),
+        &o.stdout,
+    );
+    assert_text_eq(
+        &format!("{cmd} --help (stderr)"),
+        &q.stderr.replace("qemu-img", "imgtool"),
+        &o.stderr,
+    );
+}
+
+macro_rules! help_cases {
+    ($($name:ident: $cmd:literal;)*) => {
+        $( #[test] fn $name() { command_help($cmd); } )*
+    };
+}
+
+help_cases! {
+    help_amend: "amend";
+    help_bench: "bench";
+    help_bitmap: "bitmap";
+    help_check: "check";
+    help_commit: "commit";
+    help_compare: "compare";
+    help_convert: "convert";
+    help_create: "create";
+    help_dd: "dd";
+    help_info: "info";
+    help_map: "map";
+    help_measure: "measure";
+    help_rebase: "rebase";
+    help_resize: "resize";
+    help_snapshot: "snapshot";
+}
+
+/// Global `--help`: the same text apart from the version banner (first two
+/// lines) and the list of supported formats (ours is shorter by design).
+#[test]
+fn global_help() {
+    let dir = TempDir::new("help");
+    let q = qemu_img(dir.path(), &["--help"]).expect_ok();
+    let o = imgtool(dir.path(), &["--help"]);
+    assert!(o.ok(), "{}", o.describe());
+    let body = |s: &str| -> String {
+        s.lines()
+            .skip(2)
+            .take_while(|l| !l.starts_with("Supported image formats:"))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    assert_text_eq(
+        "--help",
+        &body(&q.stdout.replace("qemu-img", "imgtool")),
+        &body(&o.stdout),
+    );
 }

@@ -162,3 +162,52 @@ pub(crate) unsafe fn opt_nonempty<'a>(p: *const c_char, what: &str) -> Result<Op
     // SAFETY: forwarded contract.
     Ok(unsafe { opt_str(p, what) }?.filter(|s| !s.is_empty()))
 }
+
+/// A report struct the library fills in, whose first field is
+/// `uint32_t struct_size` set by the caller to `sizeof` the struct it has.
+///
+/// # Safety
+/// Implementors are `#[repr(C)]` and start with a `u32` size field.
+pub(crate) unsafe trait SizedOut: Copy {
+    /// Type name for messages.
+    const NAME: &'static str;
+}
+
+/// Check a caller's report struct before any work: `struct_size` must be at
+/// least what this library fills in (callers built against an older header
+/// than the one that introduced the struct cannot exist) and plausible.
+///
+/// # Safety
+/// `p` is NULL or points to a writable struct whose first `u32` the caller
+/// initialised.
+pub(crate) unsafe fn check_out_struct<T: SizedOut>(p: *mut T, what: &str) -> Result<Out<T>> {
+    let nn = std::ptr::NonNull::new(p).ok_or_else(|| null_error(what))?;
+    let ours = std::mem::size_of::<T>();
+    // SAFETY: non-null, aligned (a T pointer from C) and the caller set the
+    // leading u32.
+    let given = unsafe { std::ptr::read(p.cast::<u32>()) } as usize;
+    let fname = what.split_once(": ").map_or(what, |(f, _)| f);
+    if given < ours || given > MAX_STRUCT_SIZE {
+        return Err(Error::invalid(format!(
+            "{fname}: {}.struct_size is {given}, expected sizeof({}) = {ours}; set it before the call",
+            T::NAME,
+            T::NAME
+        )));
+    }
+    // Bytes beyond `ours` (a caller built against a newer header) are left
+    // as the caller initialised them; `struct_size` tells it how many bytes
+    // this library filled in.
+    Ok(Out(nn))
+}
+
+/// Check that an image handle may be written (writes, zeroes, discards).
+pub(crate) fn check_writable(img: &crate::image::Image) -> Result<()> {
+    if img.driver().host_file().is_writable() {
+        Ok(())
+    } else {
+        Err(Error::new(
+            crate::ErrorKind::PermissionDenied,
+            "Image was opened read-only (use IMGTOOL_OPEN_WRITABLE)",
+        ))
+    }
+}

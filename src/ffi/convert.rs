@@ -6,6 +6,7 @@ use super::args::{
     arg_out, arg_str, check_flags, null_error, opt_nonempty, read_options, SizedOptions,
 };
 use super::panic::guard;
+use super::progress::Callback;
 use crate::error::Error;
 use crate::format::CreateOptions;
 use crate::io::CacheMode;
@@ -110,6 +111,8 @@ impl imgtool_convert_options {
 ///
 /// Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
 ///
+/// Thread safety: any thread; touches only `opts`.
+///
 /// # Safety
 /// `opts` is NULL or points to writable memory for an `imgtool_convert_options`.
 #[no_mangle]
@@ -120,26 +123,6 @@ pub unsafe extern "C" fn imgtool_convert_options_init(opts: *mut imgtool_convert
         out.write(imgtool_convert_options::defaults());
         Ok(())
     })
-}
-
-/// Carries the C callback and its user pointer into the library's progress
-/// closure, which must be `Send`.
-struct Callback {
-    f: unsafe extern "C" fn(f64, *mut c_void) -> c_int,
-    user: *mut c_void,
-}
-
-// SAFETY: the progress contract (see imgtool_progress_fn) tells callers the
-// callback may run on another thread, never concurrently; the library calls
-// it through a `&mut FnMut`, which rules out concurrent calls.
-unsafe impl Send for Callback {}
-
-impl Callback {
-    fn call(&mut self, pct: f64) -> bool {
-        // SAFETY: f is a valid function pointer supplied by the caller, who
-        // also vouches for user; we pass user back unchanged.
-        unsafe { (self.f)(pct, self.user) == 0 }
-    }
 }
 
 /// Convert (copy) `nsrcs` source images, concatenated, into `dst`, as
@@ -155,6 +138,11 @@ impl Callback {
 /// options), errors from opening the sources (`IMGTOOL_ENOENT`,
 /// `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (e.g. compressing to raw),
 /// `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+///
+/// Thread safety: any thread; the call blocks until done and runs up to
+/// `num_workers` threads of its own. The sources are opened read-only with
+/// shared locks, so other readers may use them meanwhile; the target is
+/// locked for writing.
 ///
 /// # Safety
 /// `srcs` is NULL or an array of `nsrcs` NUL-terminated strings; `dst` is
@@ -246,7 +234,7 @@ pub unsafe extern "C" fn imgtool_convert(
         };
         match progress {
             Some(f) => {
-                let mut cb = Callback { f, user };
+                let mut cb = Callback::new(f, user);
                 let mut p = move |pct: f64| cb.call(pct);
                 convert(&sources, dst, &co, Some(&mut p))
             }

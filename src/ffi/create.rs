@@ -60,6 +60,8 @@ unsafe impl SizedOptions for imgtool_create_options {
 ///
 /// Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
 ///
+/// Thread safety: any thread; touches only `opts`.
+///
 /// # Safety
 /// `opts` is NULL or points to writable memory for an `imgtool_create_options`.
 #[no_mangle]
@@ -89,6 +91,9 @@ pub unsafe extern "C" fn imgtool_create_options_init(opts: *mut imgtool_create_o
 /// file), `IMGTOOL_ENOTSUP` (format or option this build cannot create),
 /// `IMGTOOL_ENOENT`/`IMGTOOL_EACCES` (directory, backing file),
 /// `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+///
+/// Thread safety: any thread; creating the same file from two threads at
+/// once leaves one of the two images.
 ///
 /// # Safety
 /// `opts` is NULL or an initialised `imgtool_create_options` whose string

@@ -161,6 +161,8 @@ pub(crate) fn last_errno() -> c_int {
 /// `Could not open 'x.img': No such file or directory`). The pointer is owned
 /// by the library and stays valid until the next `imgtool_*` call on this
 /// thread that can fail; copy it if you need it longer. Do not free it.
+///
+/// Thread safety: reads the calling thread's own slot; any thread may call it.
 #[no_mangle]
 pub extern "C" fn imgtool_last_error() -> *const c_char {
     super::panic::guard_value(c"".as_ptr(), last_message)
@@ -168,6 +170,8 @@ pub extern "C" fn imgtool_last_error() -> *const c_char {
 
 /// Code of the last error on the calling thread (`IMGTOOL_OK` after a
 /// success); the same value the failing call returned.
+///
+/// Thread safety: reads the calling thread's own slot; any thread may call it.
 #[no_mangle]
 pub extern "C" fn imgtool_last_error_code() -> c_int {
     super::panic::guard_value(IMGTOOL_OK, last_code)
@@ -176,6 +180,8 @@ pub extern "C" fn imgtool_last_error_code() -> c_int {
 /// The host errno behind the last error on the calling thread (e.g. `EIO`,
 /// `ENOSPC`, `ENOENT`), or 0 when the error did not come from the host or
 /// the last call succeeded.
+///
+/// Thread safety: reads the calling thread's own slot; any thread may call it.
 #[no_mangle]
 pub extern "C" fn imgtool_last_errno() -> c_int {
     super::panic::guard_value(0, last_errno)
@@ -183,6 +189,8 @@ pub extern "C" fn imgtool_last_errno() -> c_int {
 
 /// A static, human-readable description of an `IMGTOOL_E*` code ("Unknown
 /// error code" for values that are not one). Never NULL; do not free.
+///
+/// Thread safety: any thread, any time (static strings).
 #[no_mangle]
 pub extern "C" fn imgtool_strerror(code: c_int) -> *const c_char {
     super::panic::guard_value(c"Unknown error code".as_ptr(), || describe(code).as_ptr())

@@ -24,6 +24,32 @@ use crate::io::CacheMode;
 #[allow(non_camel_case_types)]
 pub struct imgtool_image {
     pub(crate) img: Image,
+    /// File names handed to C (e.g. `imgtool_map_entry.filename`), kept
+    /// until the handle is closed so the pointers stay valid. Interned:
+    /// one entry per distinct name, so it stays as small as the chain.
+    pub(crate) names: parking_lot::Mutex<Vec<std::ffi::CString>>,
+}
+
+impl imgtool_image {
+    pub(crate) fn new(img: Image) -> Self {
+        imgtool_image {
+            img,
+            names: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A NUL-terminated copy of `name` that lives as long as the handle.
+    pub(crate) fn intern(&self, name: &str) -> *const c_char {
+        let mut names = self.names.lock();
+        if let Some(c) = names.iter().find(|c| c.as_bytes() == name.as_bytes()) {
+            return c.as_ptr();
+        }
+        let c = std::ffi::CString::new(name.replace('\0', "\\0")).unwrap_or_default();
+        // The CString's heap buffer does not move when the Vec grows.
+        let p = c.as_ptr();
+        names.push(c);
+        p
+    }
 }
 
 // The documented thread-safety rests on this.
@@ -63,6 +89,11 @@ pub struct imgtool_open_options {
     /// Cache mode as in qemu-img `-t`: "writeback" (default when NULL),
     /// "writethrough", "none", "directsync", "unsafe".
     pub cache: *const c_char,
+    /// Open this internal snapshot (qcow2) instead of the current state,
+    /// read-only, as qemu-img's `-l` does: its ID or name, or
+    /// "snapshot.id=ID" / "snapshot.name=NAME". NULL or "" for the current
+    /// state. Not with `IMGTOOL_OPEN_WRITABLE`.
+    pub snapshot: *const c_char,
 }
 
 // SAFETY: repr(C), starts with u32 struct_size, fields are integers and raw
@@ -78,6 +109,7 @@ impl imgtool_open_options {
             flags: 0,
             format: std::ptr::null(),
             cache: std::ptr::null(),
+            snapshot: std::ptr::null(),
         }
     }
 }
@@ -86,6 +118,8 @@ impl imgtool_open_options {
 /// and set `opts->struct_size`.
 ///
 /// Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+///
+/// Thread safety: any thread; touches only `opts`.
 ///
 /// # Safety
 /// `opts` is NULL or points to writable memory for an `imgtool_open_options`.
@@ -109,6 +143,9 @@ pub unsafe extern "C" fn imgtool_open_options_init(opts: *mut imgtool_open_optio
 /// options, unknown format), `IMGTOOL_ENOENT`, `IMGTOOL_EACCES`,
 /// `IMGTOOL_ELOCKED` (in use by another process), `IMGTOOL_ECORRUPT`,
 /// `IMGTOOL_ENOTSUP`, `IMGTOOL_EIO`.
+///
+/// Thread safety: any thread. Opening the same file twice for writing, from
+/// this or another process, fails with `IMGTOOL_ELOCKED` (image locks).
 ///
 /// # Safety
 /// `path` is NULL or a NUL-terminated string; `opts` is NULL or an
@@ -138,16 +175,19 @@ pub unsafe extern "C" fn imgtool_open(
         let format = unsafe { opt_nonempty(o.format, "imgtool_open: opts->format") }?;
         // SAFETY: as for format.
         let cache = unsafe { opt_nonempty(o.cache, "imgtool_open: opts->cache") }?;
+        // SAFETY: as for format.
+        let snapshot = unsafe { opt_nonempty(o.snapshot, "imgtool_open: opts->snapshot") }?;
         let oo = OpenOptions {
             format: format.map(str::to_string),
             writable: o.flags & IMGTOOL_OPEN_WRITABLE != 0,
             cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
             force_share: o.flags & IMGTOOL_OPEN_FORCE_SHARE != 0,
             no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
+            snapshot: snapshot.map(str::to_string),
             ..OpenOptions::default()
         };
         let img = Image::open(path, &oo)?;
-        out.write(Box::into_raw(Box::new(imgtool_image { img })));
+        out.write(Box::into_raw(Box::new(imgtool_image::new(img))));
         Ok(())
     })
 }
@@ -157,6 +197,8 @@ pub unsafe extern "C" fn imgtool_open(
 /// The handle is released even when closing fails (the return value then
 /// reports the failed final flush, e.g. `IMGTOOL_EIO` or `IMGTOOL_ENOSPC`).
 /// NULL is accepted and ignored (returns `IMGTOOL_OK`), like free(3).
+///
+/// Thread safety: must not run concurrently with any other call on `img`.
 ///
 /// # Safety
 /// `img` is NULL or a handle from `imgtool_open` not yet closed, and no other
@@ -178,7 +220,7 @@ pub unsafe extern "C" fn imgtool_close(img: *mut imgtool_image) -> c_int {
 ///
 /// # Safety
 /// `img` is NULL or a live handle from `imgtool_open`.
-unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image, Error> {
+pub(crate) unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image, Error> {
     // SAFETY: forwarded contract; imgtool_image is only ever created by
     // imgtool_open and only released by imgtool_close.
     Ok(&unsafe { arg_ref(img, what) }?.img)
@@ -190,6 +232,9 @@ unsafe fn handle<'a>(img: *const imgtool_image, what: &str) -> Result<&'a Image,
 /// Any offset and length are allowed (no alignment needed). A range that
 /// goes beyond the virtual size fails with `IMGTOOL_ERANGE` and reads
 /// nothing. `buf` may be NULL only when `len` is 0.
+///
+/// Thread safety: may run concurrently with reads, writes and other calls
+/// on the same handle (except `imgtool_close`).
 ///
 /// # Safety
 /// `img` is a live handle; `buf` is NULL or writable for `len` bytes.
@@ -231,6 +276,10 @@ pub unsafe extern "C" fn imgtool_read(
 /// durable only after `imgtool_flush` or `imgtool_close`. `buf` may be NULL
 /// only when `len` is 0.
 ///
+/// Thread safety: may run concurrently with reads, writes and other calls
+/// on the same handle (except `imgtool_close`); overlapping concurrent
+/// writes land in an unspecified order.
+///
 /// # Safety
 /// `img` is a live handle; `buf` is NULL or readable for `len` bytes.
 #[no_mangle]
@@ -256,18 +305,16 @@ pub unsafe extern "C" fn imgtool_write(
             // SAFETY: non-null, readable for len bytes per the contract.
             unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
         };
-        if !img.driver().host_file().is_writable() {
-            return Err(Error::new(
-                crate::ErrorKind::PermissionDenied,
-                "Image was opened read-only (use IMGTOOL_OPEN_WRITABLE)",
-            ));
-        }
+        super::args::check_writable(img)?;
         img.write_at(b, offset)
     })
 }
 
 /// Write back cached data and metadata of the image to the host and flush
 /// the host file (unless the cache mode is "unsafe").
+///
+/// Thread safety: may run concurrently with other calls on the same handle
+/// (except `imgtool_close`); it makes durable what completed before it.
 ///
 /// # Safety
 /// `img` is a live handle.
@@ -280,6 +327,9 @@ pub unsafe extern "C" fn imgtool_flush(img: *mut imgtool_image) -> c_int {
 }
 
 /// Store the virtual size of the image in bytes in `*out`.
+///
+/// Thread safety: may run concurrently with other calls on the same handle
+/// (except `imgtool_close`).
 ///
 /// # Safety
 /// `img` is a live handle; `out` is NULL or writable.
@@ -332,6 +382,10 @@ pub struct imgtool_extent {
 /// `out->length` until the virtual size is reached. `offset` must be below
 /// the virtual size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise);
 /// `bytes` is clipped at the end of the image.
+///
+/// Thread safety: may run concurrently with other calls on the same handle
+/// (except `imgtool_close`); with concurrent writes the answer may already
+/// be stale.
 ///
 /// # Safety
 /// `img` is a live handle; `out` is NULL or writable.

@@ -19,6 +19,8 @@ pub(crate) fn into_c_string(s: String) -> Result<*mut c_char> {
 /// once each; never strings from `imgtool_last_error`, `imgtool_strerror`
 /// or `imgtool_version`, which are static or owned by the library.
 ///
+/// Thread safety: any thread, but each string exactly once.
+///
 /// # Safety
 /// `s` is NULL or a pointer obtained from a libimgtool function documented
 /// as "free with imgtool_free_string", not freed before.
@@ -39,6 +41,8 @@ static VERSION_C: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 /// The library's version, e.g. "0.1.0" (the same as
 /// `IMGTOOL_VERSION_STRING` in the header the library was built with).
 /// Static; never NULL; do not free.
+///
+/// Thread safety: any thread, any time.
 #[no_mangle]
 pub extern "C" fn imgtool_version() -> *const c_char {
     VERSION_C.as_ptr().cast()

@@ -15,11 +15,34 @@ fn last_error() -> String {
         .into_owned()
 }
 
-/// A scratch directory removed on drop.
-struct TempDir(PathBuf);
+/// Tests that spawn processes (qemu-img) run alone: between fork and exec
+/// a child holds copies of every descriptor of this process, so the OFD
+/// image locks of a file another test just closed would live on for a
+/// moment, and that test's reopen could fail with IMGTOOL_ELOCKED.
+static SPAWN: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+enum SpawnGuard {
+    Shared(#[allow(dead_code)] std::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(#[allow(dead_code)] std::sync::RwLockWriteGuard<'static, ()>),
+}
+
+/// A scratch directory removed on drop; it also holds the test's share of
+/// [`SPAWN`].
+struct TempDir(PathBuf, #[allow(dead_code)] SpawnGuard);
 
 impl TempDir {
     fn new() -> TempDir {
+        let g = SPAWN.read().unwrap_or_else(|e| e.into_inner());
+        Self::with_guard(SpawnGuard::Shared(g))
+    }
+
+    /// For tests that spawn processes: no other test runs meanwhile.
+    fn new_exclusive() -> TempDir {
+        let g = SPAWN.write().unwrap_or_else(|e| e.into_inner());
+        Self::with_guard(SpawnGuard::Exclusive(g))
+    }
+
+    fn with_guard(g: SpawnGuard) -> TempDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let p = std::env::temp_dir().join(format!(
             "imgtool-ffi-test-{}-{}",
@@ -27,7 +50,7 @@ impl TempDir {
             N.fetch_add(1, Ordering::Relaxed)
         ));
         std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
+        TempDir(p, g)
     }
     fn path(&self, name: &str) -> CString {
         CString::new(self.0.join(name).to_str().unwrap()).unwrap()
@@ -714,7 +737,7 @@ fn convert_snapshot_of_raw_is_unsupported() {
 
 #[test]
 fn convert_from_internal_snapshot() {
-    let dir = TempDir::new();
+    let dir = TempDir::new_exclusive();
     let src = dir.path("s.qcow2");
     let src_s = src.to_str().unwrap();
     let qemu = |args: &[&str]| {
@@ -755,3 +778,9 @@ fn convert_from_internal_snapshot() {
     assert_ne!(r, IMGTOOL_OK);
     assert!(last_error().contains("snapshot"), "{}", last_error());
 }
+
+mod more;
+
+mod ops;
+
+mod read;

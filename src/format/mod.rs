@@ -3,8 +3,14 @@
 
 pub(crate) mod bytes;
 pub mod options;
+pub mod qcow;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
+pub mod vdi;
+pub mod vhdx;
+pub mod vmdk;
+pub mod vpc;
 
 use std::path::Path;
 
@@ -212,6 +218,58 @@ pub trait Driver: Send + Sync {
             "This image format does not support checks",
         ))
     }
+    /// Grow to `size` so that the new area reads as zeros even where
+    /// `backing` has data (QEMU's truncate with ZERO_WRITE, used when the
+    /// backing file is longer than the image).
+    fn truncate_zeroed(
+        &self,
+        _size: u64,
+        _prealloc: Prealloc,
+        _backing: &dyn BackingRead,
+    ) -> Result<()> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Deallocate everything so that all reads fall through to the backing
+    /// file (`commit` without `-d`).
+    fn make_empty(&self) -> Result<()> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Rewrite the backing file reference in the header (None: no backing
+    /// file). The open image's backing chain is not reopened.
+    fn set_backing(&self, _backing: Option<&BackingRef>) -> Result<()> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Create an internal snapshot of the current state.
+    fn snapshot_create(&self, _name: &str) -> Result<SnapshotInfo> {
+        Err(Error::unsupported("Operation not supported"))
+    }
+    /// Revert to internal snapshot `which` (an ID, or failing that a name).
+    fn snapshot_apply(&self, _which: &str) -> Result<()> {
+        Err(Error::unsupported(
+            "Block driver does not support snapshots",
+        ))
+    }
+    /// Delete the internal snapshot matching `id` and `name` (each optional).
+    fn snapshot_delete(&self, _id: Option<&str>, _name: Option<&str>) -> Result<()> {
+        Err(Error::unsupported(
+            "Block driver does not support snapshots",
+        ))
+    }
+    /// Change format options of an existing image (`amend -o`); options
+    /// are those of [`amend_options`]. A version change needs the image to
+    /// be closed and reopened before further use.
+    fn amend(
+        &self,
+        _opts: &CreateOptions,
+        _backing: &dyn BackingRead,
+        _backing_size: Option<u64>,
+        _progress: &mut dyn FnMut(f64),
+    ) -> Result<()> {
+        Err(Error::unsupported(format!(
+            "Format driver '{}' does not support option amendment",
+            self.format_name()
+        )))
+    }
     /// A read-only view of an internal snapshot (`convert -l`).
     fn snapshot(&self, _which: &str) -> Result<Box<dyn Driver>> {
         Err(Error::unsupported(
@@ -237,7 +295,7 @@ pub struct DriverOpenOptions {
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
-pub const FORMATS: &[&str] = &["qcow2", "raw"];
+pub const FORMATS: &[&str] = &["qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc"];
 
 /// Guess a file's format from its first bytes (raw when nothing matches).
 pub fn probe(file: &HostFile) -> Result<&'static str> {
@@ -245,6 +303,24 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
     file.read_at(&mut head, 0)?;
     if qcow2::probe(&head) {
         return Ok("qcow2");
+    }
+    if qcow::probe(&head) {
+        return Ok("qcow");
+    }
+    if qed::probe(&head) {
+        return Ok("qed");
+    }
+    if vdi::probe(&head) {
+        return Ok("vdi");
+    }
+    if vhdx::probe(&head) {
+        return Ok("vhdx");
+    }
+    if vmdk::probe(&head) {
+        return Ok("vmdk");
+    }
+    if vpc::probe(&head) {
+        return Ok("vpc");
     }
     Ok("raw")
 }
@@ -262,6 +338,12 @@ pub fn open_driver(
     match format {
         "raw" => Ok(Box::new(raw::Raw::open(file)?)),
         "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
+        "qcow" => Ok(Box::new(qcow::Qcow::open(file, opts)?)),
+        "qed" => Ok(Box::new(qed::Qed::open(file, opts)?)),
+        "vdi" => Ok(Box::new(vdi::Vdi::open(file, opts)?)),
+        "vhdx" => Ok(Box::new(vhdx::Vhdx::open(file, opts)?)),
+        "vmdk" => Ok(Box::new(vmdk::Vmdk::open(file, opts)?)),
+        "vpc" => Ok(Box::new(vpc::Vpc::open(file, opts)?)),
         _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
     }
 }
@@ -271,6 +353,39 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
     match format {
         "raw" => Ok(raw::CREATE_OPTS),
         "qcow2" => Ok(qcow2::CREATE_OPTS),
+        "qcow" => Ok(qcow::CREATE_OPTS),
+        "qed" => Ok(qed::CREATE_OPTS),
+        "vdi" => Ok(vdi::CREATE_OPTS),
+        "vhdx" => Ok(vhdx::CREATE_OPTS),
+        "vmdk" => Ok(vmdk::CREATE_OPTS),
+        "vpc" => Ok(vpc::CREATE_OPTS),
+        _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
+    }
+}
+
+/// The errno text (`strerror`) QEMU would print for a failure, for the
+/// messages that show only that ("Could not create snapshot 'x': ...").
+pub fn errno_text(e: &Error) -> String {
+    use crate::error::ErrorKind as K;
+    let n = e.errno().unwrap_or(match e.kind() {
+        K::InvalidArgument | K::OutOfRange => libc::EINVAL,
+        K::NotFound => libc::ENOENT,
+        K::PermissionDenied => libc::EACCES,
+        K::Io | K::Corrupt => libc::EIO,
+        K::Unsupported => libc::ENOTSUP,
+        K::Locked => libc::EAGAIN,
+        K::Cancelled => libc::ECANCELED,
+        K::NoSpace => libc::ENOSPC,
+    });
+    crate::error::strerror(n)
+}
+
+/// Options `amend` accepts for a format (None: the format cannot amend).
+pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
+    match format {
+        "raw" => Ok(None),
+        "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
+        "qcow" | "qed" | "vdi" => Ok(None),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
@@ -281,6 +396,12 @@ pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Res
     match format {
         "raw" => raw::create(path, size, opts),
         "qcow2" => qcow2::create(path, size, opts),
+        "qcow" => qcow::create(path, size, opts),
+        "qed" => qed::create(path, size, opts),
+        "vdi" => vdi::create(path, size, opts),
+        "vhdx" => vhdx::create(path, size, opts),
+        "vmdk" => vmdk::create(path, size, opts),
+        "vpc" => vpc::create(path, size, opts),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }

@@ -382,31 +382,71 @@ fn read_error(e: Error, off: u64) -> Error {
     e.with_message(m)
 }
 
+/// Compressed copy of one chunk: block status first (so holes cost
+/// nothing, however large the image), then each cluster holding data is
+/// compressed on this worker thread.
+fn plan_compressed(ctx: &Ctx<'_>, start: u64, mut buf: Vec<u8>, cs: u64) -> Result<Plan> {
+    let len = buf.len() as u64;
+    let nclusters = len.div_ceil(cs) as usize;
+    let mut has_data = vec![false; nclusters];
+    let mut pos = start;
+    while pos < start + len {
+        let Some(src) = ctx.sources.iter().rev().find(|s| s.start <= pos) else {
+            break;
+        };
+        let local = pos - src.start;
+        let size = src.img.size();
+        let a = (pos - start) as usize;
+        if local >= size {
+            buf[a..].fill(0);
+            break;
+        }
+        let want = (size - local).min(start + len - pos);
+        let e = src
+            .img
+            .block_status(local, want)
+            .map_err(|e| status_error(e, pos))?;
+        let b = a + e.len as usize;
+        if e.zero {
+            buf[a..b].fill(0);
+        } else {
+            src.img
+                .read_at(&mut buf[a..b], local)
+                .map_err(|e| read_error(e, pos))?;
+            for flag in &mut has_data[a / cs as usize..b.div_ceil(cs as usize)] {
+                *flag = true;
+            }
+        }
+        pos += e.len;
+    }
+    let mut ops = Vec::new();
+    for (i, chunk) in buf.chunks(cs as usize).enumerate() {
+        let off = start + i as u64 * cs;
+        if !has_data[i] || is_zero(chunk) {
+            if !ctx.target_is_zero {
+                ops.push(Op::Zero(off, chunk.len() as u64));
+            }
+            continue;
+        }
+        let a = i * cs as usize;
+        match ctx.out.driver().compress_cluster(chunk)? {
+            Some(c) => ops.push(Op::Compressed(off, c)),
+            None => ops.push(Op::Data {
+                off,
+                a,
+                b: a + chunk.len(),
+            }),
+        }
+    }
+    Ok(Plan { buf, ops })
+}
+
 /// Decide what target range [start, start+len) needs.
 fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
     let mut ops = Vec::new();
     let mut buf = ctx.pool.get(len as usize);
     if let Some(cs) = ctx.compress {
-        read_concat(ctx.sources, &mut buf, start).map_err(|e| read_error(e, start))?;
-        for (i, chunk) in buf.chunks(cs as usize).enumerate() {
-            let off = start + i as u64 * cs;
-            if is_zero(chunk) {
-                if !ctx.target_is_zero {
-                    ops.push(Op::Zero(off, chunk.len() as u64));
-                }
-                continue;
-            }
-            let a = i * cs as usize;
-            match ctx.out.driver().compress_cluster(chunk)? {
-                Some(c) => ops.push(Op::Compressed(off, c)),
-                None => ops.push(Op::Data {
-                    off,
-                    a,
-                    b: a + chunk.len(),
-                }),
-            }
-        }
-        return Ok(Plan { buf, ops });
+        return plan_compressed(ctx, start, buf, cs);
     }
     let end = start + len;
     let mut pos = start;
@@ -524,26 +564,4 @@ pub fn is_zero(b: &[u8]) -> bool {
         }
     }
     chunks.remainder().iter().all(|&x| x == 0)
-}
-
-/// Read guest bytes of the concatenated sources.
-fn read_concat(sources: &[Source], buf: &mut [u8], off: u64) -> Result<()> {
-    let mut done = 0usize;
-    while done < buf.len() {
-        let pos = off + done as u64;
-        let Some(src) = sources.iter().rev().find(|s| s.start <= pos) else {
-            buf[done..].fill(0);
-            break;
-        };
-        let local = pos - src.start;
-        let size = src.img.size();
-        if local >= size {
-            buf[done..].fill(0);
-            break;
-        }
-        let n = ((size - local) as usize).min(buf.len() - done);
-        src.img.read_at(&mut buf[done..done + n], local)?;
-        done += n;
-    }
-    Ok(())
 }

@@ -1,5 +1,6 @@
 //! qcow2 (QEMU copy-on-write v2/v3).
 
+mod amend;
 mod check;
 mod compress;
 mod create;
@@ -8,7 +9,9 @@ mod header;
 mod l2;
 mod read;
 mod refcount;
+mod shrink;
 mod snapshot;
+mod snapshot_write;
 mod write;
 
 use std::path::Path;
@@ -25,11 +28,12 @@ use crate::error::{Error, Result};
 use crate::format::CreateOptions as _CreateOptions;
 use crate::io::HostFile;
 use crate::json::Json;
+pub use amend::AMEND_OPTS;
 pub use create::create;
 use header::{Compression, Header};
 use l2::{Geometry, L2Cache, Slot, L1E_OFFSET_MASK};
 use refcount::Refcounts;
-use snapshot::Snapshot;
+use snapshot_write::SnapList;
 
 pub const MAGIC: [u8; 4] = *b"QFI\xfb";
 
@@ -181,7 +185,7 @@ pub struct Qcow2 {
     write_lock: Mutex<()>,
     size: AtomicU64,
     writable: bool,
-    snapshots: Vec<Snapshot>,
+    snapshots: SnapList,
     compression: Compression,
     /// A corruption notice was printed (QEMU prints only the first).
     corruption_reported: std::sync::atomic::AtomicBool,
@@ -251,7 +255,7 @@ impl Qcow2 {
             data_file,
             size: AtomicU64::new(hdr.size),
             writable,
-            snapshots,
+            snapshots: SnapList::new(snapshots),
             compression: hdr.compression,
             meta: Mutex::new(Meta {
                 l1,
@@ -338,7 +342,7 @@ impl Qcow2 {
             },
             size: AtomicU64::new(size),
             writable: false,
-            snapshots: Vec::new(),
+            snapshots: SnapList::new(Vec::new()),
             compression: self.compression,
             meta: Mutex::new(Meta {
                 l1: crate::format::bytes::be64_table(&raw),
@@ -563,7 +567,43 @@ impl Driver for Qcow2 {
         self.file.flush()
     }
     fn truncate(&self, size: u64, prealloc: Prealloc) -> Result<()> {
-        self.resize(size, prealloc)
+        self.resize_any(size, prealloc)
+    }
+    fn truncate_zeroed(
+        &self,
+        size: u64,
+        prealloc: Prealloc,
+        backing: &dyn BackingRead,
+    ) -> Result<()> {
+        self.grow_zeroed(size, prealloc, backing)
+    }
+    fn make_empty(&self) -> Result<()> {
+        Qcow2::make_empty(self)
+    }
+    fn set_backing(&self, backing: Option<&BackingRef>) -> Result<()> {
+        Qcow2::set_backing(self, backing)
+    }
+    fn snapshot_create(&self, name: &str) -> Result<super::SnapshotInfo> {
+        Qcow2::snapshot_create(self, name)
+    }
+    fn snapshot_apply(&self, which: &str) -> Result<()> {
+        // QEMU reports any failure of its goto as "Failed to load snapshot".
+        Qcow2::snapshot_apply(self, which).map_err(|e| {
+            let t = super::errno_text(&e);
+            e.with_message(format!("Failed to load snapshot: {t}"))
+        })
+    }
+    fn snapshot_delete(&self, id: Option<&str>, name: Option<&str>) -> Result<()> {
+        Qcow2::snapshot_delete(self, id, name)
+    }
+    fn amend(
+        &self,
+        opts: &super::CreateOptions,
+        backing: &dyn BackingRead,
+        backing_size: Option<u64>,
+        progress: &mut dyn FnMut(f64),
+    ) -> Result<()> {
+        Qcow2::amend(self, opts, backing, backing_size, progress)
     }
     fn check(
         &self,

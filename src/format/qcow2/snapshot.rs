@@ -6,9 +6,9 @@ use crate::format::SnapshotInfo;
 use crate::io::HostFile;
 
 /// Bound on the whole table, as QEMU's QCOW_MAX_SNAPSHOTS_SIZE.
-const MAX_TABLE_BYTES: u64 = 64 << 20;
+pub(super) const MAX_TABLE_BYTES: u64 = 64 << 20;
 /// Bound on one entry's extra data (QEMU: 1 KiB).
-const MAX_EXTRA: u32 = 1024;
+pub(super) const MAX_EXTRA: u32 = 1024;
 
 #[derive(Debug, Clone)]
 pub struct Snapshot {

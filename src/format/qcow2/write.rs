@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::format::{BackingRead, NoBacking, Prealloc};
 
 impl Qcow2 {
-    fn epl(&self) -> u64 {
+    pub(super) fn epl(&self) -> u64 {
         self.geo.entries_per_l2()
     }
 
@@ -93,7 +93,7 @@ impl Qcow2 {
         (ci..ci + n).map(|c| self.slot(m, c)).collect()
     }
 
-    fn prepare_write(&self) -> Result<()> {
+    pub(super) fn prepare_write(&self) -> Result<()> {
         if self.hdr.lock().crypt_method != 0 {
             return Err(Error::unsupported(
                 "Encrypted qcow2 images are not supported",
@@ -364,7 +364,7 @@ impl Qcow2 {
 
     /// Make `n` whole clusters from `ci` (one L2 table) read as zeros, or
     /// with `dealloc` (discard without a backing file) unallocated.
-    fn zero_clusters(
+    pub(super) fn zero_clusters(
         &self,
         ci: u64,
         n: u64,
@@ -464,9 +464,7 @@ impl Qcow2 {
     /// Store an already-compressed cluster at guest offset `off`.
     pub(super) fn store_compressed(&self, data: &[u8], off: u64) -> Result<()> {
         if self.data_file.is_some() {
-            return Err(Error::unsupported(
-                "Compression is not supported with an external data file",
-            ));
+            return Err(Error::from_errno(libc::ENOTSUP));
         }
         let cs = self.cs();
         if !off.is_multiple_of(cs) || data.is_empty() || data.len() as u64 >= cs {

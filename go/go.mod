@@ -1,0 +1,3 @@
+module github.com/imgtool/imgtool-go
+
+go 1.19

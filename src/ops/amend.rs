@@ -1,0 +1,56 @@
+//! `amend`: change format options of an existing image (`-o`), with
+//! qemu-img's option validation.
+
+use crate::error::{Error, Result};
+use crate::format::{self, BackingRead, CreateOptions, NoBacking, OptDesc};
+use crate::image::Image;
+
+/// Options `amend` accepts for `format`; an error names a format that
+/// cannot amend (or an unknown one) as qemu-img does.
+pub fn options(format: &str) -> Result<&'static [OptDesc]> {
+    format::amend_options(format)?.ok_or_else(|| {
+        Error::unsupported(format!(
+            "Format driver '{format}' does not support option amendment"
+        ))
+    })
+}
+
+/// Check `opts` against the amend options of `format`. An option only
+/// creation knows gets qemu-img's hint.
+pub fn validate(format: &str, opts: &CreateOptions) -> Result<()> {
+    let amend = options(format)?;
+    let Err(e) = opts.validate(amend) else {
+        return Ok(());
+    };
+    let mut all: Vec<OptDesc> = amend.to_vec();
+    all.extend_from_slice(format::create_options(format)?);
+    if opts.validate(&all).is_ok() {
+        let m = format!(
+            "{}\nThis option is only supported for image creation",
+            e.message()
+        );
+        return Err(e.with_message(m));
+    }
+    Err(e)
+}
+
+/// `qemu-img amend -o OPTS`. The image must be closed (and reopened)
+/// before further use; `progress` gets percentages.
+pub fn amend(
+    img: Image,
+    opts: &CreateOptions,
+    progress: Option<&mut dyn FnMut(f64)>,
+) -> Result<()> {
+    validate(img.format(), opts)?;
+    let (backing, backing_size): (&dyn BackingRead, Option<u64>) = match img.backing() {
+        Some(b) => (b, Some(b.size())),
+        None => (&NoBacking, None),
+    };
+    let mut none = |_: f64| {};
+    let cb: &mut dyn FnMut(f64) = match progress {
+        Some(p) => p,
+        None => &mut none,
+    };
+    img.driver().amend(opts, backing, backing_size, cb)?;
+    img.close()
+}

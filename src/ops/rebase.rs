@@ -1,0 +1,226 @@
+//! `rebase`: point an image at another backing file (or none). In safe
+//! mode every run the image leaves unallocated, and whose content differs
+//! between the old and the new backing chain, is first copied from the old
+//! chain into the image, so the guest-visible content does not change.
+//! The header switch comes last, after the copied data is on disk.
+
+use crate::error::{Error, ErrorKind, Result};
+use crate::format::{self, errno_text, BackingRead, BackingRef, Status};
+use crate::image::{combine_backing_path, Image, OpenOptions};
+use crate::io::CacheMode;
+use crate::ops::commit::chain_layers;
+use crate::ops::Progress;
+
+/// Options of `qemu-img rebase`.
+#[derive(Debug, Clone, Default)]
+pub struct RebaseOptions {
+    /// `-b`: the new backing file as it goes into the header; `""` means
+    /// none. None (only with `unsafe_mode`) also removes the reference.
+    pub backing: Option<String>,
+    /// `-F`: format of the new backing file.
+    pub backing_format: Option<String>,
+    /// `-u`: only rewrite the header (the image was opened without its
+    /// backing chain).
+    pub unsafe_mode: bool,
+    /// `-c`: write copied clusters compressed.
+    pub compress: bool,
+    /// `-U`: open the new backing file without locks.
+    pub force_share: bool,
+    /// `-T`: cache mode for the new backing file.
+    pub backing_cache: CacheMode,
+}
+
+/// Copy granularity (QEMU's IO_BUF_SIZE).
+const CHUNK: u64 = 2 << 20;
+
+fn same_file(a: &str, b: &str) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The image at `depth` of `img`'s chain.
+fn at_depth(img: &Image, depth: usize) -> Option<&Image> {
+    let mut cur = Some(img);
+    for _ in 0..depth {
+        cur = cur.and_then(|i| i.backing());
+    }
+    cur
+}
+
+/// The new backing file's view: an image of the current chain (rebasing
+/// onto an image below the top's backing file) or one opened for it.
+enum NewBacking<'a> {
+    None,
+    InChain { img: &'a Image, depth: usize },
+    Opened(Image),
+}
+
+impl NewBacking<'_> {
+    fn image(&self) -> Option<&Image> {
+        match self {
+            NewBacking::None => None,
+            NewBacking::InChain { img, .. } => Some(img),
+            NewBacking::Opened(i) => Some(i),
+        }
+    }
+}
+
+/// `qemu-img rebase`. `img` is the image opened writable (without its
+/// backing chain in unsafe mode).
+pub fn rebase(img: Image, opts: &RebaseOptions, mut progress: Option<Progress<'_>>) -> Result<()> {
+    if opts.compress && img.driver().compression_cluster_size().is_none() {
+        return Err(Error::unsupported(
+            "Compression not supported for this file format",
+        ));
+    }
+    if let Some(f) = &opts.backing_format {
+        if !format::is_known(f) {
+            return Err(Error::invalid(format!("Invalid format name: '{f}'")));
+        }
+    }
+    if !opts.unsafe_mode {
+        let new = open_new_backing(&img, opts)?;
+        copy_differences(&img, &new, opts, &mut progress)?;
+        drop(new);
+        img.flush()?;
+    }
+    let shown = opts.backing.as_deref().unwrap_or("(null)");
+    let fail = |why: String| {
+        Error::invalid(format!(
+            "Could not change the backing file to '{shown}': {why}"
+        ))
+    };
+    let target = match &opts.backing {
+        Some(b) if !b.is_empty() => {
+            if opts.backing_format.is_none() {
+                return Err(fail("backing format must be specified".into()));
+            }
+            Some(BackingRef {
+                filename: b.clone(),
+                format: opts.backing_format.clone(),
+            })
+        }
+        _ => None,
+    };
+    img.driver().set_backing(target.as_ref()).map_err(|e| {
+        if e.kind() == ErrorKind::NoSpace || e.errno() == Some(libc::ENOSPC) {
+            fail("No space left in the file header".into())
+        } else {
+            fail(errno_text(&e))
+        }
+    })?;
+    if let Some(p) = progress.as_mut() {
+        p(100.0);
+    }
+    img.close()
+}
+
+fn open_new_backing<'a>(img: &'a Image, opts: &RebaseOptions) -> Result<NewBacking<'a>> {
+    let Some(b) = opts.backing.as_deref().filter(|b| !b.is_empty()) else {
+        return Ok(NewBacking::None);
+    };
+    let path = combine_backing_path(img.filename(), b);
+    let layers = chain_layers(img);
+    if let Some(depth) = (1..layers.len()).find(|&d| same_file(&path, &layers[d].filename)) {
+        if let Some(i) = at_depth(img, depth) {
+            return Ok(NewBacking::InChain { img: i, depth });
+        }
+    }
+    let oo = OpenOptions {
+        format: opts.backing_format.clone(),
+        force_share: opts.force_share,
+        cache: opts.backing_cache,
+        ..OpenOptions::default()
+    };
+    Image::open(&path, &oo)
+        .map(NewBacking::Opened)
+        .map_err(|e| {
+            // The reason as the block layer words it, without Image::open's
+            // own "Could not open" prefix.
+            let outer = format!("Could not open '{path}': ");
+            let why = e.message().strip_prefix(&outer).unwrap_or(e.message());
+            let m = format!("Could not open new backing file '{b}': {why}");
+            e.with_message(m)
+        })
+}
+
+fn copy_differences(
+    img: &Image,
+    new: &NewBacking<'_>,
+    opts: &RebaseOptions,
+    progress: &mut Option<Progress<'_>>,
+) -> Result<()> {
+    let size = img.size();
+    let old = img.backing();
+    let old_size = old.map_or(0, |o| o.size());
+    let new_img = new.image();
+    let prefix = match new {
+        NewBacking::InChain { depth, .. } => Some(*depth),
+        _ => None,
+    };
+    let align = img
+        .driver()
+        .compression_cluster_size()
+        .unwrap_or(512)
+        .max(512);
+    let mut buf_old = Vec::new();
+    let mut buf_new = Vec::new();
+    let mut off = 0u64;
+    while off < size {
+        let max = CHUNK.min(size - off);
+        let e = img.layer_status(off, max)?;
+        let mut len = e.len.clamp(1, max);
+        if e.status != Status::Unallocated {
+            off += len;
+            continue;
+        }
+        if let Some(p) = prefix {
+            // Runs that come from the new backing file (or below) in the
+            // old chain already read the same afterwards.
+            let c = img.block_status(off, len)?;
+            len = len.min(c.len.max(1));
+            if c.present && c.depth >= p {
+                off += len;
+                continue;
+            }
+        }
+        buf_old.clear();
+        buf_old.resize(len as usize, 0);
+        buf_new.clear();
+        buf_new.resize(len as usize, 0);
+        if let Some(o) = old {
+            o.read_backing(&mut buf_old, off)?;
+        }
+        if let Some(n) = new_img {
+            n.read_backing(&mut buf_new, off)?;
+        }
+        let mut w = 0u64;
+        while w < len {
+            let pos = off + w;
+            let piece = ((pos / align + 1) * align - pos).min(len - w);
+            let r = w as usize..(w + piece) as usize;
+            if buf_old[r.clone()] != buf_new[r.clone()] {
+                if pos >= old_size {
+                    img.write_zeroes(pos, piece, false)?;
+                } else if opts.compress
+                    && pos.is_multiple_of(align)
+                    && (piece == align || pos + piece == size)
+                {
+                    img.driver().write_compressed(&buf_old[r], pos)?;
+                } else {
+                    img.write_at(&buf_old[r], pos)?;
+                }
+            }
+            w += piece;
+        }
+        off += len;
+        if let Some(p) = progress.as_mut() {
+            if !p(off as f64 * 100.0 / size as f64) {
+                return Err(Error::cancelled());
+            }
+        }
+    }
+    Ok(())
+}
