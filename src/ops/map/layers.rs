@@ -158,11 +158,14 @@ impl<'a> Layer<'a> {
             }
         }
         let last = end - end % cs;
-        let keep_all = end == size
-            || last <= c0
-            || last == end
-            || self.cluster_base(last, (last + cs).min(size))?.is_none();
-        let keep = if keep_all { end } else { last };
+        // The run's last cluster, when it covers it only in part, keeps the
+        // run's end unless that cluster has a host offset.
+        let partial_last = end != size && last > c0 && last != end;
+        let keep = if partial_last && self.cluster_base(last, (last + cs).min(size))?.is_some() {
+            last
+        } else {
+            end
+        };
         e.length = keep - start;
         e.offset = None;
         Ok(())
