@@ -22,8 +22,15 @@ pub fn validate(format: &str, opts: &CreateOptions) -> Result<()> {
     let Err(e) = opts.validate(amend) else {
         return Ok(());
     };
+    // QEMU retries with the format's own creation options; those of the
+    // protocol layer (listed with ours for `create -o help`) do not count.
+    const PROTOCOL: &[&str] = &["nocow", "extent_size_hint"];
     let mut all: Vec<OptDesc> = amend.to_vec();
-    all.extend_from_slice(format::create_options(format)?);
+    all.extend(
+        format::create_options(format)?
+            .iter()
+            .filter(|d| !PROTOCOL.contains(&d.name)),
+    );
     if opts.validate(&all).is_ok() {
         let m = format!(
             "{}\nThis option is only supported for image creation",

@@ -8,6 +8,7 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::format::{self, errno_text, BackingRead, BackingRef, Status};
 use crate::image::{combine_backing_path, Image, OpenOptions};
 use crate::io::CacheMode;
+use crate::json::Json;
 use crate::ops::commit::chain_layers;
 use crate::ops::Progress;
 
@@ -146,6 +147,39 @@ fn open_new_backing<'a>(img: &'a Image, opts: &RebaseOptions) -> Result<NewBacki
         })
 }
 
+/// Whether the image can mark clusters as reading zeros (qcow2 v3).
+fn has_zero_flag(img: &Image) -> bool {
+    img.driver()
+        .info()
+        .format_specific
+        .as_ref()
+        .and_then(|j| j.get("data"))
+        .and_then(|d| d.get("compat"))
+        .is_some_and(|c| *c == Json::Str("1.1".into()))
+}
+
+/// The old backing chain as the write path sees it while zeros are
+/// written: its content (or zeros), but never "no backing file", so that
+/// unallocated clusters are not taken as already reading zeros.
+struct Hidden<'a> {
+    old: Option<&'a Image>,
+}
+
+impl BackingRead for Hidden<'_> {
+    fn read_backing(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        match self.old {
+            Some(o) => o.read_backing(buf, off),
+            None => {
+                buf.fill(0);
+                Ok(())
+            }
+        }
+    }
+    fn is_none(&self) -> bool {
+        false
+    }
+}
+
 fn copy_differences(
     img: &Image,
     new: &NewBacking<'_>,
@@ -165,6 +199,7 @@ fn copy_differences(
         .compression_cluster_size()
         .unwrap_or(512)
         .max(512);
+    let zero_flag = has_zero_flag(img);
     let mut buf_old = Vec::new();
     let mut buf_new = Vec::new();
     let mut off = 0u64;
@@ -203,7 +238,17 @@ fn copy_differences(
             let r = w as usize..(w + piece) as usize;
             if buf_old[r.clone()] != buf_new[r.clone()] {
                 if pos >= old_size {
-                    img.write_zeroes(pos, piece, false)?;
+                    if zero_flag {
+                        // Zero clusters: the image is about to get a
+                        // backing file that must not show through here.
+                        img.driver()
+                            .write_zeroes(pos, piece, false, &Hidden { old })?;
+                    } else {
+                        // qemu-img's zero write on a v2 image without a
+                        // backing file is a discard (the new backing file
+                        // then shows through); kept for identical results.
+                        img.write_zeroes(pos, piece, false)?;
+                    }
                 } else if opts.compress
                     && pos.is_multiple_of(align)
                     && (piece == align || pos + piece == size)
