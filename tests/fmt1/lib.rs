@@ -145,7 +145,7 @@ fn our_map(path: &Path) -> Vec<MapRun> {
 /// Static VDI blocks are reported by QEMU with the host file's holes
 /// folded in as "data": true with "zero": true, which the library's Extent
 /// cannot express (see the report): we say "data": false there.
-fn data_and_zero_as_zero(format: &str, variant: &str, runs: &mut Vec<MapRun>) {
+fn data_and_zero_as_zero(format: &str, variant: &str, runs: &mut [MapRun]) {
     if format == "vdi" && variant == "static_alloc" {
         for r in runs.iter_mut() {
             if r.data && r.zero {
