@@ -135,6 +135,8 @@ pub struct Vdi {
     offset_bmap: u64,
     offset_data: u64,
     blocks_in_image: u32,
+    /// Static image: QEMU lets the host file's holes show in block status.
+    is_static: bool,
     /// Block map entries of the blocks the disk covers.
     bmap: RwLock<Vec<u32>>,
     state: Mutex<State>,
@@ -241,6 +243,7 @@ impl Vdi {
             offset_bmap: offset_bmap as u64,
             offset_data: offset_data as u64,
             blocks_in_image,
+            is_static: le32(&raw, O_IMAGE_TYPE) == TYPE_STATIC,
             bmap: RwLock::new(bmap),
             state: Mutex::new(State {
                 raw,
@@ -450,10 +453,19 @@ impl Driver for Vdi {
         }
         let len = pos.min(end) - off;
         Ok(if is_allocated(first) {
+            let host = self.host(first, off % BLOCK_SIZE);
+            // A static image's blocks defer to the host file (QEMU's
+            // BDRV_BLOCK_RECURSE): its holes read as zeros.
+            let (data, len) = if self.is_static {
+                let (data, n) = self.file.data_status(host, len)?;
+                (data, n.clamp(1, len))
+            } else {
+                (true, len)
+            };
             Extent {
                 len,
-                status: Status::Data,
-                offset: Some(self.host(first, off % BLOCK_SIZE)),
+                status: if data { Status::Data } else { Status::Zero },
+                offset: Some(host),
                 compressed: false,
             }
         } else {

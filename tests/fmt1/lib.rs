@@ -143,10 +143,16 @@ fn our_map(path: &Path) -> Vec<MapRun> {
 }
 
 /// Static VDI blocks are reported by QEMU with the host file's holes
-/// folded in ("data": true with "zero": true), which the library's Extent
-/// cannot express yet (see the report): their map is not compared.
-fn map_comparable(format: &str, variant: &str) -> bool {
-    !(format == "vdi" && variant == "static_alloc")
+/// folded in as "data": true with "zero": true, which the library's Extent
+/// cannot express (see the report): we say "data": false there.
+fn data_and_zero_as_zero(format: &str, variant: &str, runs: &mut [MapRun]) {
+    if format == "vdi" && variant == "static_alloc" {
+        for r in runs.iter_mut() {
+            if r.data && r.zero {
+                r.data = false;
+            }
+        }
+    }
 }
 
 /// A qemu-made variant reads exactly like `qemu-img convert -O raw`, and
@@ -171,10 +177,8 @@ pub fn read_variant(format: &str, variant: &str) {
         &expected,
         &actual,
     );
-    if !map_comparable(format, variant) {
-        return;
-    }
-    let q = qemu_map(dir.path(), &b.file);
+    let mut q = qemu_map(dir.path(), &b.file);
+    data_and_zero_as_zero(format, variant, &mut q);
     let o = our_map(&dir.join(&b.file));
     // Layers below the top are other formats' business: compare where the
     // top layer decides.
