@@ -193,6 +193,51 @@ int main(int argc, char **argv)
     EXPECT(strcmp(imgtool_last_error(), "This image format does not support checks") == 0);
     EXPECT(imgtool_check(missing, NULL, &rep, NULL, NULL, NULL) == IMGTOOL_ENOENT);
 
+    /* Every options struct: _init sets struct_size to what C sees. */
+    {
+        imgtool_commit_options a;
+        imgtool_rebase_options b;
+        imgtool_resize_options r;
+        imgtool_amend_options am;
+        imgtool_snapshot_options s;
+        imgtool_compare_options cm;
+        imgtool_measure_options m;
+        EXPECT(imgtool_commit_options_init(&a) == IMGTOOL_OK && a.struct_size == sizeof a);
+        EXPECT(imgtool_rebase_options_init(&b) == IMGTOOL_OK && b.struct_size == sizeof b);
+        EXPECT(imgtool_resize_options_init(&r) == IMGTOOL_OK && r.struct_size == sizeof r);
+        EXPECT(imgtool_amend_options_init(&am) == IMGTOOL_OK && am.struct_size == sizeof am);
+        EXPECT(imgtool_snapshot_options_init(&s) == IMGTOOL_OK && s.struct_size == sizeof s);
+        EXPECT(imgtool_compare_options_init(&cm) == IMGTOOL_OK && cm.struct_size == sizeof cm);
+        EXPECT(imgtool_measure_options_init(&m) == IMGTOOL_OK && m.struct_size == sizeof m);
+        EXPECT(m.size == IMGTOOL_SIZE_DEFAULT);
+        /* NULL paths and handles. */
+        EXPECT(imgtool_commit(NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_rebase(NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_resize(NULL, 1, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_amend(path, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_snapshot_apply(path, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_compare(NULL, NULL, NULL, NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(imgtool_measure(NULL, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        imgtool_map_entry me = {.struct_size = sizeof me};
+        EXPECT(imgtool_map(NULL, 0, 1, &me) == IMGTOOL_EINVAL);
+        /* Path-based operations name the file like qemu-img. */
+        EXPECT(imgtool_commit(missing, NULL, NULL, NULL) == IMGTOOL_ENOENT);
+        EXPECT(contains(imgtool_last_error(), "Could not open"));
+        EXPECT(imgtool_commit(path, NULL, NULL, NULL) == IMGTOOL_EINVAL);
+        EXPECT(strcmp(imgtool_last_error(), "Image does not have a backing file") == 0);
+        /* raw has no internal snapshots and cannot amend. */
+        EXPECT(imgtool_snapshot_create(path, "x", NULL, NULL) == IMGTOOL_ENOTSUP);
+        am.options = "size=2M";
+        EXPECT(imgtool_amend(path, &am, NULL, NULL) == IMGTOOL_ENOTSUP);
+        /* Writable snapshot views do not exist. */
+        imgtool_open_options so;
+        imgtool_image *si = (imgtool_image *)&so;
+        EXPECT(imgtool_open_options_init(&so) == IMGTOOL_OK);
+        so.flags = IMGTOOL_OPEN_WRITABLE;
+        so.snapshot = "x";
+        EXPECT(imgtool_open(path, &so, &si) != IMGTOOL_OK && si == NULL);
+    }
+
     /* Every code has a description. */
     for (int code = IMGTOOL_EPANIC; code <= IMGTOOL_OK; code++)
         EXPECT(strcmp(imgtool_strerror(code), "Unknown error code") != 0);

@@ -1,7 +1,7 @@
 /*
  * imginfo - print what libimgtool knows about an image.
  *
- *   imginfo [-f FMT] [-U] [--json | --map | --summary] IMAGE
+ *   imginfo [-f FMT] [-U] [--json | --map | --block-status | --summary] IMAGE
  *
  * --json prints the `qemu-img info --output=json` document
  * (imgtool_info_json); --map iterates imgtool_block_status over the whole
@@ -51,7 +51,7 @@ static void print_extent(const imgtool_extent *e, uint64_t start, int first)
     printf("}");
 }
 
-static int print_map(imgtool_image *img)
+static int print_block_status(imgtool_image *img)
 {
     uint64_t size, off = 0, start = 0;
     imgtool_extent cur = {0}, e;
@@ -75,6 +75,25 @@ static int print_map(imgtool_image *img)
     if (cur.length)
         print_extent(&cur, start, first), first = 0;
     printf(first ? "[]\n" : "]\n");
+    return 0;
+}
+
+/* imgtool_map returns qemu-img map's entries themselves, one per call. */
+static int print_map(imgtool_image *img)
+{
+    uint64_t size;
+    imgtool_map_entry e = {.struct_size = sizeof e};
+    int rc;
+
+    if ((rc = imgtool_get_size(img, &size)) != IMGTOOL_OK)
+        return fail("imgtool_get_size", rc);
+    for (uint64_t off = 0; off < size; off += e.length) {
+        if ((rc = imgtool_map(img, off, size - off, &e)) != IMGTOOL_OK)
+            return fail("imgtool_map", rc);
+        imgtool_extent x = {e.length, e.offset, e.depth, e.flags, e.has_offset};
+        print_extent(&x, e.start, off == 0);
+    }
+    printf(size ? "]\n" : "[]\n");
     return 0;
 }
 
@@ -130,7 +149,7 @@ static int print_summary(imgtool_image *img)
 int main(int argc, char **argv)
 {
     const char *format = NULL, *path = NULL;
-    int want_json = 0, want_map = 0, want_summary = 0, rc;
+    int want_json = 0, want_map = 0, want_status = 0, want_summary = 0, rc;
     imgtool_open_options o;
     imgtool_image *img = NULL;
 
@@ -145,20 +164,22 @@ int main(int argc, char **argv)
             want_json = 1;
         else if (strcmp(argv[i], "--map") == 0)
             want_map = 1;
+        else if (strcmp(argv[i], "--block-status") == 0)
+            want_status = 1;
         else if (strcmp(argv[i], "--summary") == 0)
             want_summary = 1;
         else if (!path && argv[i][0] != '-')
             path = argv[i];
         else {
-            fprintf(stderr, "usage: imginfo [-f FMT] [-U] [--json | --map | --summary] IMAGE\n");
+            fprintf(stderr, "usage: imginfo [-f FMT] [-U] [--json | --map | --block-status | --summary] IMAGE\n");
             return 2;
         }
     }
     if (!path) {
-        fprintf(stderr, "usage: imginfo [-f FMT] [-U] [--json | --map | --summary] IMAGE\n");
+        fprintf(stderr, "usage: imginfo [-f FMT] [-U] [--json | --map | --block-status | --summary] IMAGE\n");
         return 2;
     }
-    if (!want_json && !want_map && !want_summary)
+    if (!want_json && !want_map && !want_status && !want_summary)
         want_json = want_map = 1;
     o.format = format;
 
@@ -169,6 +190,8 @@ int main(int argc, char **argv)
         status = print_json(img);
     if (!status && want_map)
         status = print_map(img);
+    if (!status && want_status)
+        status = print_block_status(img);
     if (!status && want_summary)
         status = print_summary(img);
     if ((rc = imgtool_close(img)) != IMGTOOL_OK && !status)

@@ -219,11 +219,20 @@ for fmt in raw qcow2; do
             note "imginfo --json src.$fmt differs from qemu-img info --output=json"
         fi
     fi
+    "$QEMU_IMG" map --output=json -f "$fmt" "$src" >"$work/qmap.json"
     if run "imginfo --map src.$fmt" "$BIN/imginfo" --map "$src"; then
         cp "$log" "$work/map.json"
-        "$QEMU_IMG" map --output=json -f "$fmt" "$src" >"$work/qmap.json"
-        if ! diff -u "$work/qmap.json" "$work/map.json" >"$log"; then
-            note "imginfo --map src.$fmt differs from qemu-img map --output=json"
+        if diff -u "$work/qmap.json" "$work/map.json" >"$log"; then
+            pass "imgtool_map on src.$fmt is qemu-img map --output=json"
+        else
+            fail "imgtool_map on src.$fmt is qemu-img map --output=json"
+        fi
+    fi
+    # Block status is lower level (no QEMU refinements); differences are notes.
+    if run "imginfo --block-status src.$fmt" "$BIN/imginfo" --block-status "$src"; then
+        cp "$log" "$work/bs.json"
+        if ! diff -u "$work/qmap.json" "$work/bs.json" >"$log"; then
+            note "merged imgtool_block_status on src.$fmt differs from qemu-img map"
         fi
     fi
 done
@@ -299,6 +308,115 @@ if run "imgcheck -r leaks" "$BIN/imgcheck" -r leaks "$work/chk.qcow2"; then
 fi
 run_rc "imgcheck raw: no check (63, as qemu-img)" 63 "$BIN/imgcheck" "$work/src.raw"
 
+# --- commit, rebase, resize, amend, snapshot, compare, measure ------------------
+# Each operation runs on one copy with imgops and on another with qemu-img;
+# qemu-img then judges both results.
+ops=$work/ops
+mkdir -p "$ops"
+mkchain() { # DIR: base.qcow2 (QEMU's pattern) <- top.qcow2 (more data)
+    mkdir -p "$1"
+    cp "$work/src.qcow2" "$1/base.qcow2"
+    "$QEMU_IMG" create -q -f qcow2 -b base.qcow2 -F qcow2 "$1/top.qcow2"
+    "$QEMU_IO" -f qcow2 -c 'write -P 0x5a 1000000 300000' -c 'write -z 8M 64k' \
+        "$1/top.qcow2" >/dev/null
+}
+mkchain "$ops/a"; mkchain "$ops/q"
+"$QEMU_IMG" convert -O raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+run "imgops commit cancelled" "$BIN/imgops" commit --cancel "$ops/a/top.qcow2"
+qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+if run "imgops commit" "$BIN/imgops" commit "$ops/a/top.qcow2"; then
+    "$QEMU_IMG" commit -q "$ops/q/top.qcow2"
+    qcheck "$ops/a/base.qcow2"
+    qcompare "$ops/a/base.qcow2" "$ops/q/base.qcow2"
+    qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+    if "$QEMU_IMG" map --output=json "$ops/a/top.qcow2" | grep -q '"depth": 0, "present": true'; then
+        fail "commit emptied the top image"
+    else
+        pass "commit emptied the top image"
+    fi
+fi
+rm -rf "$ops/a" "$ops/q"; mkchain "$ops/a"
+"$QEMU_IMG" create -q -f qcow2 "$ops/a/other.qcow2" 16M
+"$QEMU_IO" -f qcow2 -c 'write -P 0x77 0 6M' "$ops/a/other.qcow2" >/dev/null
+if run "imgops rebase (safe) onto other.qcow2" "$BIN/imgops" rebase -b other.qcow2 -F qcow2 \
+    "$ops/a/top.qcow2"; then
+    qcheck "$ops/a/top.qcow2"
+    qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+    if "$QEMU_IMG" info "$ops/a/top.qcow2" | grep -q '^backing file: other.qcow2'; then
+        pass "rebase recorded the new backing file"
+    else
+        fail "rebase recorded the new backing file"
+    fi
+fi
+if run "imgops rebase -b '' (flatten)" "$BIN/imgops" rebase -b "" "$ops/a/top.qcow2"; then
+    qcompare -F raw "$ops/a/top.qcow2" "$ops/top-view.raw"
+fi
+cp "$work/src.qcow2" "$ops/r.qcow2"
+if run "imgops resize 40M" "$BIN/imgops" resize "$ops/r.qcow2" 41943040; then
+    qcheck "$ops/r.qcow2"
+    if "$QEMU_IMG" info --output=json "$ops/r.qcow2" | grep -q '"virtual-size": 41943040'; then
+        pass "resize: qemu-img info shows 40M"
+    else
+        fail "resize: qemu-img info shows 40M"
+    fi
+    qcompare "$ops/r.qcow2" "$work/src.qcow2" # the grown tail reads as zeros
+fi
+run_rc "imgops resize smaller without --shrink fails" 1 "$BIN/imgops" resize "$ops/r.qcow2" 1048576
+cp "$work/src.qcow2" "$ops/m.qcow2"
+if run "imgops amend -o compat=0.10" "$BIN/imgops" amend -o compat=0.10 "$ops/m.qcow2"; then
+    qcheck "$ops/m.qcow2"
+    qcompare "$ops/m.qcow2" "$work/src.qcow2"
+    if "$QEMU_IMG" info "$ops/m.qcow2" | grep -q 'compat: 0.10'; then
+        pass "amend: qemu-img info shows compat 0.10"
+    else
+        fail "amend: qemu-img info shows compat 0.10"
+    fi
+fi
+cp "$work/src.qcow2" "$ops/s.qcow2"
+if run "imgops snapshot -c" "$BIN/imgops" snapshot -c before "$ops/s.qcow2"; then
+    "$QEMU_IO" -f qcow2 -c 'write -P 0x66 0 2M' "$ops/s.qcow2" >/dev/null
+    if "$QEMU_IMG" snapshot -l "$ops/s.qcow2" | grep -q ' before '; then
+        pass "qemu-img snapshot -l lists the snapshot"
+    else
+        fail "qemu-img snapshot -l lists the snapshot"
+    fi
+    run "imgops snapshot -a" "$BIN/imgops" snapshot -a before "$ops/s.qcow2"
+    qcompare "$ops/s.qcow2" "$work/src.qcow2"
+    run "imgops snapshot -d" "$BIN/imgops" snapshot -d before "$ops/s.qcow2"
+    qcheck "$ops/s.qcow2"
+    run_rc "imgops snapshot -d of a deleted snapshot fails" 1 \
+        "$BIN/imgops" snapshot -d before "$ops/s.qcow2"
+fi
+# compare: exit status and message as qemu-img's.
+cmp_case() { # NAME ARGS...
+    local name=$1 qout qrc; shift
+    qout=$("$QEMU_IMG" compare "$@" 2>/dev/null); qrc=$?
+    if run_rc "imgops compare $name (exit $qrc)" "$qrc" "$BIN/imgops" compare "$@"; then
+        if [[ $(cat "$log") == "$qout" ]]; then pass "imgops compare $name prints qemu-img's line"
+        else { echo "qemu-img: $qout"; } >>"$log"; fail "imgops compare $name prints qemu-img's line"; fi
+    fi
+}
+cmp_case "identical" "$work/src.qcow2" "$work/src.raw"
+cmp_case "different" "$work/src.qcow2" "$ops/top-view.raw"
+cmp_case "sizes" "$work/src.qcow2" "$ops/r.qcow2"
+cmp_case "strict" -s "$work/src.qcow2" "$work/src.raw"
+# measure: the JSON document as qemu-img's.
+meas_case() { # NAME ARGS...
+    local name=$1; shift
+    "$QEMU_IMG" measure --output=json "$@" >"$work/qmeasure.json" 2>/dev/null
+    if run "imgops measure $name" "$BIN/imgops" measure "$@"; then
+        if diff -u "$work/qmeasure.json" "$log" >"$work/measure.diff"; then
+            pass "imgops measure $name is qemu-img measure --output=json"
+        else
+            cp "$work/measure.diff" "$log"; fail "imgops measure $name is qemu-img measure --output=json"
+        fi
+    fi
+}
+meas_case "--size 1G qcow2" -O qcow2 --size 1073741824
+meas_case "src.qcow2 -> qcow2 4k clusters" -O qcow2 -o cluster_size=4096 "$work/src.qcow2"
+meas_case "src.raw -> raw" -O raw "$work/src.raw"
+meas_case "snapshot of snap.qcow2" -O qcow2 -l first "$work/snap.qcow2"
+
 # --- convert with progress and cancel -----------------------------------------
 for fmt in raw qcow2; do
     src=$work/src.$fmt
@@ -353,6 +471,12 @@ if ((${#vg[@]})); then
         "$work/src.qcow2" "$work/vgc.qcow2"
     run "valgrind imgconv cancelled" "${vg[@]}" "$BIN/imgconv" --cancel-at 0 \
         "$work/src.raw" "$work/vgcancel.raw"
+    run "valgrind imginfo --map src.qcow2" "${vg[@]}" "$BIN/imginfo" --map "$work/src.qcow2"
+    mkchain "$ops/vg"
+    run_rc "valgrind imgops compare" 1 "${vg[@]}" "$BIN/imgops" compare "$ops/vg/top.qcow2" \
+        "$ops/vg/base.qcow2"
+    run "valgrind imgops measure" "${vg[@]}" "$BIN/imgops" measure -O qcow2 "$ops/vg/top.qcow2"
+    run "valgrind imgops commit" "${vg[@]}" "$BIN/imgops" commit "$ops/vg/top.qcow2"
     run "valgrind imginfo --summary overlay" "${vg[@]}" "$BIN/imginfo" --summary \
         "$work/overlay-info.qcow2"
     cp "$work/chk-orig.qcow2" "$work/vgchk.qcow2"
@@ -391,6 +515,14 @@ if [[ -n $ASAN_BIN ]]; then
         "$work/src.qcow2" "$work/asan-cancel.qcow2"
     sigint_case "asan imgconv interrupted by SIGINT" "$ASAN_BIN/imgconv" "$work/src.qcow2" \
         "$work/asan-sigint.qcow2"
+    run "asan imginfo --map src.qcow2" "$ASAN_BIN/imginfo" --map "$work/src.qcow2"
+    mkchain "$ops/asan"
+    run_rc "asan imgops compare" 1 "$ASAN_BIN/imgops" compare "$ops/asan/top.qcow2" \
+        "$ops/asan/base.qcow2"
+    run "asan imgops measure" "$ASAN_BIN/imgops" measure -O qcow2 "$ops/asan/top.qcow2"
+    run "asan imgops commit" "$ASAN_BIN/imgops" commit "$ops/asan/top.qcow2"
+    run "asan imgops rebase" "$ASAN_BIN/imgops" rebase -b "" "$ops/asan/top.qcow2"
+    run "asan imgops snapshot -c" "$ASAN_BIN/imgops" snapshot -c x "$ops/asan/top.qcow2"
     cp "$work/chk-orig.qcow2" "$work/asanchk.qcow2"
     run_rc "asan imgcheck --json leaked qcow2" 3 "$ASAN_BIN/imgcheck" --json "$work/asanchk.qcow2"
     run "asan imgcheck -r leaks" "$ASAN_BIN/imgcheck" -r leaks "$work/asanchk.qcow2"

@@ -1,7 +1,7 @@
 package imgtool
 
 // The C callbacks. A file with //export may only declare things in its
-// preamble; the trampolines that cast the user pointer live in ops.go.
+// preamble; the C trampolines that call them are in trampolines.c.
 
 /*
 #include <stdint.h>

@@ -91,9 +91,12 @@ func knownImage(t *testing.T, dir, format string) (string, []byte) {
 	return path, want
 }
 
-// qemuInfo decodes qemu-img info --output=json into v.
-func qemuInfo(t *testing.T, path string, v any) {
+// qemuInfo decodes qemu-img info --output=json into *v (which it zeroes
+// first: fields missing from the JSON must not keep old values).
+func qemuInfo[T any](t *testing.T, path string, v *T) {
 	t.Helper()
+	var zero T
+	*v = zero
 	if err := json.Unmarshal(qemuImg(t, "info", "--output=json", path), v); err != nil {
 		t.Fatal(err)
 	}

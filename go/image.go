@@ -24,6 +24,10 @@ type OpenOptions struct {
 	Cache      string // qemu-img -t: "writeback" (""), "writethrough", "none", "directsync", "unsafe"
 	ForceShare bool   // take no locks (qemu-img -U); for read-only inspection of an image in use
 	NoBacking  bool   // do not open the backing chain; unallocated areas read as zeros
+	// Snapshot opens this internal snapshot (ID or name, or
+	// "snapshot.id=ID" / "snapshot.name=NAME") read-only instead of the
+	// current state, as qemu-img's -l.
+	Snapshot string
 }
 
 // Image is an open disk image with its backing chain. It is safe for
@@ -64,6 +68,7 @@ func Open(path string, opts *OpenOptions) (*Image, error) {
 	}
 	o.format = cs.str(opts.Format)
 	o.cache = cs.str(opts.Cache)
+	o.snapshot = cs.str(opts.Snapshot)
 	cpath := cs.str(path)
 	if cpath == nil {
 		return nil, errorf("imgtool_open", CodeInvalid, "imgtool: empty path")

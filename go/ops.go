@@ -1,40 +1,7 @@
 package imgtool
 
 /*
-#include <imgtool.h>
-#include <stdint.h>
-#include <stdlib.h>
-
-// Exported from callbacks.go (declared here instead of including
-// _cgo_export.h, which go vet's cgo pass does not generate).
-extern int imgtoolGoProgress(double percent, uintptr_t user);
-extern void imgtoolGoLog(char *line, uintptr_t user);
-
-// C-typed callbacks that hand the user pointer (a cgo.Handle) to Go as an
-// integer, so no Go code turns an integer into a pointer.
-static int imgtool_go_progress(double percent, void *user) {
-	return imgtoolGoProgress(percent, (uintptr_t)user);
-}
-static void imgtool_go_log(const char *line, void *user) {
-	imgtoolGoLog((char *)line, (uintptr_t)user);
-}
-
-static int imgtool_go_convert(const char *const *srcs, size_t nsrcs, const char *dst,
-                              const imgtool_convert_options *opts, uintptr_t progress) {
-	return imgtool_convert(srcs, nsrcs, dst, opts, progress ? imgtool_go_progress : NULL,
-	                       (void *)progress);
-}
-
-static int imgtool_go_check(const char *path, imgtool_check_options *o,
-                            imgtool_check_report *report, char **json, uintptr_t log) {
-	o->log = log ? imgtool_go_log : NULL;
-	o->log_user = (void *)log;
-	return imgtool_check(path, o, report, json, NULL, NULL);
-}
-
-static void imgtool_go_set_notice_handler(uintptr_t h) {
-	imgtool_set_notice_handler(h ? imgtool_go_log : NULL, (void *)h);
-}
+#include "trampolines.h"
 */
 import "C"
 

@@ -212,6 +212,64 @@
 #define IMGTOOL_CHECK_FORCE_SHARE (1 << 0)
 
 /**
+ * `imgtool_compare_options.flags`: strict mode (`-s`): the sizes and the
+ * allocation status must match too, not only the content.
+ */
+#define IMGTOOL_COMPARE_STRICT (1 << 0)
+
+/**
+ * `imgtool_compare_report.result`: the images read the same.
+ */
+#define IMGTOOL_COMPARE_IDENTICAL 0
+
+/**
+ * `imgtool_compare_report.result`: the content differs at `offset`.
+ */
+#define IMGTOOL_COMPARE_CONTENT_MISMATCH 1
+
+/**
+ * `imgtool_compare_report.result`: strict mode, the sizes differ.
+ */
+#define IMGTOOL_COMPARE_SIZE_MISMATCH 2
+
+/**
+ * `imgtool_compare_report.result`: strict mode, the allocation status
+ * differs at `offset`.
+ */
+#define IMGTOOL_COMPARE_STATUS_MISMATCH 3
+
+/**
+ * `imgtool_commit_options.flags`: leave the top image as it is instead of
+ * emptying it (qemu-img commit `-d`). Implied by a `base`.
+ */
+#define IMGTOOL_COMMIT_DROP (1 << 0)
+
+/**
+ * `imgtool_rebase_options.flags`: only rewrite the backing file name in
+ * the header, without comparing or copying data (qemu-img rebase `-u`).
+ * The caller vouches that the new backing file has the same content.
+ */
+#define IMGTOOL_REBASE_UNSAFE (1 << 0)
+
+/**
+ * `imgtool_rebase_options.flags`: write the clusters copied into the
+ * image compressed (`-c`; qcow2).
+ */
+#define IMGTOOL_REBASE_COMPRESS (1 << 1)
+
+/**
+ * `imgtool_rebase_options.flags`: open the new backing file without
+ * locks (`-U`).
+ */
+#define IMGTOOL_REBASE_FORCE_SHARE (1 << 2)
+
+/**
+ * `imgtool_resize_options.flags`: allow making the image smaller
+ * (qemu-img resize `--shrink`); data beyond the new end is lost.
+ */
+#define IMGTOOL_RESIZE_SHRINK (1 << 0)
+
+/**
  * An open image: a format driver plus its backing chain.
  *
  * Created by `imgtool_open`, released by `imgtool_close`. Opaque.
@@ -253,6 +311,13 @@ typedef struct imgtool_open_options {
      * "writethrough", "none", "directsync", "unsafe".
      */
     const char *cache;
+    /**
+     * Open this internal snapshot (qcow2) instead of the current state,
+     * read-only, as qemu-img's `-l` does: its ID or name, or
+     * "snapshot.id=ID" / "snapshot.name=NAME". NULL or "" for the current
+     * state. Not with `IMGTOOL_OPEN_WRITABLE`.
+     */
+    const char *snapshot;
 } imgtool_open_options;
 
 /**
@@ -361,6 +426,49 @@ typedef struct imgtool_info {
 } imgtool_info;
 
 /**
+ * One `qemu-img map --output=json` entry (QAPI MapEntry), as `imgtool_map`
+ * fills it. Set `struct_size` to `sizeof(imgtool_map_entry)` before the
+ * first call (the library keeps it); on return it holds the number of
+ * bytes the library filled in.
+ */
+typedef struct imgtool_map_entry {
+    /**
+     * Set by the caller to `sizeof(imgtool_map_entry)`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_EXTENT_*` bits ("data", "zero", "present", "compressed").
+     */
+    uint32_t flags;
+    /**
+     * Guest offset of the run ("start").
+     */
+    uint64_t start;
+    /**
+     * Length of the run in bytes ("length", > 0).
+     */
+    uint64_t length;
+    /**
+     * Host offset in `filename` ("offset"); valid when `has_offset`.
+     */
+    uint64_t offset;
+    /**
+     * Layer that decided the run ("depth"): 0 = the image, 1 = its
+     * backing file, ...
+     */
+    uint32_t depth;
+    /**
+     * Whether `offset` and `filename` are set.
+     */
+    bool has_offset;
+    /**
+     * The file `offset` refers to ("filename"), or NULL. Owned by the
+     * handle: valid until `imgtool_close`; do not free.
+     */
+    const char *filename;
+} imgtool_map_entry;
+
+/**
  * One internal snapshot (QAPI SnapshotInfo), as `imgtool_snapshot_get`
  * fills it. Set `struct_size` to `sizeof(imgtool_snapshot)` before the
  * call; on return it holds the number of bytes the library filled in.
@@ -403,6 +511,26 @@ typedef struct imgtool_snapshot {
      */
     uint64_t icount;
 } imgtool_snapshot;
+
+/**
+ * How `imgtool_snapshot_create`/`_apply`/`_delete` open the image.
+ * Initialise with `imgtool_snapshot_options_init()`.
+ */
+typedef struct imgtool_snapshot_options {
+    /**
+     * `sizeof(imgtool_snapshot_options)`, set by
+     * `imgtool_snapshot_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved for flags; must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+} imgtool_snapshot_options;
 
 /**
  * What `imgtool_create` creates. Initialise with
@@ -632,6 +760,234 @@ typedef struct imgtool_check_report {
      */
     uint64_t compressed_clusters;
 } imgtool_check_report;
+
+/**
+ * How `imgtool_compare` compares. Initialise with
+ * `imgtool_compare_options_init()`, then change fields.
+ */
+typedef struct imgtool_compare_options {
+    /**
+     * `sizeof(imgtool_compare_options)`, set by
+     * `imgtool_compare_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMPARE_*` bits.
+     */
+    uint32_t flags;
+} imgtool_compare_options;
+
+/**
+ * The result of `imgtool_compare`. Set `struct_size` to
+ * `sizeof(imgtool_compare_report)` before the call; on return it holds
+ * the number of bytes the library filled in.
+ */
+typedef struct imgtool_compare_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_compare_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMPARE_*` result.
+     */
+    uint32_t result;
+    /**
+     * First differing offset (content: the first differing 512-byte
+     * sector, as qemu-img reports it; strict status: the offset) for the
+     * mismatch results, 0 otherwise.
+     */
+    uint64_t offset;
+    /**
+     * qemu-img compare's exit status: 0 identical, 1 different.
+     */
+    int32_t exit_code;
+    /**
+     * Not strict: the sizes differ (qemu-img warns "Image size mismatch!");
+     * the longer image's tail was compared with zeros.
+     */
+    bool size_mismatch;
+} imgtool_compare_report;
+
+/**
+ * What `imgtool_measure` measures. Initialise with
+ * `imgtool_measure_options_init()`, then set `size` or pass a source.
+ */
+typedef struct imgtool_measure_options {
+    /**
+     * `sizeof(imgtool_measure_options)`, set by
+     * `imgtool_measure_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved for flags; must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image to create (`-O`); NULL or "" = "raw".
+     */
+    const char *out_format;
+    /**
+     * Its creation options (`-o`, "key=value,..."); NULL or "" for none.
+     */
+    const char *options;
+    /**
+     * Virtual size of a new empty image (`--size`), or
+     * `IMGTOOL_SIZE_DEFAULT` (the default) when measuring a source image.
+     */
+    uint64_t size;
+} imgtool_measure_options;
+
+/**
+ * The result of `imgtool_measure` (QAPI BlockMeasureInfo). Set
+ * `struct_size` to `sizeof(imgtool_measure_report)` before the call; on
+ * return it holds the number of bytes the library filled in.
+ */
+typedef struct imgtool_measure_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_measure_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Whether `bitmaps` is valid (both the source and the target format
+     * can hold persistent bitmaps).
+     */
+    bool has_bitmaps;
+    /**
+     * Bytes the new image needs for the source's data ("required").
+     */
+    uint64_t required;
+    /**
+     * Bytes it needs when fully allocated ("fully-allocated").
+     */
+    uint64_t fully_allocated;
+    /**
+     * Bytes for the source's persistent bitmaps ("bitmaps").
+     */
+    uint64_t bitmaps;
+} imgtool_measure_report;
+
+/**
+ * How `imgtool_commit` commits. Initialise with
+ * `imgtool_commit_options_init()`, then change fields.
+ */
+typedef struct imgtool_commit_options {
+    /**
+     * `sizeof(imgtool_commit_options)`, set by `imgtool_commit_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_COMMIT_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Format of the top image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * The image of the backing chain to commit into (`-b`), as named in
+     * the chain or as a path; NULL or "" for the top's backing file.
+     */
+    const char *base;
+    /**
+     * Cache mode for the images written (`-t`); NULL or "" = "writeback".
+     */
+    const char *cache;
+} imgtool_commit_options;
+
+/**
+ * How `imgtool_rebase` rebases. Initialise with
+ * `imgtool_rebase_options_init()`, then set `backing_file`.
+ */
+typedef struct imgtool_rebase_options {
+    /**
+     * `sizeof(imgtool_rebase_options)`, set by `imgtool_rebase_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_REBASE_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * The new backing file as it goes into the header (`-b`), relative to
+     * the image's directory; "" removes the backing file (the image then
+     * holds all its data). NULL is only allowed with
+     * `IMGTOOL_REBASE_UNSAFE` and also removes it.
+     */
+    const char *backing_file;
+    /**
+     * Format of the new backing file (`-F`); NULL or "" probes it.
+     */
+    const char *backing_format;
+    /**
+     * Cache mode of the image (`-t`); NULL or "" = "writeback".
+     */
+    const char *cache;
+    /**
+     * Cache mode of the old and new backing files (`-T`); NULL or "" =
+     * "writeback".
+     */
+    const char *backing_cache;
+} imgtool_rebase_options;
+
+/**
+ * How `imgtool_resize` resizes. Initialise with
+ * `imgtool_resize_options_init()`, then change fields.
+ */
+typedef struct imgtool_resize_options {
+    /**
+     * `sizeof(imgtool_resize_options)`, set by `imgtool_resize_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_RESIZE_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * Preallocation of the new area when growing (`--preallocation`):
+     * "off" (default when NULL or ""), "metadata", "falloc", "full".
+     */
+    const char *preallocation;
+    /**
+     * Cache mode; NULL or "" = "writeback".
+     */
+    const char *cache;
+} imgtool_resize_options;
+
+/**
+ * How `imgtool_amend` amends. Initialise with
+ * `imgtool_amend_options_init()`, then set `options`.
+ */
+typedef struct imgtool_amend_options {
+    /**
+     * `sizeof(imgtool_amend_options)`, set by `imgtool_amend_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * Reserved for `IMGTOOL_AMEND_*` flags; must be 0.
+     */
+    uint32_t flags;
+    /**
+     * Format of the image (`-f`); NULL or "" probes it.
+     */
+    const char *format;
+    /**
+     * The options to change (`-o`, required), "key=value,...", e.g.
+     * "compat=0.10" or "refcount_bits=64,lazy_refcounts=on".
+     */
+    const char *options;
+    /**
+     * Cache mode (`-t`); NULL or "" = "writeback".
+     */
+    const char *cache;
+} imgtool_amend_options;
 
 #ifdef __cplusplus
 extern "C" {
@@ -919,6 +1275,43 @@ int imgtool_get_info(struct imgtool_image *img, struct imgtool_info *out);
 void imgtool_info_free(struct imgtool_info *info);
 
 /**
+ * The run of guest bytes starting at `offset` with one status, merged as
+ * `qemu-img map` merges them (adjacent block-status runs that agree on
+ * every field and whose host offsets continue), looking at most `bytes`
+ * ahead. Unlike `imgtool_block_status`, the runs are exactly the entries
+ * of `qemu-img map --output=json`, with QEMU's refinements (zero clusters,
+ * preallocated and compressed clusters, host offsets and file names).
+ *
+ * Iterate by calling it in a loop, advancing `offset` by `out->length`
+ * until the end (`imgtool_get_size`, or the end of the range you want):
+ *
+ * ```c
+ * imgtool_map_entry e = {.struct_size = sizeof e};
+ * for (uint64_t off = 0; off < size; off += e.length)
+ *     if (imgtool_map(img, off, size - off, &e) != IMGTOOL_OK) break;
+ * ```
+ *
+ * Nothing is allocated for the caller. `offset` must be below the virtual
+ * size and `bytes` non-zero (`IMGTOOL_ERANGE` otherwise); `bytes` is
+ * clipped at the end of the image.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, `struct_size` not set),
+ * `IMGTOOL_ERANGE`, `IMGTOOL_EIO`/`IMGTOOL_ECORRUPT` (unreadable
+ * metadata: "Could not read file metadata: ...").
+ *
+ * Thread safety: may run concurrently with other calls on the same
+ * handle (except `imgtool_close`).
+ *
+ * # Safety
+ * `img` is NULL or a live handle; `out` is NULL or a writable
+ * `imgtool_map_entry` whose `struct_size` is set.
+ */
+int imgtool_map(struct imgtool_image *img,
+                uint64_t offset,
+                uint64_t bytes,
+                struct imgtool_map_entry *out);
+
+/**
  * The `index`-th internal snapshot of the image (its top layer), in table
  * order, as `qemu-img snapshot -l` lists them. `imgtool_get_info` gives
  * the count (`snapshot_count`); iterate with `index` from 0 until the
@@ -935,6 +1328,80 @@ void imgtool_info_free(struct imgtool_info *info);
  * `imgtool_snapshot` whose `struct_size` is set.
  */
 int imgtool_snapshot_get(struct imgtool_image *img, size_t index, struct imgtool_snapshot *out);
+
+/**
+ * Fill `opts` with defaults (format probed) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_snapshot_options`.
+ */
+int imgtool_snapshot_options_init(struct imgtool_snapshot_options *opts);
+
+/**
+ * Create an internal snapshot called `name` of the image at `path`
+ * (`qemu-img snapshot -c`): its ID is one above the highest, its date
+ * now, without VM state. Names longer than 255 bytes are cut, as QEMU
+ * does. If `out` is not NULL it receives the new snapshot (set its
+ * `struct_size` first).
+ *
+ * Errors: `IMGTOOL_EINVAL`, `IMGTOOL_ENOTSUP` (formats without internal
+ * snapshots, e.g. raw), errors from opening the image (`IMGTOOL_ENOENT`,
+ * `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`; the message
+ * is qemu-img's ("Could not create snapshot 'NAME': ...").
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration, so it must not be open elsewhere.
+ *
+ * # Safety
+ * `path` and `name` are NULL or NUL-terminated; `opts` is NULL or
+ * initialised; `out` is NULL or a writable `imgtool_snapshot` whose
+ * `struct_size` is set.
+ */
+int imgtool_snapshot_create(const char *path,
+                            const char *name,
+                            const struct imgtool_snapshot_options *opts,
+                            struct imgtool_snapshot *out);
+
+/**
+ * Revert the image at `path` to its internal snapshot `name` (an ID or a
+ * name; `qemu-img snapshot -a`). The current state is lost.
+ *
+ * Errors: as `imgtool_snapshot_create`; an unknown snapshot is
+ * `IMGTOOL_ENOENT` or `IMGTOOL_EINVAL` with qemu-img's message
+ * ("Could not apply snapshot 'NAME': ...").
+ *
+ * Thread safety: as `imgtool_snapshot_create`.
+ *
+ * # Safety
+ * `path` and `name` are NULL or NUL-terminated; `opts` is NULL or
+ * initialised.
+ */
+int imgtool_snapshot_apply(const char *path,
+                           const char *name,
+                           const struct imgtool_snapshot_options *opts);
+
+/**
+ * Delete the first internal snapshot called `name` of the image at `path`
+ * (`qemu-img snapshot -d`; names, not IDs, as qemu-img looks them up).
+ *
+ * Errors: as `imgtool_snapshot_create`; no such snapshot is
+ * `IMGTOOL_ENOENT` ("Could not delete snapshot 'NAME': snapshot not
+ * found").
+ *
+ * Thread safety: as `imgtool_snapshot_create`.
+ *
+ * # Safety
+ * `path` and `name` are NULL or NUL-terminated; `opts` is NULL or
+ * initialised.
+ */
+int imgtool_snapshot_delete(const char *path,
+                            const char *name,
+                            const struct imgtool_snapshot_options *opts);
 
 /**
  * Fill `opts` with defaults (format "raw", no file name, size
@@ -1063,6 +1530,272 @@ int imgtool_check(const char *path,
                   const struct imgtool_check_options *opts,
                   struct imgtool_check_report *report,
                   char **json,
+                  imgtool_progress_fn progress,
+                  void *user);
+
+/**
+ * Fill `opts` with defaults (content comparison, not strict) and set
+ * `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_compare_options`.
+ */
+int imgtool_compare_options_init(struct imgtool_compare_options *opts);
+
+/**
+ * Compare the guest content of two open images as `qemu-img compare`
+ * does. Runs that read as zeros in both
+ * are skipped unread; without `IMGTOOL_COMPARE_STRICT` images of different
+ * sizes are equal when the longer one's tail reads as zeros.
+ *
+ * Returns `IMGTOOL_OK` whenever the comparison ran to its end, identical
+ * or not: read `*report` (`result`, `offset`, `exit_code`). `json` may be
+ * NULL; otherwise it receives `{"result": "identical" |
+ * "content-mismatch" | "size-mismatch" | "status-mismatch",
+ * "size-mismatch": bool, "offset": N}` (free with `imgtool_free_string`).
+ *
+ * `progress` may be NULL; otherwise it gets the percentage done. A
+ * comparison cannot be cancelled: the callback's return value is ignored.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL arguments, bad options or report size);
+ * a failed block status or read on either image, with qemu-img's message
+ * naming the image by the path it was opened with ("Sector allocation
+ * test failed for PATH", "Error while reading offset N of PATH: ...") and
+ * that failure's code (`IMGTOOL_EIO`, `IMGTOOL_ECORRUPT`, ...).
+ *
+ * Thread safety: only reads both handles; may run concurrently with other
+ * calls on them (except `imgtool_close`). The same handle may be passed
+ * twice.
+ *
+ * # Safety
+ * `img1` and `img2` are NULL or live handles; `opts` is NULL or
+ * initialised; `report` is NULL or a writable report with `struct_size`
+ * set; `json` is NULL or writable; `progress` is NULL or safe to call
+ * with `user`.
+ */
+int imgtool_compare(struct imgtool_image *img1,
+                    struct imgtool_image *img2,
+                    const struct imgtool_compare_options *opts,
+                    struct imgtool_compare_report *report,
+                    char **json,
+                    imgtool_progress_fn progress,
+                    void *user);
+
+/**
+ * Fill `opts` with defaults (raw target, no options, no size) and set
+ * `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an
+ * `imgtool_measure_options`.
+ */
+int imgtool_measure_options_init(struct imgtool_measure_options *opts);
+
+/**
+ * Compute the host size an image of `opts->out_format` with
+ * `opts->options` would need, as `qemu-img measure` does: either for a
+ * new empty image of `opts->size` bytes (`source` NULL), or for a copy of
+ * the open image `source` (as `imgtool_convert` would write it; open the
+ * source with `imgtool_open_options.snapshot` to measure a snapshot).
+ *
+ * `report` and `json` may each be NULL; `*json` receives the
+ * `qemu-img measure --output=json` document (free with
+ * `imgtool_free_string`).
+ *
+ * Errors: `IMGTOOL_EINVAL` ("Either --size N or one filename must be
+ * specified.", "--size N cannot be used together with a filename.",
+ * invalid options for the format, unknown format), `IMGTOOL_ENOTSUP` (a
+ * format that cannot be measured), `IMGTOOL_EIO` (reading the source's
+ * block status).
+ *
+ * Thread safety: only reads `source`; may run concurrently with other
+ * calls on it (except `imgtool_close`).
+ *
+ * # Safety
+ * `opts` is NULL or initialised; `source` is NULL or a live handle;
+ * `report` is NULL or a writable report with `struct_size` set; `json` is
+ * NULL or writable.
+ */
+int imgtool_measure(const struct imgtool_measure_options *opts,
+                    struct imgtool_image *source,
+                    struct imgtool_measure_report *report,
+                    char **json);
+
+/**
+ * Fill `opts` with the defaults of `qemu-img commit` (into the immediate
+ * backing file, then empty the top; format probed; writeback cache) and
+ * set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_commit_options`.
+ */
+int imgtool_commit_options_init(struct imgtool_commit_options *opts);
+
+/**
+ * Commit the image at `path` into its backing file, as `qemu-img commit`
+ * does: everything the top image (and any layer between it and the base)
+ * has allocated is written into the base, then the top is emptied so its
+ * reads fall through to the base (unless `IMGTOOL_COMMIT_DROP` or a
+ * `base` is given).
+ *
+ * `opts` may be NULL for the defaults. `progress` may be NULL; otherwise
+ * it gets the percentage done, and returning non-zero from it cancels
+ * (`IMGTOOL_ECANCELED`). A cancelled or failed commit may leave part of
+ * the data written into the base (as with qemu-img): the top image is
+ * still complete and its content unchanged, but other images using the
+ * base may see the new data.
+ *
+ * Errors: `IMGTOOL_EINVAL` (no backing file: "Image does not have a
+ * backing file"; a `base` not in the chain; bad options), errors from
+ * opening the images (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...),
+ * `IMGTOOL_ENOTSUP` (a format that cannot be emptied), `IMGTOOL_ECANCELED`,
+ * `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the images are locked for writing for the
+ * duration, so they must not be open elsewhere.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `progress` is NULL or safe to call with `user`.
+ */
+int imgtool_commit(const char *path,
+                   const struct imgtool_commit_options *opts,
+                   imgtool_progress_fn progress,
+                   void *user);
+
+/**
+ * Fill `opts` with defaults (safe mode, formats probed, writeback caches,
+ * no backing file given) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_rebase_options`.
+ */
+int imgtool_rebase_options_init(struct imgtool_rebase_options *opts);
+
+/**
+ * Point the image at `path` to another backing file (or none), as
+ * `qemu-img rebase` does. In safe mode (the default) the guest-visible
+ * content does not change: every range the image does not allocate and
+ * whose content differs between the old and the new backing chain is
+ * first copied into the image; the header changes last.
+ *
+ * `progress` may be NULL; otherwise it gets the percentage done, and
+ * returning non-zero from it cancels (`IMGTOOL_ECANCELED`) before the
+ * header is switched: the image still uses its old backing file, possibly
+ * with some data already copied into it (which does not change what the
+ * guest sees).
+ *
+ * Errors: `IMGTOOL_EINVAL` (bad options, NULL `backing_file` without
+ * `IMGTOOL_REBASE_UNSAFE`), errors from opening the images
+ * (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP` (a format
+ * without backing files), `IMGTOOL_ECANCELED`, `IMGTOOL_ENOSPC`,
+ * `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `progress` is NULL or safe to call with `user`.
+ */
+int imgtool_rebase(const char *path,
+                   const struct imgtool_rebase_options *opts,
+                   imgtool_progress_fn progress,
+                   void *user);
+
+/**
+ * Fill `opts` with defaults (grow only, no preallocation, format probed)
+ * and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_resize_options`.
+ */
+int imgtool_resize_options_init(struct imgtool_resize_options *opts);
+
+/**
+ * Set the virtual size of the image at `path` to `size` bytes, as
+ * `qemu-img resize` does (with qemu-img's checks and messages). Growing
+ * makes the new area read as zeros, even where a longer backing file has
+ * data. Shrinking needs `IMGTOOL_RESIZE_SHRINK`.
+ *
+ * Sizes relative to the current one (qemu-img's `+N`/`-N`) are the
+ * caller's arithmetic: read the size with `imgtool_get_size` first.
+ *
+ * Errors: `IMGTOOL_EINVAL` ("New image size must be positive", "Use the
+ * --shrink option to perform a shrink operation.", "Preallocation can
+ * only be used for growing images", bad options), errors from opening
+ * the image (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...), `IMGTOOL_ENOTSUP`
+ * (a format or a shrink the driver cannot do), `IMGTOOL_ENOSPC`,
+ * `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration, so it must not be open elsewhere.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised.
+ */
+int imgtool_resize(const char *path, uint64_t size, const struct imgtool_resize_options *opts);
+
+/**
+ * Fill `opts` with defaults (no options, format probed, writeback cache)
+ * and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_amend_options`.
+ */
+int imgtool_amend_options_init(struct imgtool_amend_options *opts);
+
+/**
+ * Change format options of the image at `path` in place, as
+ * `qemu-img amend -o` does (qcow2: `compat`, `refcount_bits`,
+ * `lazy_refcounts`, `backing_file`, `backing_fmt`, ...), with qemu-img's
+ * validation and messages.
+ *
+ * `progress` may be NULL; otherwise it gets the percentage done. An
+ * amendment cannot be cancelled halfway: the callback's return value is
+ * ignored.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL `opts` or `options`, an unknown option
+ * or value, an option only creation supports), `IMGTOOL_ENOTSUP` (a
+ * format without amend, e.g. raw: "Format driver 'raw' does not support
+ * option amendment"; a change the driver cannot make), errors from
+ * opening the image (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...),
+ * `IMGTOOL_ENOSPC`, `IMGTOOL_EIO`.
+ *
+ * Thread safety: any thread; the image is locked for writing for the
+ * duration.
+ *
+ * # Safety
+ * `path` is NULL or NUL-terminated; `opts` is NULL or initialised;
+ * `progress` is NULL or safe to call with `user`.
+ */
+int imgtool_amend(const char *path,
+                  const struct imgtool_amend_options *opts,
                   imgtool_progress_fn progress,
                   void *user);
 

@@ -341,3 +341,60 @@ fn compare_options_and_errors() {
         same(d, c);
     }
 }
+
+/// A random qcow2 image (random geometry and operations), returned by name.
+fn random_image(d: &Path, r: &mut Rng, name: &str, size: u64) -> String {
+    let cs = [4096u64, 16384, 65536][r.below(3) as usize];
+    let ext = cs >= 16384 && r.below(2) == 0;
+    let opts = format!(
+        "cluster_size={cs},extended_l2={}",
+        if ext { "on" } else { "off" }
+    );
+    let s = size.to_string();
+    qemu_img_ok(d, &["create", "-q", "-f", "qcow2", "-o", &opts, name, &s]);
+    let mut ops = Vec::new();
+    for _ in 0..(5 + r.below(15)) {
+        let off = r.below(size) & !511;
+        let len = ((1 + r.below(512)) * 512).min(size - off);
+        ops.push(match r.below(5) {
+            0 => format!("write -s rnd.bin {off} {len}"),
+            1 => format!("write -P {} {off} {len}", r.below(3)),
+            2 => format!("write -z {off} {len}"),
+            3 => format!("write -z -u {off} {len}"),
+            _ => format!("discard {off} {len}"),
+        });
+    }
+    qemu_io(d, "qcow2", name, &ops);
+    name.to_string()
+}
+
+/// Random images against each other (mostly different) and against their
+/// flattened copies (identical), plain, strict and with progress.
+#[test]
+fn compare_random_images() {
+    let dir = TempDir::new("cmp_random_img");
+    let d = dir.path();
+    std::fs::write(d.join("rnd.bin"), random_bytes(5, MIB as usize)).unwrap();
+    let mut r = Rng::new(4242);
+    let mut names = Vec::new();
+    for i in 0..10 {
+        let size = [2 * MIB, 3 * MIB + 512][(i % 2) as usize];
+        let n = random_image(d, &mut r, &format!("i{i}.qcow2"), size);
+        let flat = format!("i{i}.raw");
+        qemu_img_ok(d, &["convert", "-O", "raw", &n, &flat]);
+        for flags in [&[][..], &["-s"], &["-p"]] {
+            let mut args = vec!["compare"];
+            args.extend_from_slice(flags);
+            args.push(&n);
+            args.push(&flat);
+            same(d, &args);
+        }
+        names.push(n);
+    }
+    for (i, a) in names.iter().enumerate() {
+        for b in &names[i + 1..] {
+            same(d, &["compare", a, b]);
+            same(d, &["compare", "-s", a, b]);
+        }
+    }
+}

@@ -297,3 +297,91 @@ fn map_options_and_errors() {
         same(d, c);
     }
 }
+
+/// Random images: random geometry and random qemu-io writes, zeroes (with
+/// and without unmap), discards and compressed writes, some over a backing
+/// file; `map` must agree with qemu-img on every one.
+#[test]
+fn map_random_images() {
+    let dir = TempDir::new("map_random");
+    let d = dir.path();
+    std::fs::write(d.join("rnd.bin"), random_bytes(77, 2 * MIB as usize)).unwrap();
+    std::fs::write(d.join("txt.bin"), text_bytes(78, 2 * MIB as usize)).unwrap();
+    let mut r = Rng::new(2024);
+    for i in 0..16 {
+        let cs = [4096u64, 16384, 65536, 131072][r.below(4) as usize];
+        let ext = cs >= 16384 && r.below(2) == 0;
+        let size = (1 + r.below(12)) * MIB + r.below(4) * 512;
+        let opts = format!(
+            "cluster_size={cs},extended_l2={}",
+            if ext { "on" } else { "off" }
+        );
+        let base = format!("base{i}.qcow2");
+        let top = format!("top{i}.qcow2");
+        let s = size.to_string();
+        qemu_img_ok(d, &["create", "-q", "-f", "qcow2", "-o", &opts, &base, &s]);
+        let mut ops = Vec::new();
+        for _ in 0..(10 + r.below(20)) {
+            let off = r.below(size) & !511;
+            let len = (1 + r.below(256 * KIB.min(size - off) / 512)) * 512;
+            let len = len.min(size - off);
+            ops.push(match r.below(6) {
+                0 => format!("write -s rnd.bin {off} {len}"),
+                1 => format!("write -P {} {off} {len}", r.below(256)),
+                2 => format!("write -z {off} {len}"),
+                3 => format!("write -z -u {off} {len}"),
+                4 => format!("discard {off} {len}"),
+                _ => {
+                    // Compressed writes take whole, unallocated clusters.
+                    let c = (off / cs) * cs;
+                    let n = cs.min(size - c);
+                    if n < cs {
+                        format!("write -s txt.bin {off} {len}")
+                    } else {
+                        format!("discard {c} {cs}\nwrite -c -s txt.bin {c} {cs}")
+                    }
+                }
+            });
+        }
+        let ops: Vec<String> = ops
+            .iter()
+            .flat_map(|o| o.split('\n').map(str::to_string).collect::<Vec<_>>())
+            .collect();
+        qemu_io(d, "qcow2", &base, &ops);
+        let file = if r.below(2) == 0 {
+            qemu_img_ok(
+                d,
+                &[
+                    "create", "-q", "-f", "qcow2", "-o", &opts, "-b", &base, "-F", "qcow2", &top,
+                ],
+            );
+            let off = r.below(size) & !511;
+            let len = (size - off).min(300 * KIB);
+            qemu_io(
+                d,
+                "qcow2",
+                &top,
+                &[
+                    format!("write -P 9 {off} {len}"),
+                    format!("write -z {} 64k", (size / 2) & !511),
+                ],
+            );
+            top
+        } else {
+            base
+        };
+        for out in ["--output=json", "--output=human"] {
+            same(d, &["map", out, &file]);
+        }
+        same(
+            d,
+            &[
+                "map",
+                "--output=json",
+                "--start-offset=3000",
+                "--max-length=1M",
+                &file,
+            ],
+        );
+    }
+}

@@ -451,3 +451,33 @@ fn measure_options_and_errors() {
         same(d, c);
     }
 }
+
+/// Random images measured into random qcow2 geometries.
+#[test]
+fn measure_random_images() {
+    let dir = TempDir::new("measure_random");
+    let d = dir.path();
+    let mut r = Rng::new(777);
+    for i in 0..12 {
+        let size = (1 + r.below(40)) * MIB / 4 + r.below(8) * 512;
+        let f = format!("m{i}.qcow2");
+        let s = size.to_string();
+        qemu_img_ok(d, &["create", "-q", "-f", "qcow2", &f, &s]);
+        let mut ops = Vec::new();
+        for _ in 0..(3 + r.below(10)) {
+            let off = r.below(size) & !511;
+            let len = ((1 + r.below(1024)) * 512).min(size - off);
+            ops.push(match r.below(3) {
+                0 => format!("write -P 1 {off} {len}"),
+                1 => format!("write -z {off} {len}"),
+                _ => format!("discard {off} {len}"),
+            });
+        }
+        qemu_io(d, "qcow2", &f, &ops);
+        let cs = ["512", "4k", "64k", "1M", "2M"][r.below(5) as usize];
+        let rb = ["1", "16", "64"][r.below(3) as usize];
+        let o = format!("cluster_size={cs},refcount_bits={rb}");
+        same(d, &["measure", "-O", "qcow2", "-o", &o, &f]);
+        same(d, &["measure", "--output=json", "-O", "raw", &f]);
+    }
+}

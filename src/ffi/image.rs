@@ -24,6 +24,32 @@ use crate::io::CacheMode;
 #[allow(non_camel_case_types)]
 pub struct imgtool_image {
     pub(crate) img: Image,
+    /// File names handed to C (e.g. `imgtool_map_entry.filename`), kept
+    /// until the handle is closed so the pointers stay valid. Interned:
+    /// one entry per distinct name, so it stays as small as the chain.
+    pub(crate) names: parking_lot::Mutex<Vec<std::ffi::CString>>,
+}
+
+impl imgtool_image {
+    pub(crate) fn new(img: Image) -> Self {
+        imgtool_image {
+            img,
+            names: parking_lot::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// A NUL-terminated copy of `name` that lives as long as the handle.
+    pub(crate) fn intern(&self, name: &str) -> *const c_char {
+        let mut names = self.names.lock();
+        if let Some(c) = names.iter().find(|c| c.as_bytes() == name.as_bytes()) {
+            return c.as_ptr();
+        }
+        let c = std::ffi::CString::new(name.replace('\0', "\\0")).unwrap_or_default();
+        // The CString's heap buffer does not move when the Vec grows.
+        let p = c.as_ptr();
+        names.push(c);
+        p
+    }
 }
 
 // The documented thread-safety rests on this.
@@ -63,6 +89,11 @@ pub struct imgtool_open_options {
     /// Cache mode as in qemu-img `-t`: "writeback" (default when NULL),
     /// "writethrough", "none", "directsync", "unsafe".
     pub cache: *const c_char,
+    /// Open this internal snapshot (qcow2) instead of the current state,
+    /// read-only, as qemu-img's `-l` does: its ID or name, or
+    /// "snapshot.id=ID" / "snapshot.name=NAME". NULL or "" for the current
+    /// state. Not with `IMGTOOL_OPEN_WRITABLE`.
+    pub snapshot: *const c_char,
 }
 
 // SAFETY: repr(C), starts with u32 struct_size, fields are integers and raw
@@ -78,6 +109,7 @@ impl imgtool_open_options {
             flags: 0,
             format: std::ptr::null(),
             cache: std::ptr::null(),
+            snapshot: std::ptr::null(),
         }
     }
 }
@@ -143,16 +175,19 @@ pub unsafe extern "C" fn imgtool_open(
         let format = unsafe { opt_nonempty(o.format, "imgtool_open: opts->format") }?;
         // SAFETY: as for format.
         let cache = unsafe { opt_nonempty(o.cache, "imgtool_open: opts->cache") }?;
+        // SAFETY: as for format.
+        let snapshot = unsafe { opt_nonempty(o.snapshot, "imgtool_open: opts->snapshot") }?;
         let oo = OpenOptions {
             format: format.map(str::to_string),
             writable: o.flags & IMGTOOL_OPEN_WRITABLE != 0,
             cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
             force_share: o.flags & IMGTOOL_OPEN_FORCE_SHARE != 0,
             no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
+            snapshot: snapshot.map(str::to_string),
             ..OpenOptions::default()
         };
         let img = Image::open(path, &oo)?;
-        out.write(Box::into_raw(Box::new(imgtool_image { img })));
+        out.write(Box::into_raw(Box::new(imgtool_image::new(img))));
         Ok(())
     })
 }

@@ -34,6 +34,8 @@ pub mod zeroes;
 
 pub mod info;
 
+pub mod map;
+
 pub mod snapshot;
 
 pub mod create;
@@ -41,6 +43,18 @@ pub mod create;
 pub mod convert;
 
 pub mod check;
+
+pub mod compare;
+
+pub mod measure;
+
+pub mod commit;
+
+pub mod rebase;
+
+pub mod resize;
+
+pub mod amend;
 
 pub mod notice;
 
@@ -51,13 +65,20 @@ mod progress;
 #[cfg(test)]
 mod tests;
 
+pub use amend::*;
 pub use check::*;
+pub use commit::*;
+pub use compare::*;
 pub use convert::*;
 pub use create::*;
 pub use error::*;
 pub use image::*;
 pub use info::*;
+pub use map::*;
+pub use measure::*;
 pub use notice::*;
+pub use rebase::*;
+pub use resize::*;
 pub use snapshot::*;
 pub use strings::*;
 pub use zeroes::*;

@@ -780,3 +780,7 @@ fn convert_from_internal_snapshot() {
 }
 
 mod more;
+
+mod ops;
+
+mod read;

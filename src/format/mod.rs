@@ -3,8 +3,14 @@
 
 pub(crate) mod bytes;
 pub mod options;
+pub mod qcow;
 pub mod qcow2;
+pub mod qed;
 pub mod raw;
+pub mod vdi;
+pub mod vhdx;
+pub mod vmdk;
+pub mod vpc;
 
 use std::path::Path;
 
@@ -289,7 +295,7 @@ pub struct DriverOpenOptions {
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
-pub const FORMATS: &[&str] = &["qcow2", "raw"];
+pub const FORMATS: &[&str] = &["qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc"];
 
 /// Guess a file's format from its first bytes (raw when nothing matches).
 pub fn probe(file: &HostFile) -> Result<&'static str> {
@@ -297,6 +303,24 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
     file.read_at(&mut head, 0)?;
     if qcow2::probe(&head) {
         return Ok("qcow2");
+    }
+    if qcow::probe(&head) {
+        return Ok("qcow");
+    }
+    if qed::probe(&head) {
+        return Ok("qed");
+    }
+    if vdi::probe(&head) {
+        return Ok("vdi");
+    }
+    if vhdx::probe(&head) {
+        return Ok("vhdx");
+    }
+    if vmdk::probe(&head) {
+        return Ok("vmdk");
+    }
+    if vpc::probe(&head) {
+        return Ok("vpc");
     }
     Ok("raw")
 }
@@ -314,6 +338,12 @@ pub fn open_driver(
     match format {
         "raw" => Ok(Box::new(raw::Raw::open(file)?)),
         "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
+        "qcow" => Ok(Box::new(qcow::Qcow::open(file, opts)?)),
+        "qed" => Ok(Box::new(qed::Qed::open(file, opts)?)),
+        "vdi" => Ok(Box::new(vdi::Vdi::open(file, opts)?)),
+        "vhdx" => Ok(Box::new(vhdx::Vhdx::open(file, opts)?)),
+        "vmdk" => Ok(Box::new(vmdk::Vmdk::open(file, opts)?)),
+        "vpc" => Ok(Box::new(vpc::Vpc::open(file, opts)?)),
         _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
     }
 }
@@ -323,6 +353,12 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
     match format {
         "raw" => Ok(raw::CREATE_OPTS),
         "qcow2" => Ok(qcow2::CREATE_OPTS),
+        "qcow" => Ok(qcow::CREATE_OPTS),
+        "qed" => Ok(qed::CREATE_OPTS),
+        "vdi" => Ok(vdi::CREATE_OPTS),
+        "vhdx" => Ok(vhdx::CREATE_OPTS),
+        "vmdk" => Ok(vmdk::CREATE_OPTS),
+        "vpc" => Ok(vpc::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
@@ -349,6 +385,7 @@ pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
     match format {
         "raw" => Ok(None),
         "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
+        "qcow" | "qed" | "vdi" => Ok(None),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
@@ -359,6 +396,12 @@ pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Res
     match format {
         "raw" => raw::create(path, size, opts),
         "qcow2" => qcow2::create(path, size, opts),
+        "qcow" => qcow::create(path, size, opts),
+        "qed" => qed::create(path, size, opts),
+        "vdi" => vdi::create(path, size, opts),
+        "vhdx" => vhdx::create(path, size, opts),
+        "vmdk" => vmdk::create(path, size, opts),
+        "vpc" => vpc::create(path, size, opts),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }

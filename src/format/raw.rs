@@ -142,6 +142,11 @@ impl Driver for Raw {
         self.file.flush()
     }
     fn truncate(&self, size: u64, prealloc: Prealloc) -> Result<()> {
+        if prealloc == Prealloc::Metadata {
+            return Err(Error::unsupported(
+                "Unsupported preallocation mode: metadata",
+            ));
+        }
         let mut cur = self.size.write();
         preallocate(&self.file, *cur, size, prealloc)?;
         *cur = size;

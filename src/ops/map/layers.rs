@@ -4,7 +4,8 @@
 //! - qcow2 zero clusters that keep a host cluster report its offset, one
 //!   cluster at a time (offsets of neighbouring clusters are unrelated);
 //! - with extended L2, an unallocated subcluster of an allocated cluster
-//!   reports the host offset it would have;
+//!   reports the host offset it would have (only the clusters at the ends
+//!   of an unallocated run can be such clusters, so this costs O(1));
 //! - when a qcow2 image looks metadata-preallocated, data runs are checked
 //!   against the host file, and a hole there reads as zero (data + zero).
 
@@ -92,9 +93,10 @@ impl<'a> Layer<'a> {
     /// Apply this layer's refinements to a run it decided.
     pub(crate) fn refine(&self, e: &mut MapExtent) -> Result<()> {
         if let Some(q) = &self.qcow2 {
-            let zero = e.present && e.zero && !e.data;
-            if zero || (!e.present && q.extended_l2) {
-                self.walk(e, q)?;
+            if e.present && e.zero && !e.data {
+                self.zero_run(e, q.cluster_size)?;
+            } else if !e.present && q.extended_l2 {
+                self.unallocated_run(e, q.cluster_size)?;
             }
         }
         if e.data && !e.zero && !e.compressed && e.offset.is_some() && self.recurses() {
@@ -103,20 +105,18 @@ impl<'a> Layer<'a> {
         Ok(())
     }
 
-    /// A zero or (extended L2) unallocated run, redone the way QEMU's qcow2
-    /// counts it: cluster by cluster within one L2 table, while the kind
-    /// stays and host offsets stay contiguous (or absent).
-    fn walk(&self, e: &mut MapExtent, q: &Qcow2Facts) -> Result<()> {
-        let cs = q.cluster_size;
+    /// A zero run, redone the way QEMU's qcow2 counts it: cluster by
+    /// cluster within one L2 table, while host offsets stay contiguous (zero
+    /// clusters that keep their host cluster) or stay absent.
+    fn zero_run(&self, e: &mut MapExtent, cs: u64) -> Result<()> {
         let cov = self.l2_coverage().unwrap_or(u64::MAX);
         let limit = e.end().min(e.start - e.start % cov + cov);
-        let unalloc = !e.present;
-        let (status, first, n) = self.piece(e.start, limit, cs, unalloc)?;
+        let (first, n) = self.zero_piece(e.start, limit, cs)?;
         let mut pos = e.start + n;
         let mut expect = first.map(|o| o + n);
         while pos < limit && pos.is_multiple_of(cs) {
-            let (s, o, n) = self.piece(pos, limit, cs, unalloc)?;
-            if s != status || o != expect {
+            let (o, n) = self.zero_piece(pos, limit, cs)?;
+            if n == 0 || o != expect {
                 break;
             }
             pos += n;
@@ -127,41 +127,47 @@ impl<'a> Layer<'a> {
         Ok(())
     }
 
-    /// The run at `pos` up to the end of its cluster (or, for clusters with
-    /// no allocated subcluster at all, over all such whole clusters):
-    /// (status, host offset, bytes).
-    fn piece(
-        &self,
-        pos: u64,
-        limit: u64,
-        cs: u64,
-        unalloc: bool,
-    ) -> Result<(Status, Option<u64>, u64)> {
-        let c0 = pos - pos % cs;
-        let full_end = (c0 + cs).min(self.img.size());
-        let cend = full_end.min(limit);
-        if unalloc && pos == c0 {
-            let run = self.img.layer_status(pos, limit.max(full_end) - pos)?;
-            if run.status == Status::Unallocated && run.len >= full_end - pos {
-                // Whole clusters without an allocated subcluster: no offset
-                // we can learn (QEMU has none unless the L2 entry keeps one).
-                let end = pos + run.len;
-                let whole = (end - end % cs).max(full_end);
-                return Ok((Status::Unallocated, None, whole.min(limit) - pos));
+    /// The zero run at `pos` up to the end of its cluster: (host offset,
+    /// bytes); no bytes when `pos` does not read as zero here.
+    fn zero_piece(&self, pos: u64, limit: u64, cs: u64) -> Result<(Option<u64>, u64)> {
+        let cend = (pos - pos % cs + cs).min(limit);
+        let x = self.img.layer_status(pos, cend - pos)?;
+        if x.status != Status::Zero {
+            return Ok((None, 0));
+        }
+        Ok((x.offset, x.len.clamp(1, cend - pos)))
+    }
+
+    /// An unallocated run (extended L2). Clusters it covers whole have no
+    /// allocated subcluster and no offset we can learn (QEMU has one only
+    /// when the L2 entry keeps a host cluster for nothing); a cluster it
+    /// covers in part may have a host cluster, and then the run there has
+    /// that cluster's offset. Runs without offsets merge, as QEMU counts
+    /// them; only the clusters at the ends need a look.
+    fn unallocated_run(&self, e: &mut MapExtent, cs: u64) -> Result<()> {
+        let size = self.img.size();
+        let (start, end) = (e.start, e.end());
+        let c0 = start - start % cs;
+        let first_end = (c0 + cs).min(size);
+        let whole_first = start == c0 && end >= first_end;
+        if !whole_first {
+            if let Some(b) = self.cluster_base(c0, first_end)? {
+                e.length = first_end.min(end) - start;
+                e.offset = Some(b + (start - c0));
+                return Ok(());
             }
         }
-        let x = self.img.layer_status(pos, cend - pos)?;
-        let n = x.len.clamp(1, cend - pos);
-        let offset = match x.status {
-            Status::Unallocated => {
-                let size = self.img.size();
-                self.cluster_base(c0, (c0 + cs).min(size))?
-                    .map(|b| b + (pos - c0))
-            }
-            _ if x.compressed => None,
-            _ => x.offset,
+        let last = end - end % cs;
+        let keep = if end == size || last <= c0 || last == end {
+            end
+        } else if self.cluster_base(last, (last + cs).min(size))?.is_none() {
+            end
+        } else {
+            last
         };
-        Ok((x.status, offset, n))
+        e.length = keep - start;
+        e.offset = None;
+        Ok(())
     }
 
     /// Host offset of the cluster [c0, cend), from any subcluster that has one.
