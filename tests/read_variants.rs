@@ -104,3 +104,64 @@ fn read_past_end_is_an_error() {
     assert!(img.read_at(&mut buf, MIB - 4096).is_ok());
     assert!(buf.iter().all(|&b| b == 0));
 }
+
+/// An open image is shared by reference between threads (the architecture's
+/// `Send + Sync` rule): compile-time check.
+#[test]
+fn image_is_send_and_sync() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Image>();
+}
+
+/// Four threads read random ranges of one open image at once (cache misses
+/// and evictions racing); every read must match qemu-img's bytes.
+fn concurrent_reads(name: &str) {
+    let dir = TempDir::new(&format!("conc_{name}"));
+    let b = build_variant(name, dir.path());
+    let expected = qemu_raw_bytes(dir.path(), &b.file);
+    let img = Image::open(
+        dir.join(&b.file).to_str().unwrap(),
+        &OpenOptions::read_only(),
+    )
+    .unwrap_or_else(|e| panic!("open: {e}"));
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let (img, expected) = (&img, &expected);
+            s.spawn(move || {
+                let mut r = Rng::new(1000 + t);
+                for _ in 0..200 {
+                    let len = 1 + r.below(200 * KIB) as usize;
+                    let off = r.below(expected.len() as u64 - len as u64) as usize;
+                    let mut buf = vec![0u8; len];
+                    img.read_at(&mut buf, off as u64)
+                        .unwrap_or_else(|e| panic!("read_at({off}, {len}): {e}"));
+                    assert_bytes_eq(
+                        &format!("thread {t}: read_at({off}, {len})"),
+                        &expected[off..off + len],
+                        &buf,
+                    );
+                }
+            });
+        }
+    });
+}
+
+#[test]
+fn concurrent_reads_compressed_zstd() {
+    concurrent_reads("compressed_zstd");
+}
+
+#[test]
+fn concurrent_reads_extended_l2() {
+    concurrent_reads("extended_l2");
+}
+
+#[test]
+fn concurrent_reads_chain3() {
+    concurrent_reads("chain3");
+}
+
+#[test]
+fn concurrent_reads_cluster_512() {
+    concurrent_reads("cluster_512");
+}
