@@ -372,7 +372,12 @@ fn with_snapshots() {
 /// be clean for `qemu-img check` and read as before.
 #[test]
 fn refcount_widths_checked_by_qemu() {
-    for v in ["cluster_2m", "refcount_1", "compressed_zlib", "internal_snapshots"] {
+    for v in [
+        "cluster_2m",
+        "refcount_1",
+        "compressed_zlib",
+        "internal_snapshots",
+    ] {
         for bits in ["1", "2", "16", "64"] {
             let p = pair(&format!("amend_rc_{v}"), |d| {
                 build_variant(v, d);
