@@ -190,6 +190,18 @@ struct Holder(Child);
 
 impl Holder {
     fn new(dir: &Path, file: &str) -> Holder {
+        // Our probe (`qemu-img info`) briefly takes a read lock itself; if
+        // qemu-io starts in that instant it loses the race for the write
+        // lock and exits. Start it again in that case.
+        for _ in 0..20 {
+            if let Some(h) = Self::try_new(dir, file) {
+                return h;
+            }
+        }
+        panic!("qemu-io never took the lock on {file}");
+    }
+
+    fn try_new(dir: &Path, file: &str) -> Option<Holder> {
         let log = dir.join(format!("{file}.holder.log"));
         let child = Command::new("qemu-io")
             .current_dir(dir)
@@ -201,16 +213,17 @@ impl Holder {
             .expect("spawn qemu-io");
         let mut h = Holder(child);
         for _ in 0..3000 {
+            if let Ok(Some(st)) = h.0.try_wait() {
+                let msg = std::fs::read_to_string(&log).unwrap_or_default();
+                if msg.contains("lock") {
+                    return None;
+                }
+                panic!("qemu-io holding {file} exited ({st}): {msg}");
+            }
             let o = qemu_img(dir, &["info", file]);
             if !o.ok() && o.stderr.contains("lock") {
                 let _ = std::fs::remove_file(&log);
-                return h;
-            }
-            if let Ok(Some(st)) = h.0.try_wait() {
-                panic!(
-                    "qemu-io holding {file} exited ({st}): {}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                );
+                return Some(h);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
