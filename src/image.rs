@@ -176,9 +176,8 @@ impl Image {
                     metadata_only: opts.metadata_only,
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
-                    if e.message().contains("creates an infinite loop")
-                        || e.message().starts_with("Could not open backing file")
-                    {
+                    // QEMU prefixes once per level of the chain.
+                    if e.message().contains("creates an infinite loop") {
                         return e;
                     }
                     let m = format!("Could not open backing file: {}", e.message());

@@ -97,7 +97,7 @@ impl HostFile {
             .read(true)
             .write(true)
             .create(true)
-            .truncate(true)
+            .truncate(false)
             .mode(0o644)
             .open(path)
             .map_err(|e| {
@@ -105,12 +105,17 @@ impl HostFile {
                 let m = format!("Could not create '{}': {}", path.display(), err.message());
                 err.with_message(m)
             })?;
-        Ok(HostFile {
+        let f = HostFile {
             file,
             path: path.to_path_buf(),
             writable: true,
             cache: CacheMode::Writeback,
-        })
+        };
+        // Truncate only under the write lock, so an image in use (e.g. the
+        // source of the same convert) is refused instead of destroyed.
+        f.lock(super::LockMode::Write)?;
+        f.set_len(0)?;
+        Ok(f)
     }
 
     /// A second handle on the same open file (shares the file description).
