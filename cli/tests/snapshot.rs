@@ -303,8 +303,13 @@ fn main_file(dir: &Path) -> &'static str {
 /// qemu-img on one side and imgtool on the other.
 #[test]
 fn lifecycle_on_variants() {
-    // Writing through an external data file is not supported (yet).
-    for v in VARIANTS.iter().filter(|v| !v.starts_with("data_file")) {
+    // The lifecycle writes guest data at fixed offsets up to ~3 MiB, so
+    // variants too small to hold it (zero or odd tiny sizes) are left out;
+    // data-file variants are covered by the variants suite.
+    for v in VARIANTS
+        .iter()
+        .filter(|v| !v.starts_with("data_file") && !v.contains("zero_size") && !v.contains("odd"))
+    {
         let p = pair(&format!("snap_{v}"), |d| {
             build_variant(v, d);
         });
