@@ -150,6 +150,9 @@ cases! {
     compat_11: "qcow2", ["-o", "compat=1.1"], Some("64M");
     compat_v3_alias: "qcow2", ["-o", "compat=v3"], Some("64M");
     cluster_512: "qcow2", ["-o", "cluster_size=512"], Some("16M");
+    // L1 tables longer than one refcount block covers (this hung once).
+    cluster_512_l1_spans_refblocks: "qcow2", ["-o", "cluster_size=512"], Some("5G");
+    cluster_1k_refcount_64_l1_spans_refblocks: "qcow2", ["-o", "cluster_size=1k,refcount_bits=64"], Some("4G");
     cluster_4k: "qcow2", ["-o", "cluster_size=4k"], Some("64M");
     cluster_2m: "qcow2", ["-o", "cluster_size=2M"], Some("1G");
     refcount_1: "qcow2", ["-o", "refcount_bits=1"], Some("64M");

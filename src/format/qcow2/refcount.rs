@@ -266,15 +266,21 @@ impl Refcounts {
             let (c, first_free) = self.find_free(file, n)?;
             let first_rb = self.block_index(c);
             let last_rb = self.block_index(c + n - 1);
-            let mut created = false;
+            let mut missing = Vec::new();
             for rb in first_rb..=last_rb {
                 if self.block_offset(rb)?.is_none() {
-                    self.create_block(file, rb)?;
-                    created = true;
-                    break;
+                    missing.push(rb);
                 }
             }
-            if created {
+            if let Some(&top) = missing.last() {
+                if top as usize >= self.table.len() {
+                    self.grow_table(file, top + 1)?;
+                } else {
+                    // Put the blocks at the front of the run rather than
+                    // each at the start of its own range: a run longer than
+                    // one block's range could never be found free otherwise.
+                    self.create_blocks_at(file, &missing, c)?;
+                }
                 continue;
             }
             self.update_range(file, c, n, &|_| Ok(1))?;
@@ -347,6 +353,40 @@ impl Refcounts {
         self.set_table_entry(file, rb, off)?;
         self.blocks.insert(rb, block);
         self.end_hint = self.end_hint.max(cluster + 1);
+        Ok(())
+    }
+
+    /// Create the missing refcount blocks `rbs` in clusters `at..at+len`,
+    /// all free and each covered by an existing block or one of `rbs`. New
+    /// blocks are written with their own counts first, then hooked into the
+    /// table, then existing blocks count them: a crash in between only leaks.
+    fn create_blocks_at(&mut self, file: &HostFile, rbs: &[u64], at: u64) -> Result<()> {
+        let shift = self.epb_shift();
+        let mut fresh: Vec<(u64, Vec<u8>)> = rbs
+            .iter()
+            .map(|&rb| (rb, vec![0u8; self.cs() as usize]))
+            .collect();
+        let mut in_old = Vec::new();
+        for p in at..at + rbs.len() as u64 {
+            let owner = self.block_index(p);
+            match fresh.iter_mut().find(|(rb, _)| *rb == owner) {
+                Some((_, block)) => {
+                    Self::entry_set(self.order, block, (p - (owner << shift)) as usize, 1)
+                }
+                None => in_old.push(p),
+            }
+        }
+        for (i, (_, block)) in fresh.iter().enumerate() {
+            file.write_at(block, (at + i as u64) << self.cluster_bits)?;
+        }
+        for (i, (rb, block)) in fresh.into_iter().enumerate() {
+            self.set_table_entry(file, rb, (at + i as u64) << self.cluster_bits)?;
+            self.blocks.insert(rb, block);
+        }
+        for p in in_old {
+            self.update_range(file, p, 1, &|_| Ok(1))?;
+        }
+        self.end_hint = self.end_hint.max(at + rbs.len() as u64);
         Ok(())
     }
 
