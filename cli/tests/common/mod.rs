@@ -5,6 +5,7 @@
 #[path = "../../../tests/common/mod.rs"]
 mod shared;
 pub use shared::*;
+pub mod rw;
 
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
