@@ -240,7 +240,6 @@ fn formatting_line_without_defaults() {
 }
 
 #[test]
-#[ignore = "needs qed/vdi/qcow entries in cli/src/createopts.rs print_order (defaults cluster_size=65536, static=off; protocol options last)"]
 fn formatting_line_with_defaults() {
     let dir = TempDir::new("cli-formatting-defaults");
     let d = dir.path();

@@ -157,7 +157,6 @@ fn option_help_like_qemu() {
 /// The "Formatting ..." line lists options in QEMU's declaration order
 /// with defaults; the CLI keeps that table per format.
 #[test]
-#[ignore = "needs cli/src/createopts.rs print order for vpc, vhdx, vmdk"]
 fn create_formatting_line_like_qemu() {
     let dir = TempDir::new("fmt2_fmtline");
     let d = dir.path();
