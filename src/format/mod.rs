@@ -168,6 +168,11 @@ pub trait Driver: Send + Sync {
     fn file_at(&self, _off: u64) -> &HostFile {
         self.host_file()
     }
+    /// Files of extents stored apart from `host_file` (vmdk descriptors),
+    /// with the extent's index: QEMU opens each as child `extents.N`.
+    fn extent_files(&self) -> Vec<(usize, &HostFile)> {
+        Vec::new()
+    }
     /// QEMU's BDRV_BLOCK_RECURSE: data at a host offset here is checked
     /// against [`Driver::file_at`], whose holes then read as zeros while
     /// still counting as data (static VDI, fixed VHD, flat vmdk extents).

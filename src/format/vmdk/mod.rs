@@ -872,6 +872,14 @@ impl Driver for Vmdk {
             ..DriverInfo::default()
         }
     }
+    fn extent_files(&self) -> Vec<(usize, &HostFile)> {
+        self.extents
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.file != 0)
+            .map(|(i, e)| (i, &self.files[e.file]))
+            .collect()
+    }
     fn file_at(&self, off: u64) -> &HostFile {
         match self.find(off) {
             Some((_, e)) => &self.files[e.file],
