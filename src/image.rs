@@ -282,17 +282,31 @@ impl Image {
 
     fn chain_status(&self, off: u64, max: u64, depth: usize) -> Result<ChainExtent> {
         let e = self.driver.block_status(off, max)?;
-        let len = e.len.clamp(1, max);
+        let mut len = e.len.clamp(1, max);
         match e.status {
-            Status::Data => Ok(ChainExtent {
-                len,
-                depth,
-                present: true,
-                zero: false,
-                data: true,
-                compressed: e.compressed,
-                offset: e.offset,
-            }),
+            Status::Data => {
+                let mut zero = false;
+                if let (Some(host), false) = (e.offset, e.compressed) {
+                    if self.driver.defers_to_host(off) {
+                        // As QEMU: the file's answer limits the run, and its
+                        // errors are ignored (the answer is only a hint).
+                        if let Ok((is_data, n)) = self.driver.file_at(off).data_status(host, len)
+                        {
+                            len = n.clamp(1, len);
+                            zero = !is_data;
+                        }
+                    }
+                }
+                Ok(ChainExtent {
+                    len,
+                    depth,
+                    present: true,
+                    zero,
+                    data: true,
+                    compressed: e.compressed,
+                    offset: e.offset,
+                })
+            }
             Status::Zero => Ok(ChainExtent {
                 len,
                 depth,

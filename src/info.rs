@@ -23,6 +23,8 @@ pub struct ImageInfo {
     pub format_specific: Option<Json>,
     /// The protocol layer under the format (`file`), as qemu-img shows it.
     pub file_child: Option<Box<ImageInfo>>,
+    /// Extent files apart from `file` (vmdk), as (`extents.N`, info).
+    pub extent_children: Vec<(String, ImageInfo)>,
 }
 
 impl ImageInfo {
@@ -30,29 +32,20 @@ impl ImageInfo {
     pub fn of(img: &Image) -> ImageInfo {
         let d = img.driver();
         let di = d.info();
-        let host = d.host_file();
-        // The protocol layer reports whole sectors, as QEMU's does.
-        let file_len = host.len().unwrap_or(0).next_multiple_of(512);
-        let actual = host.allocated_size().ok();
-        let child = ImageInfo {
-            filename: img.filename().to_string(),
-            format: "file".into(),
-            dirty_flag: false,
-            actual_size: actual,
-            virtual_size: file_len,
-            cluster_size: None,
-            encrypted: false,
-            backing_filename: None,
-            full_backing_filename: None,
-            backing_filename_format: None,
-            snapshots: Vec::new(),
-            format_specific: Some(
-                Json::object()
-                    .with("type", "file")
-                    .with("data", Json::object()),
-            ),
-            file_child: None,
-        };
+        let child = Self::protocol(img.filename(), d.host_file());
+        let extent_children: Vec<(String, ImageInfo)> = d
+            .extent_files()
+            .into_iter()
+            .map(|(i, f)| {
+                let name = f.path().display().to_string();
+                (format!("extents.{i}"), Self::protocol(&name, f))
+            })
+            .collect();
+        // QEMU's vmdk counts every extent file into the image's disk size.
+        let mut actual = child.actual_size;
+        for (_, c) in &extent_children {
+            actual = actual.zip(c.actual_size).map(|(a, b)| a + b);
+        }
         let backing = d.backing();
         ImageInfo {
             filename: img.filename().to_string(),
@@ -70,6 +63,34 @@ impl ImageInfo {
             snapshots: di.snapshots,
             format_specific: di.format_specific,
             file_child: Some(Box::new(child)),
+            extent_children,
+        }
+    }
+
+    /// The protocol node of one host file.
+    fn protocol(filename: &str, host: &crate::io::HostFile) -> ImageInfo {
+        // The protocol layer reports whole sectors, as QEMU's does.
+        let file_len = host.len().unwrap_or(0).next_multiple_of(512);
+        let actual = host.allocated_size().ok();
+        ImageInfo {
+            filename: filename.to_string(),
+            format: "file".into(),
+            dirty_flag: false,
+            actual_size: actual,
+            virtual_size: file_len,
+            cluster_size: None,
+            encrypted: false,
+            backing_filename: None,
+            full_backing_filename: None,
+            backing_filename_format: None,
+            snapshots: Vec::new(),
+            format_specific: Some(
+                Json::object()
+                    .with("type", "file")
+                    .with("data", Json::object()),
+            ),
+            file_child: None,
+            extent_children: Vec::new(),
         }
     }
 
@@ -119,12 +140,25 @@ impl ImageInfo {
         if let Some(fs) = &self.format_specific {
             j.set("format-specific", fs.clone());
         }
-        let children = match &self.file_child {
-            Some(c) => vec![Json::object()
-                .with("name", "file")
-                .with("info", c.to_json())],
-            None => vec![],
-        };
+        // QEMU lists children newest first: the extents last to first,
+        // then `file`.
+        let mut children: Vec<Json> = self
+            .extent_children
+            .iter()
+            .rev()
+            .map(|(n, c)| {
+                Json::object()
+                    .with("name", n.as_str())
+                    .with("info", c.to_json())
+            })
+            .collect();
+        if let Some(c) = &self.file_child {
+            children.push(
+                Json::object()
+                    .with("name", "file")
+                    .with("info", c.to_json()),
+            );
+        }
         j.set("children", Json::Array(children));
         j
     }

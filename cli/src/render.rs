@@ -21,7 +21,12 @@ pub fn image_info_list(list: &[ImageInfo]) -> String {
 }
 
 fn graph_node(s: &mut String, info: &ImageInfo, indent: usize, path: &str) {
-    node_info(s, info, indent, info.file_child.is_none());
+    let protocol = info.file_child.is_none() && info.extent_children.is_empty();
+    node_info(s, info, indent, protocol);
+    for (name, child) in info.extent_children.iter().rev() {
+        let _ = writeln!(s, "{:w$}Child node '{path}{name}':", "", w = indent * 4);
+        graph_node(s, child, indent + 1, &format!("{path}{name}/"));
+    }
     if let Some(child) = &info.file_child {
         let _ = writeln!(s, "{:w$}Child node '{path}file':", "", w = indent * 4);
         graph_node(s, child, indent + 1, &format!("{path}file/"));
@@ -262,6 +267,7 @@ mod tests {
                     .with("data", Json::object()),
             ),
             file_child: None,
+            extent_children: Vec::new(),
         }
     }
 
@@ -283,6 +289,7 @@ mod tests {
             snapshots: vec![],
             format_specific: Some(qcow2_specific(true)),
             file_child: Some(Box::new(file_child("bm.qcow2", 590336, 229376))),
+            extent_children: Vec::new(),
         };
         let expected = "image: bm.qcow2
 file format: qcow2
@@ -332,6 +339,7 @@ Child node '/file':
             snapshots: vec![],
             format_specific: Some(qcow2_specific(false)),
             file_child: Some(Box::new(file_child("sub/ov2.qcow2", 197120, 200704))),
+            extent_children: Vec::new(),
         };
         let expected = "image: sub/ov2.qcow2
 file format: qcow2

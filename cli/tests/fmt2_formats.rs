@@ -119,10 +119,8 @@ fn info_like_qemu() {
 }
 
 /// Multi-file vmdk images list their extent files as extra children
-/// (`extents.N`) with their allocation summed into `disk size`; ImageInfo
-/// has one protocol child.
+/// (`extents.N`) with their allocation summed into `disk size`.
 #[test]
-#[ignore = "needs ImageInfo children for extent files (library change)"]
 fn info_multi_file_vmdk_like_qemu() {
     let dir = TempDir::new("fmt2_info_flat");
     let d = dir.path();
@@ -157,7 +155,6 @@ fn option_help_like_qemu() {
 /// The "Formatting ..." line lists options in QEMU's declaration order
 /// with defaults; the CLI keeps that table per format.
 #[test]
-#[ignore = "needs cli/src/createopts.rs print order for vpc, vhdx, vmdk"]
 fn create_formatting_line_like_qemu() {
     let dir = TempDir::new("fmt2_fmtline");
     let d = dir.path();

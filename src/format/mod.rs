@@ -162,6 +162,23 @@ pub trait Driver: Send + Sync {
     /// Status of the run starting at `off`, at most `max` bytes (`max` > 0,
     /// `off` < virtual size).
     fn block_status(&self, off: u64, max: u64) -> Result<Extent>;
+    /// The file holding the data at guest offset `off` (host offsets of
+    /// [`Driver::block_status`] refer to it): `host_file` unless the image
+    /// has several files (vmdk extents).
+    fn file_at(&self, _off: u64) -> &HostFile {
+        self.host_file()
+    }
+    /// Files of extents stored apart from `host_file` (vmdk descriptors),
+    /// with the extent's index: QEMU opens each as child `extents.N`.
+    fn extent_files(&self) -> Vec<(usize, &HostFile)> {
+        Vec::new()
+    }
+    /// QEMU's BDRV_BLOCK_RECURSE: data at a host offset here is checked
+    /// against [`Driver::file_at`], whose holes then read as zeros while
+    /// still counting as data (static VDI, fixed VHD, flat vmdk extents).
+    fn defers_to_host(&self, _off: u64) -> bool {
+        false
+    }
     /// Fill `buf` with guest data at `off`, reading unallocated parts from
     /// `backing`.
     fn read_at(&self, buf: &mut [u8], off: u64, backing: &dyn BackingRead) -> Result<()>;

@@ -432,6 +432,11 @@ impl Driver for Vdi {
             ..DriverInfo::default()
         }
     }
+    /// A static image's blocks defer to the host file (its holes read as
+    /// zeros), as QEMU's vdi asks with BDRV_BLOCK_RECURSE.
+    fn defers_to_host(&self, _off: u64) -> bool {
+        self.is_static
+    }
     fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
         let end = off.saturating_add(max).min(self.disk_size).max(off + 1);
         let first = self.entry(off / BLOCK_SIZE);
@@ -453,19 +458,10 @@ impl Driver for Vdi {
         }
         let len = pos.min(end) - off;
         Ok(if is_allocated(first) {
-            let host = self.host(first, off % BLOCK_SIZE);
-            // A static image's blocks defer to the host file (QEMU's
-            // BDRV_BLOCK_RECURSE): its holes read as zeros.
-            let (data, len) = if self.is_static {
-                let (data, n) = self.file.data_status(host, len)?;
-                (data, n.clamp(1, len))
-            } else {
-                (true, len)
-            };
             Extent {
                 len,
-                status: if data { Status::Data } else { Status::Zero },
-                offset: Some(host),
+                status: Status::Data,
+                offset: Some(self.host(first, off % BLOCK_SIZE)),
                 compressed: false,
             }
         } else {

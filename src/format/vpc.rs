@@ -494,14 +494,18 @@ impl Driver for Vpc {
             ..DriverInfo::default()
         }
     }
+    /// A fixed image defers to the host file (its holes read as zeros), as
+    /// QEMU's vpc asks with BDRV_BLOCK_RECURSE.
+    fn defers_to_host(&self, _off: u64) -> bool {
+        self.dynamic.is_none() || self.passthrough
+    }
     fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
         let d = match (&self.dynamic, self.passthrough) {
             (Some(d), false) => d,
             _ => {
-                let (data, len) = self.file.data_status(off, max)?;
                 return Ok(Extent {
-                    len: len.max(1).min(max),
-                    status: if data { Status::Data } else { Status::Zero },
+                    len: max,
+                    status: Status::Data,
                     offset: Some(off),
                     compressed: false,
                 });

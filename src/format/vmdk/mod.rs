@@ -872,6 +872,25 @@ impl Driver for Vmdk {
             ..DriverInfo::default()
         }
     }
+    fn extent_files(&self) -> Vec<(usize, &HostFile)> {
+        self.extents
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.file != 0)
+            .map(|(i, e)| (i, &self.files[e.file]))
+            .collect()
+    }
+    fn file_at(&self, off: u64) -> &HostFile {
+        match self.find(off) {
+            Some((_, e)) => &self.files[e.file],
+            None => &self.files[0],
+        }
+    }
+    /// Flat extents defer to their file (its holes read as zeros), as
+    /// QEMU's vmdk asks with BDRV_BLOCK_RECURSE.
+    fn defers_to_host(&self, off: u64) -> bool {
+        matches!(self.find(off), Some((_, e)) if matches!(e.body, Body::Flat { .. }))
+    }
     fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
         let Some((ei, e)) = self.find(off) else {
             return Err(eio());

@@ -6,8 +6,10 @@
 //! - with extended L2, an unallocated subcluster of an allocated cluster
 //!   reports the host offset it would have (only the clusters at the ends
 //!   of an unallocated run can be such clusters, so this costs O(1));
-//! - when a qcow2 image looks metadata-preallocated, data runs are checked
-//!   against the host file, and a hole there reads as zero (data + zero).
+//! - when a qcow2 image looks metadata-preallocated, or the driver defers
+//!   to its file (static VDI, fixed VHD, flat vmdk extents), data runs are
+//!   checked against the host file, and a hole there reads as zero (data +
+//!   zero).
 
 use std::cell::OnceCell;
 
@@ -82,11 +84,18 @@ impl<'a> Layer<'a> {
         })
     }
 
-    /// The file host offsets of this layer refer to.
-    pub(crate) fn filename(&self) -> &str {
-        match self.qcow2.as_ref().and_then(|q| q.data_file.as_deref()) {
-            Some(d) => d,
-            None => self.img.filename(),
+    /// The file host offsets of this layer refer to at guest offset `pos`:
+    /// a qcow2 data file, a vmdk extent's file, or the image itself.
+    pub(crate) fn filename(&self, pos: u64) -> String {
+        if let Some(d) = self.qcow2.as_ref().and_then(|q| q.data_file.as_deref()) {
+            return d.to_string();
+        }
+        let d = self.img.driver();
+        let f = d.file_at(pos);
+        if std::ptr::eq(f, d.host_file()) {
+            self.img.filename().to_string()
+        } else {
+            f.path().display().to_string()
         }
     }
 
@@ -99,7 +108,12 @@ impl<'a> Layer<'a> {
                 self.unallocated_run(e, q.cluster_size)?;
             }
         }
-        if e.data && !e.zero && !e.compressed && e.offset.is_some() && self.recurses() {
+        if e.data
+            && !e.zero
+            && !e.compressed
+            && e.offset.is_some()
+            && (self.recurses() || self.img.driver().defers_to_host(e.start))
+        {
             self.check_host(e);
         }
         Ok(())
@@ -197,7 +211,8 @@ impl<'a> Layer<'a> {
     fn check_host(&self, e: &mut MapExtent) {
         let Some(off) = e.offset else { return };
         // QEMU ignores errors here: the answer is only extra information.
-        if let Ok((is_data, n)) = self.img.driver().host_file().data_status(off, e.length) {
+        let file = self.img.driver().file_at(e.start);
+        if let Ok((is_data, n)) = file.data_status(off, e.length) {
             e.length = n.clamp(1, e.length);
             if !is_data {
                 e.zero = true;
