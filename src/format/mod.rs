@@ -41,6 +41,16 @@ pub struct Extent {
     pub compressed: bool,
 }
 
+/// Where a format keeps the data for some guest range in a file of its own.
+pub struct ExtentFile<'a> {
+    /// As QEMU names the file (`map` prints it).
+    pub name: &'a str,
+    pub file: &'a HostFile,
+    /// QEMU's block layer asks this file about holes (flat extents), so a
+    /// hole there reads as zero.
+    pub recurse: bool,
+}
+
 /// Reads from below the top layer: the backing chain, or zeros.
 pub trait BackingRead: Sync {
     fn read_backing(&self, buf: &mut [u8], off: u64) -> Result<()>;
@@ -165,8 +175,11 @@ pub trait Driver: Send + Sync {
     /// The file holding the data at guest offset `off` (host offsets of
     /// [`Driver::block_status`] refer to it): `host_file` unless the image
     /// has several files (vmdk extents).
-    fn file_at(&self, _off: u64) -> &HostFile {
-        self.host_file()
+    fn file_at(&self, off: u64) -> &HostFile {
+        match self.extent_file(off) {
+            Some(x) => x.file,
+            None => self.host_file(),
+        }
     }
     /// Files of extents stored apart from `host_file` (vmdk descriptors),
     /// with the extent's index: QEMU opens each as child `extents.N`.
@@ -176,8 +189,8 @@ pub trait Driver: Send + Sync {
     /// QEMU's BDRV_BLOCK_RECURSE: data at a host offset here is checked
     /// against [`Driver::file_at`], whose holes then read as zeros while
     /// still counting as data (static VDI, fixed VHD, flat vmdk extents).
-    fn defers_to_host(&self, _off: u64) -> bool {
-        false
+    fn defers_to_host(&self, off: u64) -> bool {
+        self.extent_file(off).is_some_and(|x| x.recurse)
     }
     /// Fill `buf` with guest data at `off`, reading unallocated parts from
     /// `backing`.
@@ -223,6 +236,11 @@ pub trait Driver: Send + Sync {
         Err(Error::unsupported(
             "Image format driver does not support resize",
         ))
+    }
+    /// The file holding guest offset `off`, when that is not the image
+    /// file itself (a VMDK extent).
+    fn extent_file(&self, _off: u64) -> Option<ExtentFile<'_>> {
+        None
     }
     /// Preferred I/O granularity for copying (cluster size or 64 KiB).
     fn io_granularity(&self) -> u64 {

@@ -231,35 +231,41 @@ fn copy_differences(
         if let Some(n) = new_img {
             n.read_backing(&mut buf_new, off)?;
         }
+        // Differing pieces are written as runs, one write per run as
+        // qemu-img does: formats that allocate in write order (QED, VDI,
+        // VPC) then lay the clusters out the same way.
+        let mut run: Option<(Write, u64, u64)> = None;
         let mut w = 0u64;
         while w < len {
             let pos = off + w;
             let piece = ((pos / align + 1) * align - pos).min(len - w);
             let r = w as usize..(w + piece) as usize;
-            if buf_old[r.clone()] != buf_new[r.clone()] {
-                if pos >= old_size {
-                    if zero_flag {
-                        // Zero clusters: the image is about to get a
-                        // backing file that must not show through here.
-                        img.driver()
-                            .write_zeroes(pos, piece, false, &Hidden { old })?;
-                    } else {
-                        // qemu-img's zero write on a v2 image without a
-                        // backing file is a discard (the new backing file
-                        // then shows through); kept for identical results.
-                        img.write_zeroes(pos, piece, false)?;
-                    }
-                } else if opts.compress
-                    && pos.is_multiple_of(align)
-                    && (piece == align || pos + piece == size)
-                {
-                    img.driver().write_compressed(&buf_old[r], pos)?;
-                } else {
-                    img.write_at(&buf_old[r], pos)?;
+            w += piece;
+            if buf_old[r.clone()] == buf_new[r.clone()] {
+                flush_run(img, old, zero_flag, &buf_old, off, run.take())?;
+                continue;
+            }
+            let kind = if pos >= old_size {
+                Write::Zeroes
+            } else if opts.compress
+                && pos.is_multiple_of(align)
+                && (piece == align || pos + piece == size)
+            {
+                Write::Compressed
+            } else {
+                Write::Data
+            };
+            match &mut run {
+                Some((k, _, end)) if *k == kind && kind != Write::Compressed && *end == pos => {
+                    *end = pos + piece;
+                }
+                _ => {
+                    flush_run(img, old, zero_flag, &buf_old, off, run.take())?;
+                    run = Some((kind, pos, pos + piece));
                 }
             }
-            w += piece;
         }
+        flush_run(img, old, zero_flag, &buf_old, off, run.take())?;
         off += len;
         if let Some(p) = progress.as_mut() {
             if !p(off as f64 * 100.0 / size as f64) {
@@ -268,4 +274,52 @@ fn copy_differences(
         }
     }
     Ok(())
+}
+
+/// How a run of pieces that differ between the old and new backing is
+/// preserved in the image.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// Beyond the old backing's end: it read as zeros.
+    Zeroes,
+    /// One compressed cluster (`-c`).
+    Compressed,
+    /// The old backing's data.
+    Data,
+}
+
+/// Write the run `[start, end)` of the chunk read at `base` into `buf_old`.
+fn flush_run(
+    img: &Image,
+    old: Option<&Image>,
+    zero_flag: bool,
+    buf_old: &[u8],
+    base: u64,
+    run: Option<(Write, u64, u64)>,
+) -> Result<()> {
+    let Some((kind, start, end)) = run else {
+        return Ok(());
+    };
+    let r = (start - base) as usize..(end - base) as usize;
+    let done = match kind {
+        Write::Zeroes if zero_flag => {
+            // Zero clusters: the image is about to get a backing file
+            // that must not show through here.
+            img.driver()
+                .write_zeroes(start, end - start, false, &Hidden { old })
+        }
+        // qemu-img's zero write on a v2 image without a backing file is a
+        // discard (the new backing file then shows through); kept for
+        // identical results.
+        Write::Zeroes => img.write_zeroes(start, end - start, false),
+        Write::Compressed => img.driver().write_compressed(&buf_old[r], start),
+        Write::Data => img.write_at(&buf_old[r], start),
+    };
+    done.map_err(|e| {
+        let m = format!(
+            "Error while writing to COW image: {}",
+            crate::format::errno_text(&e)
+        );
+        e.with_message(m)
+    })
 }

@@ -29,8 +29,8 @@ use std::path::Path;
 use parking_lot::Mutex;
 
 use super::{
-    BackingRead, BackingRef, CheckResult, Driver, DriverInfo, DriverOpenOptions, Extent, OptDesc,
-    OptKind, Repair, Status,
+    BackingRead, BackingRef, CheckResult, Driver, DriverInfo, DriverOpenOptions, Extent,
+    ExtentFile, OptDesc, OptKind, Repair, Status,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::HostFile;
@@ -394,9 +394,7 @@ impl Builder {
                 h.grain_offset.wrapping_mul(512) as i64
             )));
         }
-        if h.capacity > (i64::MAX as u64) >> 9 {
-            return Err(Error::from_errno(libc::EFBIG));
-        }
+        // QEMU's extent limits (L1 size, granularity) come first.
         let s = Sparse::new(
             f,
             h.gd_offset.wrapping_shl(9),
@@ -408,6 +406,9 @@ impl Builder {
             h.flags,
             compressed,
         )?;
+        if h.capacity > (i64::MAX as u64) >> 9 {
+            return Err(Error::from_errno(libc::EFBIG));
+        }
         if compressed {
             self.create_type = Some("streamOptimized".into());
         }
@@ -880,16 +881,12 @@ impl Driver for Vmdk {
             .map(|(i, e)| (i, &self.files[e.file]))
             .collect()
     }
-    fn file_at(&self, off: u64) -> &HostFile {
-        match self.find(off) {
-            Some((_, e)) => &self.files[e.file],
-            None => &self.files[0],
-        }
-    }
-    /// Flat extents defer to their file (its holes read as zeros), as
-    /// QEMU's vmdk asks with BDRV_BLOCK_RECURSE.
-    fn defers_to_host(&self, off: u64) -> bool {
-        matches!(self.find(off), Some((_, e)) if matches!(e.body, Body::Flat { .. }))
+    fn extent_file(&self, off: u64) -> Option<ExtentFile<'_>> {
+        self.find(off).map(|(_, e)| ExtentFile {
+            name: &e.filename,
+            file: &self.files[e.file],
+            recurse: matches!(e.body, Body::Flat { .. }),
+        })
     }
     fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
         let Some((ei, e)) = self.find(off) else {

@@ -90,12 +90,9 @@ impl<'a> Layer<'a> {
         if let Some(d) = self.qcow2.as_ref().and_then(|q| q.data_file.as_deref()) {
             return d.to_string();
         }
-        let d = self.img.driver();
-        let f = d.file_at(pos);
-        if std::ptr::eq(f, d.host_file()) {
-            self.img.filename().to_string()
-        } else {
-            f.path().display().to_string()
+        match self.img.driver().extent_file(pos) {
+            Some(x) => x.name.to_string(),
+            None => self.img.filename().to_string(),
         }
     }
 
