@@ -120,7 +120,7 @@ fn aes_convert_without_key() {
     convert_without_key("aes");
 }
 #[test]
-#[ignore = "encrypted qcow2 data I/O (LUKS key handling, AES-XTS) is not implemented yet"]
+
 fn luks_convert_with_key() {
     convert_with_key("luks");
 }
@@ -128,7 +128,7 @@ fn luks_convert_with_key() {
 /// `create` with a LUKS secret: same "Formatting" line and exit code, and
 /// qemu can write and read the image back with the passphrase.
 #[test]
-#[ignore = "creating encrypted qcow2 (LUKS) is not implemented yet"]
+
 fn luks_create() {
     let dir = TempDir::new("enc_create");
     let args = [
