@@ -7,6 +7,7 @@ mod common;
 
 use common::*;
 use std::path::Path;
+use std::sync::OnceLock;
 
 const SECRET: &str = "secret,id=sec0,data=123456";
 
@@ -14,7 +15,23 @@ fn image_opts(file: &str) -> String {
     format!("driver=qcow2,file.filename={file},encrypt.key-secret=sec0")
 }
 
+/// qemu-img's encrypted image with some data, made once per format (LUKS
+/// creation costs qemu-img seconds of PBKDF benchmarking) and copied into
+/// each test's directory.
 fn build(dir: &Path, format: &str) -> &'static str {
+    static LUKS: OnceLock<Vec<u8>> = OnceLock::new();
+    static AES: OnceLock<Vec<u8>> = OnceLock::new();
+    let cell = if format == "luks" { &LUKS } else { &AES };
+    let bytes = cell.get_or_init(|| {
+        let t = TempDir::new(&format!("enc_fixture_{format}"));
+        qemu_build(t.path(), format);
+        read(&t.join("enc.qcow2"))
+    });
+    std::fs::write(dir.join("enc.qcow2"), bytes).unwrap();
+    "enc.qcow2"
+}
+
+fn qemu_build(dir: &Path, format: &str) {
     let mut o = format!("encrypt.format={format},encrypt.key-secret=sec0");
     if format == "luks" {
         // Keep PBKDF short; AES (legacy) has no such parameter.
@@ -36,19 +53,33 @@ fn build(dir: &Path, format: &str) -> &'static str {
         ],
     );
     std::fs::write(dir.join("r1.bin"), random_bytes(77, MIB as usize)).unwrap();
+    qemu_io_enc(
+        dir,
+        "enc.qcow2",
+        &[
+            "write -s r1.bin 64k 300k",
+            "write -P 0x44 2M 64k",
+            "write -P 0x45 3M 1000",
+        ],
+    );
+}
+
+/// qemu-io on an encrypted qcow2 with the secret; must succeed silently.
+fn qemu_io_enc(dir: &Path, file: &str, cmds: &[&str]) -> Out {
     let mut c = std::process::Command::new("qemu-io");
     c.current_dir(dir)
-        .args(["--object", SECRET, "--image-opts"])
-        .args([
-            "-c",
-            "write -s r1.bin 64k 300k",
-            "-c",
-            "write -P 0x44 2M 64k",
-        ])
-        .arg(image_opts("enc.qcow2"));
+        .args(["--object", SECRET, "--image-opts"]);
+    for cmd in cmds {
+        c.args(["-c", cmd]);
+    }
+    c.arg(image_opts(file));
     let o = run_with_timeout(&mut c, DEFAULT_TIMEOUT);
-    assert!(o.ok() && o.stderr.is_empty(), "{}", o.describe());
-    "enc.qcow2"
+    assert!(
+        o.ok() && o.stderr.is_empty() && !o.stdout.contains("fail"),
+        "{}",
+        o.describe()
+    );
+    o
 }
 
 fn info(format: &str) {

@@ -1,7 +1,9 @@
 //! Hash algorithms LUKS names in its header, with PBKDF2 and the
 //! iteration benchmark QEMU uses to turn `iter-time` into a count.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use crate::io::thread_cpu_time;
 
 use hmac::Hmac;
 use sha1::Sha1;
@@ -81,18 +83,18 @@ impl HashAlg {
         };
     }
 
-    /// PBKDF2 iterations this machine does in `ms` milliseconds for an
-    /// output of `out_len` bytes. QEMU times runs of at least 500 ms; a
-    /// shorter measurement is as good for the count and keeps `create`
-    /// with a small iter-time fast.
+    /// PBKDF2 iterations this machine does in `ms` milliseconds of CPU
+    /// time for an output of `out_len` bytes. QEMU times runs of at least
+    /// 500 ms; a shorter measurement is as good for the count and keeps
+    /// `create` with a small iter-time fast.
     pub fn iters_for(self, password: &[u8], salt: &[u8], out_len: usize, ms: u64) -> Result<u64> {
         let mut out = vec![0u8; out_len];
         let budget = Duration::from_millis(ms.clamp(20, 250));
         let mut iters: u32 = 1 << 10;
         loop {
-            let t = Instant::now();
+            let t = thread_cpu_time();
             self.pbkdf2(password, salt, iters, &mut out);
-            let el = t.elapsed();
+            let el = thread_cpu_time().saturating_sub(t);
             if el >= budget || iters >= 1 << 30 {
                 let per_sec = iters as u128 * 1_000_000 / el.as_micros().max(1);
                 let scaled = per_sec * ms as u128 / 1000;

@@ -136,17 +136,31 @@ pub(super) fn open(
         _ => {}
     }
     let Some(method) = method else {
+        if h.other_exts.iter().any(|e| e.kind == EXT_CRYPTO) {
+            return Err(Error::invalid(
+                "CRYPTO header extension only expected with LUKS encryption method",
+            ));
+        }
         return Ok(None);
     };
-    if opts.metadata_only {
-        return Ok(None);
-    }
-    let id = opts
-        .key_secret
-        .as_deref()
-        .ok_or_else(|| Error::invalid("Parameter 'encrypt.key-secret' is required for cipher"))?;
-    let pw = secret::passphrase(id)?;
+    // QEMU's order: the secret first (unless no I/O is wanted), then the
+    // LUKS header, which is checked even for info.
+    let pw = if opts.metadata_only {
+        None
+    } else {
+        let id = opts.key_secret.as_deref().ok_or_else(|| {
+            Error::invalid("Parameter 'encrypt.key-secret' is required for cipher")
+        })?;
+        let pw = secret::passphrase(id)?;
+        if std::str::from_utf8(&pw).is_err() {
+            return Err(Error::invalid(format!(
+                "Data from secret {id} is not valid UTF-8"
+            )));
+        }
+        Some(pw)
+    };
     if method == "aes" {
+        let Some(pw) = pw else { return Ok(None) };
         // qcow's key: the passphrase's first 16 bytes, zero padded.
         let mut key = Zeroizing::new([0u8; 16]);
         let n = pw.len().min(16);
@@ -165,6 +179,9 @@ pub(super) fn open(
     let mut b = vec![0u8; LUKS_HEADER_LEN];
     read_area(file, off, len, 0, &mut b)?;
     let lh = luks::Header::parse(&b)?;
+    lh.spec()?;
+    lh.hash()?;
+    let Some(pw) = pw else { return Ok(None) };
     let read = |o: u64, buf: &mut [u8]| read_area(file, off, len, o, buf);
     let u = luks::unlock(lh, &pw, &read)?;
     Ok(Some(DataCrypto {
@@ -179,11 +196,26 @@ fn ext_location(h: &Header) -> Result<(u64, u64)> {
         .other_exts
         .iter()
         .find(|e| e.kind == EXT_CRYPTO)
-        .ok_or_else(|| Error::invalid("Could not read encryption header"))?;
-    if ext.data.len() < 16 {
-        return Err(Error::invalid("Unable to read CRYPTO header extension"));
+        .ok_or_else(|| {
+            Error::invalid(format!(
+                "Missing CRYPTO header for crypt method {}",
+                h.crypt_method
+            ))
+        })?;
+    if ext.data.len() != 16 {
+        return Err(Error::invalid(format!(
+            "CRYPTO header extension size {}, but expected size 16",
+            ext.data.len()
+        )));
     }
-    Ok((be64(&ext.data, 0), be64(&ext.data, 8)))
+    let off = be64(&ext.data, 0);
+    let cs = h.cluster_size();
+    if !off.is_multiple_of(cs) {
+        return Err(Error::invalid(format!(
+            "Encryption header offset '{off}' is not a multiple of cluster size '{cs}'"
+        )));
+    }
+    Ok((off, be64(&ext.data, 8)))
 }
 
 /// Read inside the LUKS area only, as QEMU's header read callback does.
