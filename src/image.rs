@@ -33,6 +33,10 @@ pub struct OpenOptions {
     /// Only metadata is needed (`info`); see
     /// [`format::DriverOpenOptions::metadata_only`].
     pub metadata_only: bool,
+    /// Secret id unlocking the top image (backing images get none).
+    pub key_secret: Option<String>,
+    /// `encrypt.format` the top image must have.
+    pub encrypt_format: Option<String>,
 }
 
 impl OpenOptions {
@@ -145,6 +149,8 @@ impl Image {
                 writable: opts.writable,
                 for_check: opts.for_check,
                 metadata_only: opts.metadata_only,
+                key_secret: opts.key_secret.clone(),
+                encrypt_format: opts.encrypt_format.clone(),
             },
         )?;
         if let Some(snap) = &opts.snapshot {
@@ -174,6 +180,7 @@ impl Image {
                     snapshot: None,
                     for_check: false,
                     metadata_only: opts.metadata_only,
+                    ..Default::default()
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
                     // QEMU prefixes once per level of the chain.

@@ -5,6 +5,7 @@
 //! (whole-image operations), which use `image` (a driver plus its backing
 //! chain), which uses `format` drivers, which do host I/O through `io`.
 
+pub mod crypto;
 pub mod error;
 pub mod events;
 pub mod ffi;

@@ -94,6 +94,7 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         repair: a.repair,
         force_share: a.force_share,
         cache,
+        key_secret: spec.key_secret.clone(),
     };
     let human = a.output.unwrap_or(OutputFormat::Human) == OutputFormat::Human;
     let quiet = a.quiet;
@@ -106,8 +107,17 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
             summary.push_str(&repaired_text(r));
         }
     };
-    let report = match check::check(&spec.arg, &opts, &mut log, &mut on_repaired) {
+    let report = match check::check(&spec.filename, &opts, &mut log, &mut on_repaired) {
         Ok(r) => r,
+        // Name the image as given (the whole --image-opts string).
+        Err(e) if spec.arg != spec.filename => {
+            let m = e.message().replacen(
+                &format!("Could not open '{}'", spec.filename),
+                &format!("Could not open '{}'", spec.arg),
+                1,
+            );
+            return Err(Fail::Report(m));
+        }
         Err(e) if check::is_unsupported(&e) => {
             prog.error(e.message());
             return Err(Fail::Exit(63));

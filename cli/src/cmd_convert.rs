@@ -388,6 +388,7 @@ fn convert(
         source_cache: src_cache,
         force_share: a.force_share,
         snapshot: a.snapshot.as_ref().map(|(_, p)| p.clone()),
+        target_key_secret: target_spec.key_secret.clone(),
     };
     if progress.is_enabled() {
         let walk = Walk {

@@ -327,6 +327,11 @@ pub struct DriverOpenOptions {
     /// Only metadata will be read (`info`): encrypted images open without
     /// their key, as with QEMU's BDRV_O_NO_IO.
     pub metadata_only: bool,
+    /// Id of the secret (see [`crate::crypto::secret`]) that unlocks an
+    /// encrypted image (`encrypt.key-secret`, the luks driver's `key-secret`).
+    pub key_secret: Option<String>,
+    /// `encrypt.format` given at open: must match the header's method.
+    pub encrypt_format: Option<String>,
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.

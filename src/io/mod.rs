@@ -1,8 +1,10 @@
 //! Host files: positional I/O, allocation control, sparseness queries and
 //! locks. The only place (besides `ffi`) that talks to libc directly.
 
+mod cputime;
 mod file;
 mod lock;
 
+pub use cputime::thread_cpu_time;
 pub use file::{CacheMode, HostFile};
 pub use lock::LockMode;

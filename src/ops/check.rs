@@ -12,6 +12,8 @@ pub struct CheckOptions {
     pub repair: Repair,
     pub force_share: bool,
     pub cache: CacheMode,
+    /// Secret id unlocking an encrypted image.
+    pub key_secret: Option<String>,
 }
 
 /// QAPI ImageCheck: the final pass's counts plus what the repair fixed.
@@ -85,6 +87,7 @@ pub fn check(
         force_share: opts.force_share,
         no_backing: true,
         for_check: true,
+        key_secret: opts.key_secret.clone(),
         ..OpenOptions::default()
     };
     let img = Image::open(path, &oo)?;

@@ -41,6 +41,9 @@ pub struct ConvertOptions {
     pub force_share: bool,
     /// `-l`: read this internal snapshot of the (single) source.
     pub snapshot: Option<String>,
+    /// Secret id unlocking an existing encrypted target (`-n`); a created
+    /// one uses `encrypt.key-secret` from `out_options`.
+    pub target_key_secret: Option<String>,
 }
 
 impl Default for ConvertOptions {
@@ -60,6 +63,7 @@ impl Default for ConvertOptions {
             source_cache: CacheMode::Writeback,
             force_share: false,
             snapshot: None,
+            target_key_secret: None,
         }
     }
 }
@@ -221,6 +225,12 @@ fn copy_into(
         format: Some(opts.out_format.clone()),
         writable: true,
         cache: opts.target_cache,
+        key_secret: opts.target_key_secret.clone().or_else(|| {
+            opts.out_options
+                .get("encrypt.key-secret")
+                .or_else(|| opts.out_options.get("key-secret"))
+                .map(str::to_string)
+        }),
         ..OpenOptions::default()
     };
     let out = Image::open(target, &oo)?;

@@ -109,7 +109,7 @@ impl Qcow2 {
     }
 
     /// Write `h` as the first cluster once everything before it is stable.
-    fn write_header(&self, h: &Header) -> Result<()> {
+    pub(super) fn write_header(&self, h: &Header) -> Result<()> {
         let buf = h.serialize().map_err(|_| Error::from_errno(libc::ENOSPC))?;
         self.flush_all()?;
         self.file.write_at(&buf, 0)?;

@@ -25,6 +25,25 @@ pub struct Qcow2Params {
     /// External data file (name as stored in the header).
     pub data_file: Option<String>,
     pub data_file_raw: bool,
+    pub encrypt: Option<Encrypt>,
+}
+
+/// Encryption of a new image.
+#[derive(Clone)]
+pub enum Encrypt {
+    /// The LUKS area (header and key slots) to embed.
+    Luks(Vec<u8>),
+    /// Legacy AES-CBC: nothing stored but the method.
+    Aes,
+}
+
+impl std::fmt::Debug for Encrypt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Encrypt::Luks(_) => "Luks",
+            Encrypt::Aes => "Aes",
+        })
+    }
 }
 
 const V3_HINT: &str = "(use version=v3 or greater)";
@@ -99,11 +118,22 @@ impl Qcow2Params {
                 )))
             }
         };
-        if o.get_bool("encryption", false)? || o.get("encrypt.format").is_some() {
-            return Err(Error::invalid(
-                "Parameter 'encrypt.key-secret' is required for cipher",
-            ));
-        }
+        let encrypt = match (o.get("encrypt.format"), o.get_bool("encryption", false)?) {
+            (Some("luks"), _) => Some(Encrypt::Luks(super::crypto::new_luks_area(o)?)),
+            (Some("aes"), _) | (None, true) => {
+                let id = o.get("encrypt.key-secret").ok_or_else(|| {
+                    Error::invalid("Parameter 'encrypt.key-secret' is required for cipher")
+                })?;
+                crate::crypto::secret::get(id)?;
+                Some(Encrypt::Aes)
+            }
+            (Some(f), _) => {
+                return Err(Error::invalid(format!(
+                    "Parameter 'encrypt.format' does not accept value '{f}'"
+                )))
+            }
+            (None, false) => None,
+        };
         let data_file = o.get("data_file").map(str::to_string);
         let data_file_raw = o.get_bool("data_file_raw", false)?;
         if data_file_raw && data_file.is_none() {
@@ -137,6 +167,7 @@ impl Qcow2Params {
             backing_fmt: o.get("backing_fmt").map(str::to_string),
             data_file,
             data_file_raw,
+            encrypt,
         })
     }
 }
@@ -232,6 +263,7 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
             writable: true,
             for_check: false,
             metadata_only: false,
+            ..Default::default()
         },
     )?;
     let result = (|| {
@@ -243,6 +275,11 @@ pub fn create_with(path: &Path, size: u64, p: &Qcow2Params) -> Result<()> {
             p.prealloc
         };
         q.resize(size, prealloc)?;
+        // QEMU sets encryption up after sizing: the LUKS area follows the
+        // L1 table (and any preallocated clusters).
+        if let Some(e) = &p.encrypt {
+            q.set_up_encryption(e)?;
+        }
         crate::format::Driver::flush(&q)
     })();
     drop(q);

@@ -189,6 +189,8 @@ pub struct Qcow2 {
     compression: Compression,
     /// A corruption notice was printed (QEMU prints only the first).
     corruption_reported: std::sync::atomic::AtomicBool,
+    /// Data cipher of an encrypted image opened for I/O.
+    crypto: Option<std::sync::Arc<crypto::DataCrypto>>,
 }
 
 /// Largest first cluster we read to parse the header (2 MiB clusters).
@@ -202,12 +204,7 @@ impl Qcow2 {
         file.read_at(&mut head, 0)?;
         let hdr = Header::parse(&head)?;
         let writable = opts.writable;
-        if hdr.crypt_method != 0 && !opts.metadata_only {
-            // We cannot decrypt; QEMU fails the same way without a key.
-            return Err(Error::invalid(
-                "Parameter 'encrypt.key-secret' is required for cipher",
-            ));
-        }
+        let crypto = crypto::open(&hdr, &file, opts)?.map(std::sync::Arc::new);
         if writable && !opts.for_check && hdr.incompatible & header::INCOMPAT_CORRUPT != 0 {
             return Err(Error::corrupt(
                 "qcow2: Image is corrupt; cannot be opened read/write",
@@ -251,6 +248,7 @@ impl Qcow2 {
             Vec::new()
         };
         let q = Qcow2 {
+            crypto,
             geo,
             data_file,
             size: AtomicU64::new(hdr.size),
@@ -356,6 +354,7 @@ impl Qcow2 {
             write_lock: Mutex::new(()),
             file,
             corruption_reported: Default::default(),
+            crypto: self.crypto.clone(),
         })
     }
 

@@ -94,12 +94,32 @@ impl Qcow2 {
     }
 
     pub(super) fn prepare_write(&self) -> Result<()> {
-        if self.hdr.lock().crypt_method != 0 {
+        if self.hdr.lock().crypt_method != 0 && self.crypto.is_none() {
             return Err(Error::unsupported(
-                "Encrypted qcow2 images are not supported",
+                "Parameter 'encrypt.key-secret' is required for cipher",
             ));
         }
         self.before_first_write()
+    }
+
+    /// Store guest data for guest offset `guest` at `host`, encrypted when
+    /// the image is; a range not on sector boundaries is merged with the
+    /// sectors' current content first.
+    fn write_host(&self, data: &[u8], host: u64, guest: u64) -> Result<()> {
+        let Some(c) = &self.crypto else {
+            return self.data().write_at(data, host);
+        };
+        let s = crate::crypto::cipher::SECTOR as u64;
+        let head = host % s;
+        let h0 = host - head;
+        let h1 = (host + data.len() as u64).next_multiple_of(s);
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; (h1 - h0) as usize]);
+        if head != 0 || h1 != host + data.len() as u64 {
+            self.read_host(&mut buf, h0, guest - head)?;
+        }
+        buf[head as usize..head as usize + data.len()].copy_from_slice(data);
+        c.encrypt(h0, guest - head, &mut buf);
+        self.data().write_at(&buf, h0)
     }
 
     pub(super) fn write(&self, buf: &[u8], off: u64, backing: &dyn BackingRead) -> Result<()> {
@@ -153,7 +173,11 @@ impl Qcow2 {
                 .count() as u64;
             drop(m);
             self.check_overlap(host0, k * cs)?;
-            self.data().write_at(&data[..(k * cs) as usize], host0)?;
+            self.write_host(
+                &data[..(k * cs) as usize],
+                host0,
+                ci << self.geo.cluster_bits,
+            )?;
             if self.geo.extended
                 && slots[..k as usize]
                     .iter()
@@ -176,7 +200,11 @@ impl Qcow2 {
         let l2off = self.l2_for_write(&mut m, l1i)?;
         let host = self.alloc_data(&mut m, ci, k)?;
         drop(m);
-        self.data().write_at(&data[..(k * cs) as usize], host)?;
+        self.write_host(
+            &data[..(k * cs) as usize],
+            host,
+            ci << self.geo.cluster_bits,
+        )?;
         let mut m = self.meta.lock();
         let bitmap = if self.geo.extended {
             BITMAP_ALL_ALLOC
@@ -227,7 +255,8 @@ impl Qcow2 {
         if !self.geo.extended || self.geo.is_compressed(&slot) || shared {
             if self.geo.in_place(&slot) {
                 self.check_overlap(host + in_c, data.len() as u64)?;
-                return self.data().write_at(data, host + in_c);
+                let guest = (ci << self.geo.cluster_bits) + in_c;
+                return self.write_host(data, host + in_c, guest);
             }
             let mut c = self.cluster_content(ci, backing)?;
             c[in_c as usize..in_c as usize + data.len()].copy_from_slice(data);
@@ -261,7 +290,7 @@ impl Qcow2 {
             &owned
         };
         self.check_overlap(host + astart, alen)?;
-        self.data().write_at(out, host + astart)?;
+        self.write_host(out, host + astart, (ci << self.geo.cluster_bits) + astart)?;
         let mask = (((1u64 << (s1 - s0)) - 1) << s0) & BITMAP_ALL_ALLOC;
         let mut m = self.meta.lock();
         let l2off = self.l2_for_write(&mut m, l1i)?;
@@ -463,7 +492,7 @@ impl Qcow2 {
 
     /// Store an already-compressed cluster at guest offset `off`.
     pub(super) fn store_compressed(&self, data: &[u8], off: u64) -> Result<()> {
-        if self.data_file.is_some() {
+        if self.data_file.is_some() || self.crypto.is_some() {
             return Err(Error::from_errno(libc::ENOTSUP));
         }
         let cs = self.cs();
