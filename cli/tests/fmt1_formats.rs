@@ -474,7 +474,6 @@ fn check_on_unopenable_files() {
 /// support size measurement"); ops/measure.rs lets every known format
 /// through to its raw estimate.
 #[test]
-#[ignore = "ops/measure.rs check_format accepts every known format; qcow/qed/vdi must be refused"]
 fn measure_refused_like_qemu() {
     let dir = TempDir::new("cli-measure");
     for format in FORMATS {
