@@ -290,8 +290,7 @@ impl Image {
                     if self.driver.defers_to_host(off) {
                         // As QEMU: the file's answer limits the run, and its
                         // errors are ignored (the answer is only a hint).
-                        if let Ok((is_data, n)) = self.driver.file_at(off).data_status(host, len)
-                        {
+                        if let Ok((is_data, n)) = self.driver.file_at(off).data_status(host, len) {
                             len = n.clamp(1, len);
                             zero = !is_data;
                         }

@@ -4,7 +4,7 @@
 //! `imgtool convert` into every format. Each result must come out of
 //! `imgtool` as it comes out of `qemu-img convert` (exit code, stdout,
 //! stderr), read back identical to the source (`qemu-img compare`), pass
-//! `qemu-img check` as qemu-img's own result does, and match qemu-img's
+//! `qemu-img check` without errors or leaks, and match qemu-img's
 //! result in `qemu-img info --output=json` (minus allocation sizes, file
 //! names and random ids) and in `qemu-img map` allocation.
 
@@ -181,14 +181,9 @@ fn convert_from(src_label: &str) -> Vec<String> {
             bad.push(format!("{pair}: compare\n{}", cmp.describe()));
         }
         if checkable(tfmt) {
-            let qc = qemu_img(d, &["check", "-f", tfmt, &q]);
             let oc = qemu_img(d, &["check", "-f", tfmt, &o]);
-            if qc.code != oc.code || !oc.stdout.contains("No errors were found") {
-                bad.push(format!(
-                    "{pair}: check\n{}\n{}",
-                    qc.describe(),
-                    oc.describe()
-                ));
+            if !oc.ok() || !oc.stdout.contains("No errors were found") {
+                bad.push(format!("{pair}: check\n{}", oc.describe()));
             }
         }
         let (qi, oi) = (info(d, tfmt, &q), info(d, tfmt, &o));
@@ -209,7 +204,7 @@ fn convert_all_pairs_like_qemu() {
     labels.push("raw_odd");
     let next = std::sync::atomic::AtomicUsize::new(0);
     let bad: Vec<String> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..3)
+        let workers: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(|| {
                     let mut bad = Vec::new();
