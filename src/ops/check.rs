@@ -88,7 +88,8 @@ pub fn check(
         writable: opts.repair != Repair::None,
         cache: opts.cache,
         force_share: opts.force_share,
-        no_backing: true,
+        // qemu-img check opens the chain: a missing backing file fails it.
+        no_backing: false,
         for_check: true,
         ..OpenOptions::default()
     };
