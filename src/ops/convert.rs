@@ -151,11 +151,9 @@ pub fn convert_images(
         };
         create::create(&req)?;
     }
-    let result = copy_into(&sources, total, target, opts, created, progress);
-    if result.is_err() && created {
-        let _ = std::fs::remove_file(target);
-    }
-    result
+    // A failed copy leaves the created target in place, as qemu-img does
+    // (deleting only its first file would orphan vmdk extent files).
+    copy_into(&sources, total, target, opts, created, progress)
 }
 
 /// What a worker decided for one piece of the target; applied in order.
