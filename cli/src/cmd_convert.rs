@@ -518,8 +518,8 @@ fn has_bitmaps(img: &Image) -> bool {
 }
 
 fn check_compress(opts: Option<&CreateOptions>, fmt: &str, skip_create: bool) -> CmdResult {
-    // Only qcow2 among our formats writes compressed clusters.
-    if !skip_create && fmt != "qcow2" {
+    // qcow2 writes compressed clusters; vmdk takes -c as QEMU's does.
+    if !skip_create && !matches!(fmt, "qcow2" | "vmdk") {
         return Err(Fail::report(
             "Compression not supported for this file format",
         ));

@@ -449,12 +449,8 @@ fn damaged_files_like_qemu() {
 }
 
 /// `check` on a file qemu-img's check cannot open: an unsupported feature
-/// or version (qemu-img exits 1; imgtool's check maps any Unsupported-kind
-/// error, the open's included, to exit 63), or a missing backing file
-/// (qemu-img's check opens the backing chain, imgtool's does not). Both
-/// are in ops/check.rs + cli/src/cmd_check.rs; see the report.
+/// or version, or a missing backing file: exit 1 with the open's message.
 #[test]
-#[ignore = "cmd_check: open errors of kind Unsupported exit 63; the backing chain is not opened"]
 fn check_on_unopenable_files() {
     for format in ["qed", "vdi"] {
         let dir = TempDir::new(&format!("cli-bad-check-{format}"));
@@ -471,8 +467,7 @@ fn check_on_unopenable_files() {
 }
 
 /// qemu-img cannot measure for these formats ("Block driver 'qed' does not
-/// support size measurement"); ops/measure.rs lets every known format
-/// through to its raw estimate.
+/// support size measurement").
 #[test]
 fn measure_refused_like_qemu() {
     let dir = TempDir::new("cli-measure");

@@ -4,7 +4,7 @@
 //! `imgtool convert` into every format. Each result must come out of
 //! `imgtool` as it comes out of `qemu-img convert` (exit code, stdout,
 //! stderr), read back identical to the source (`qemu-img compare`), pass
-//! `qemu-img check` as qemu-img's own result does, and match qemu-img's
+//! `qemu-img check` without errors or leaks, and match qemu-img's
 //! result in `qemu-img info --output=json` (minus allocation sizes, file
 //! names and random ids) and in `qemu-img map` allocation.
 
@@ -104,7 +104,7 @@ fn info(d: &Path, format: &str, file: &str) -> Json {
 
 /// `qemu-img map --output=json` runs without host offsets, merged again
 /// where only the offsets kept them apart.
-fn map(d: &Path, format: &str, file: &str) -> Vec<(u64, u64, bool, bool)> {
+fn map(d: &Path, format: &str, file: &str) -> Vec<(u64, u64, bool, bool, bool)> {
     let t = qemu_img_ok(d, &["map", "-f", format, "--output=json", file]);
     let Json::Arr(items) = parse_json("qemu-img map", &t) else {
         panic!("map is not a list: {t}")
@@ -113,16 +113,19 @@ fn map(d: &Path, format: &str, file: &str) -> Vec<(u64, u64, bool, bool)> {
         Some(Json::Num(n)) => n.parse::<u64>().unwrap_or(u64::MAX),
         _ => u64::MAX,
     };
-    let mut runs: Vec<(u64, u64, bool, bool)> = Vec::new();
+    let mut runs: Vec<(u64, u64, bool, bool, bool)> = Vec::new();
     for r in &items {
         let run = (
             num(r.get("start")),
             num(r.get("length")),
             r.get("data") == Some(&Json::Bool(true)),
             r.get("zero") == Some(&Json::Bool(true)),
+            r.get("compressed") == Some(&Json::Bool(true)),
         );
         match runs.last_mut() {
-            Some(l) if l.2 == run.2 && l.3 == run.3 && l.0 + l.1 == run.0 => l.1 += run.1,
+            Some(l) if (l.2, l.3, l.4) == (run.2, run.3, run.4) && l.0 + l.1 == run.0 => {
+                l.1 += run.1
+            }
             _ => runs.push(run),
         }
     }
@@ -181,14 +184,9 @@ fn convert_from(src_label: &str) -> Vec<String> {
             bad.push(format!("{pair}: compare\n{}", cmp.describe()));
         }
         if checkable(tfmt) {
-            let qc = qemu_img(d, &["check", "-f", tfmt, &q]);
             let oc = qemu_img(d, &["check", "-f", tfmt, &o]);
-            if qc.code != oc.code || !oc.stdout.contains("No errors were found") {
-                bad.push(format!(
-                    "{pair}: check\n{}\n{}",
-                    qc.describe(),
-                    oc.describe()
-                ));
+            if !oc.ok() || !oc.stdout.contains("No errors were found") {
+                bad.push(format!("{pair}: check\n{}", oc.describe()));
             }
         }
         let (qi, oi) = (info(d, tfmt, &q), info(d, tfmt, &o));
@@ -209,7 +207,7 @@ fn convert_all_pairs_like_qemu() {
     labels.push("raw_odd");
     let next = std::sync::atomic::AtomicUsize::new(0);
     let bad: Vec<String> = std::thread::scope(|s| {
-        let workers: Vec<_> = (0..3)
+        let workers: Vec<_> = (0..4)
             .map(|_| {
                 s.spawn(|| {
                     let mut bad = Vec::new();
@@ -233,4 +231,61 @@ fn convert_all_pairs_like_qemu() {
         bad.len(),
         bad.join("\n\n")
     );
+}
+
+/// `convert -c` into every format: refused with qemu-img's message where
+/// qemu-img refuses it (and "invalid cluster size" for flat vmdk, after
+/// creating the target); where it works, the same image as qemu-img's.
+/// qcow is left out: qemu-img writes it and then exits 1 without a word.
+#[test]
+fn convert_compressed_like_qemu() {
+    let dir = TempDir::new("matrix-compressed");
+    let d = dir.path();
+    std::fs::write(d.join("r1.bin"), random_bytes(1, MIB as usize)).expect("data");
+    std::fs::write(d.join("r2.bin"), random_bytes(2, MIB as usize)).expect("data");
+    std::fs::write(d.join("t1.bin"), text_bytes(3, MIB as usize)).expect("data");
+    let src = make_source(d, "raw", "raw", "");
+    let mut bad = Vec::new();
+    for &(tlabel, tfmt, topts) in FORMATS.iter().filter(|f| f.1 != "qcow") {
+        let (q, o) = (format!("q-{tlabel}.img"), format!("o-{tlabel}.img"));
+        let args = |out: &str| {
+            let mut a = vec!["convert", "-c", "-f", "raw", "-O", tfmt];
+            if !topts.is_empty() {
+                a.extend(["-o", topts]);
+            }
+            a.extend([src.as_str(), out]);
+            a.into_iter().map(String::from).collect::<Vec<String>>()
+        };
+        let (qa, oa) = (args(&q), args(&o));
+        let qr = qemu_img(d, &qa.iter().map(String::as_str).collect::<Vec<_>>());
+        let or = imgtool(d, &oa.iter().map(String::as_str).collect::<Vec<_>>());
+        if qr.code != or.code
+            || as_imgtool(&qr.stderr).replace(&q, &o) != or.stderr
+            || qr.stdout != or.stdout
+        {
+            bad.push(format!(
+                "-c {tlabel}: outcome\n{}\n{}",
+                qr.describe(),
+                or.describe()
+            ));
+            continue;
+        }
+        if !qr.ok() {
+            continue;
+        }
+        assert_qemu_compare_identical(d, &src, &o, &["-f", "raw", "-F", tfmt]);
+        let (qi, oi) = (info(d, tfmt, &q), info(d, tfmt, &o));
+        if qi != oi {
+            bad.push(format!(
+                "-c {tlabel}: info\nqemu-img: {qi:?}\nimgtool:  {oi:?}"
+            ));
+        }
+        let (qm, om) = (map(d, tfmt, &q), map(d, tfmt, &o));
+        if qm != om {
+            bad.push(format!(
+                "-c {tlabel}: map\nqemu-img: {qm:?}\nimgtool:  {om:?}"
+            ));
+        }
+    }
+    assert!(bad.is_empty(), "{}", bad.join("\n\n"));
 }

@@ -66,10 +66,15 @@ impl CheckReport {
     }
 }
 
-/// Error for formats without a check (qemu-img exits 63 on it).
+/// Error for formats without a check (qemu-img exits 63 on it). Only the
+/// check itself says so: an image that cannot be opened, even for an
+/// unsupported feature, ends with exit 1 as qemu-img's open failure does.
 pub fn is_unsupported(e: &Error) -> bool {
-    e.kind() == ErrorKind::Unsupported
+    e.kind() == ErrorKind::Unsupported && e.message() == NO_CHECKS
 }
+
+/// What qemu-img says for a format without checks.
+pub const NO_CHECKS: &str = "This image format does not support checks";
 
 /// Check `path`; with a repair mode, fix and re-check as qemu-img does.
 /// `log` receives each finding line; `on_repaired` is called between the
@@ -85,7 +90,8 @@ pub fn check(
         writable: opts.repair != Repair::None,
         cache: opts.cache,
         force_share: opts.force_share,
-        no_backing: true,
+        // qemu-img check opens the chain: a missing backing file fails it.
+        no_backing: false,
         for_check: true,
         key_secret: opts.key_secret.clone(),
         ..OpenOptions::default()

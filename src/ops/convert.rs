@@ -141,7 +141,7 @@ pub fn convert_images(
                 o.set("backing_fmt", f);
             }
         }
-        if opts.compress && opts.out_format != "qcow2" {
+        if opts.compress && !matches!(opts.out_format.as_str(), "qcow2" | "vmdk") {
             return Err(Error::unsupported(
                 "Compression not supported for this file format",
             ));
@@ -155,11 +155,9 @@ pub fn convert_images(
         };
         create::create(&req)?;
     }
-    let result = copy_into(&sources, total, target, opts, created, progress);
-    if result.is_err() && created {
-        let _ = std::fs::remove_file(target);
-    }
-    result
+    // A failed copy leaves the created target in place, as qemu-img does
+    // (deleting only its first file would orphan vmdk extent files).
+    copy_into(&sources, total, target, opts, created, progress)
 }
 
 /// What a worker decided for one piece of the target; applied in order.
@@ -238,7 +236,15 @@ fn copy_into(
         return Err(Error::invalid("Error: Target image too small"));
     }
     let cluster = out.driver().compression_cluster_size();
-    if opts.compress && cluster.is_none() {
+    // QEMU's vmdk takes compressed writes as ordinary ones (a
+    // streamOptimized extent compresses every grain, other sparse extents
+    // store it plain); qemu-img refuses targets without a cluster size
+    // (flat extents) after creating them.
+    let plain_compress = out.format() == "vmdk";
+    if opts.compress && plain_compress && out.driver().info().cluster_size.is_none() {
+        return Err(Error::invalid("invalid cluster size"));
+    }
+    if opts.compress && !plain_compress && cluster.is_none() {
         return Err(Error::unsupported(
             "Compression not supported for this file format",
         ));
@@ -259,7 +265,11 @@ fn copy_into(
         } else {
             opts.sparse_size.max(gran)
         },
-        compress: if opts.compress { cluster } else { None },
+        compress: if opts.compress && !plain_compress {
+            cluster
+        } else {
+            None
+        },
         pool: BufPool::default(),
     };
     let cores = std::thread::available_parallelism()
