@@ -187,6 +187,12 @@ pub trait Driver: Send + Sync {
     fn discard(&self, _off: u64, _len: u64) -> Result<()> {
         Ok(())
     }
+    /// Whether `convert -c` may write here: formats with
+    /// [`Driver::compression_cluster_size`], and VMDK, which takes the
+    /// writes as ordinary ones.
+    fn accepts_compressed_writes(&self) -> bool {
+        self.compression_cluster_size().is_some()
+    }
     /// Cluster granularity for compressed writes, if the format compresses.
     fn compression_cluster_size(&self) -> Option<u64> {
         None
@@ -342,6 +348,13 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
 
 pub fn is_known(format: &str) -> bool {
     FORMATS.contains(&format)
+}
+
+/// Formats whose QEMU driver takes compressed writes (`convert -c`):
+/// qcow2 and qcow store compressed clusters; VMDK accepts them and writes
+/// plainly unless the extent is stream-optimized (compressed anyway).
+pub fn can_compress(format: &str) -> bool {
+    matches!(format, "qcow2" | "qcow" | "vmdk")
 }
 
 /// Open a driver of the given format on an already-open host file.

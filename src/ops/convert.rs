@@ -137,7 +137,7 @@ pub fn convert_images(
                 o.set("backing_fmt", f);
             }
         }
-        if opts.compress && opts.out_format != "qcow2" {
+        if opts.compress && !format::can_compress(&opts.out_format) {
             return Err(Error::unsupported(
                 "Compression not supported for this file format",
             ));
@@ -228,10 +228,21 @@ fn copy_into(
         return Err(Error::invalid("Error: Target image too small"));
     }
     let cluster = out.driver().compression_cluster_size();
-    if opts.compress && cluster.is_none() {
+    if opts.compress && !out.driver().accepts_compressed_writes() {
         return Err(Error::unsupported(
             "Compression not supported for this file format",
         ));
+    }
+    // qemu-img copies one target cluster at a time when compressing, so the
+    // target must report one that fits its 2 MiB buffer (flat VMDK does not).
+    if opts.compress
+        && !out
+            .driver()
+            .info()
+            .cluster_size
+            .is_some_and(|c| c > 0 && c <= 2 << 20)
+    {
+        return Err(Error::invalid("invalid cluster size"));
     }
     // Zero runs smaller than the target's allocation unit cannot become
     // holes; detecting them only splits writes.
