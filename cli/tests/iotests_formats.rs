@@ -196,3 +196,55 @@ fn convert_compressed_to_other_formats() {
         }
     }
 }
+
+/// A VDI header may promise a disk far larger than the file's block map:
+/// QEMU reads the map's missing tail as zeros and opens the image; the
+/// limits on sizes and block counts are reported in its words.
+#[test]
+fn vdi_header_size_bounds() {
+    let d = TempDir::new("iotf-vdi-bounds");
+    let dir = d.path();
+    qemu_img_ok(dir, &["create", "-q", "-f", "vdi", "t.vdi", "64M"]);
+    let f = dir.join("t.vdi");
+    const DISK_SIZE: u64 = 368;
+    const BLOCK_SIZE: u64 = 376;
+    const BLOCKS: u64 = 384;
+    let cases: &[(u64, u64, u32)] = &[
+        // (disk size, blocks in image, block size)
+        // Past 16 TiB (QEMU's maximum takes it seconds to read the map).
+        (32 << 40, 32 << 20, 1 << 20),
+        (0x1_ffff_f801_0000, 0x1fff_ff80, 1 << 20),
+        (64 << 20, 63, 1 << 20),
+        (64 << 20, 0x1fff_ff81, 1 << 20),
+        (64 << 20, 64, (1 << 20) - 1),
+        (64 << 20, 64, 1 << 20),
+    ];
+    for &(size, blocks, bs) in cases {
+        patch(&f, DISK_SIZE, &size.to_le_bytes());
+        patch(&f, BLOCKS, &(blocks as u32).to_le_bytes());
+        patch(&f, BLOCK_SIZE, &bs.to_le_bytes());
+        same_as_qemu(dir, &["info", "t.vdi"]);
+        same_as_qemu(dir, &["info", "--output=json", "t.vdi"]);
+    }
+    // A map cut short by the file's end: the missing entries name block 0
+    // for QEMU; reading through them must agree.
+    qemu_img_ok(dir, &["create", "-q", "-f", "vdi", "c.vdi", "64M"]);
+    qemu_io(dir, "vdi", "c.vdi", &["write -P 5 0 4k".into()]);
+    let mut b = read(&dir.join("c.vdi"));
+    let bmap = u32::from_le_bytes(b[0x154..0x158].try_into().expect("4 bytes")) as usize;
+    b.truncate(bmap + 16 * 4);
+    for f in ["q.vdi", "o.vdi"] {
+        std::fs::write(dir.join(f), &b).expect("write");
+    }
+    same_as_qemu(dir, &["map", "--output=json", "q.vdi"]);
+    same_as_qemu(dir, &["compare", "q.vdi", "o.vdi"]);
+    let q = qemu_img(dir, &["convert", "-O", "raw", "q.vdi", "q.raw"]);
+    let o = imgtool(dir, &["convert", "-O", "raw", "o.vdi", "o.raw"]);
+    assert_outcome_matches(&q, &o);
+    assert_bytes_eq(
+        "c.vdi as raw",
+        &read(&dir.join("q.raw")),
+        &read(&dir.join("o.raw")),
+    );
+    same_as_qemu(dir, &["check", "q.vdi"]);
+}
