@@ -85,36 +85,6 @@ fn rebase_writes_differing_runs_whole() {
     }
 }
 
-/// `map` names the file each VMDK extent lives in, and a hole in a flat
-/// extent's file reads as zero (QEMU asks the extent file about it).
-#[test]
-fn vmdk_map_names_extent_files() {
-    let d = TempDir::new("iotf-vmdk-map");
-    let dir = d.path();
-    let cases = [
-        ("flat.vmdk", "monolithicFlat", "3M"),
-        ("split.vmdk", "twoGbMaxExtentSparse", "5G"),
-        ("splitflat.vmdk", "twoGbMaxExtentFlat", "3G"),
-        ("mono.vmdk", "monolithicSparse", "3M"),
-    ];
-    for (file, sub, size) in cases {
-        let o = format!("subformat={sub}");
-        qemu_img_ok(dir, &["create", "-q", "-f", "vmdk", "-o", &o, file, size]);
-        let w = |off: &str| format!("write -P 7 {off} 64k");
-        qemu_io(dir, "vmdk", file, &[w("0"), w("1M"), w("2M")]);
-        if size.ends_with('G') {
-            qemu_io(dir, "vmdk", file, &[w("2047M"), w("2G")]);
-        }
-        for args in [
-            vec!["map", file],
-            vec!["map", "--output=json", file],
-            vec!["map", "-f", "vmdk", "--start-offset=1M", file],
-        ] {
-            same_as_qemu(dir, &args);
-        }
-    }
-}
-
 /// A VMDK header whose L1 table would exceed QEMU's limit is refused for
 /// that reason, before the capacity is found to be out of range (a
 /// capacity QEMU cannot address with a small L1 opens in QEMU and fails

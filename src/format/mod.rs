@@ -41,16 +41,6 @@ pub struct Extent {
     pub compressed: bool,
 }
 
-/// Where a format keeps the data for some guest range in a file of its own.
-pub struct ExtentFile<'a> {
-    /// As QEMU names the file (`map` prints it).
-    pub name: &'a str,
-    pub file: &'a HostFile,
-    /// QEMU's block layer asks this file about holes (flat extents), so a
-    /// hole there reads as zero.
-    pub recurse: bool,
-}
-
 /// Reads from below the top layer: the backing chain, or zeros.
 pub trait BackingRead: Sync {
     fn read_backing(&self, buf: &mut [u8], off: u64) -> Result<()>;
@@ -222,11 +212,6 @@ pub trait Driver: Send + Sync {
         Err(Error::unsupported(
             "Image format driver does not support resize",
         ))
-    }
-    /// The file holding guest offset `off`, when that is not the image
-    /// file itself (a VMDK extent).
-    fn extent_file(&self, _off: u64) -> Option<ExtentFile<'_>> {
-        None
     }
     /// Preferred I/O granularity for copying (cluster size or 64 KiB).
     fn io_granularity(&self) -> u64 {

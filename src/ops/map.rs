@@ -156,7 +156,7 @@ impl<'a> MapIter<'a> {
         };
         layer.refine(&mut e)?;
         if e.offset.is_some() {
-            e.filename = Some(layer.filename_at(pos));
+            e.filename = Some(layer.filename().to_string());
         }
         Ok(e)
     }

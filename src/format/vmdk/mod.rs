@@ -29,8 +29,8 @@ use std::path::Path;
 use parking_lot::Mutex;
 
 use super::{
-    BackingRead, BackingRef, CheckResult, Driver, DriverInfo, DriverOpenOptions, Extent,
-    ExtentFile, OptDesc, OptKind, Repair, Status,
+    BackingRead, BackingRef, CheckResult, Driver, DriverInfo, DriverOpenOptions, Extent, OptDesc,
+    OptKind, Repair, Status,
 };
 use crate::error::{Error, ErrorKind, Result};
 use crate::io::HostFile;
@@ -873,21 +873,6 @@ impl Driver for Vmdk {
             ..DriverInfo::default()
         }
     }
-    fn accepts_compressed_writes(&self) -> bool {
-        true
-    }
-    fn compress_cluster(&self, _buf: &[u8]) -> Result<Option<Vec<u8>>> {
-        // A stream-optimized extent compresses grains on its own write
-        // path; other extents store them plainly, as QEMU's VMDK does.
-        Ok(None)
-    }
-    fn extent_file(&self, off: u64) -> Option<ExtentFile<'_>> {
-        self.find(off).map(|(_, e)| ExtentFile {
-            name: &e.filename,
-            file: &self.files[e.file],
-            recurse: matches!(e.body, Body::Flat { .. }),
-        })
-    }
     fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
         let Some((ei, e)) = self.find(off) else {
             return Err(eio());
@@ -1121,6 +1106,14 @@ impl Driver for Vmdk {
             Some(Body::Sparse(s)) if s.compressed => Some(s.cluster_bytes()),
             _ => None,
         }
+    }
+    fn accepts_compressed_writes(&self) -> bool {
+        true
+    }
+    fn compress_cluster(&self, _buf: &[u8]) -> Result<Option<Vec<u8>>> {
+        // A stream-optimized extent compresses grains on its own write
+        // path; other extents store them plainly, as QEMU's VMDK does.
+        Ok(None)
     }
     fn check(&self, repair: Repair, log: &mut dyn FnMut(&str)) -> Result<CheckResult> {
         if repair != Repair::None {

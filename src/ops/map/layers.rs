@@ -90,14 +90,6 @@ impl<'a> Layer<'a> {
         }
     }
 
-    /// The file host offsets at guest offset `pos` refer to.
-    pub(crate) fn filename_at(&self, pos: u64) -> String {
-        match self.img.driver().extent_file(pos) {
-            Some(x) => x.name.to_string(),
-            None => self.filename().to_string(),
-        }
-    }
-
     /// Apply this layer's refinements to a run it decided.
     pub(crate) fn refine(&self, e: &mut MapExtent) -> Result<()> {
         if let Some(q) = &self.qcow2 {
@@ -107,13 +99,8 @@ impl<'a> Layer<'a> {
                 self.unallocated_run(e, q.cluster_size)?;
             }
         }
-        if e.data && !e.zero && !e.compressed && e.offset.is_some() {
-            match self.img.driver().extent_file(e.start) {
-                Some(x) if x.recurse => check_host(x.file, e),
-                Some(_) => {}
-                None if self.recurses() => check_host(self.img.driver().host_file(), e),
-                None => {}
-            }
+        if e.data && !e.zero && !e.compressed && e.offset.is_some() && self.recurses() {
+            self.check_host(e);
         }
         Ok(())
     }
@@ -205,16 +192,16 @@ impl<'a> Layer<'a> {
             _ => false,
         })
     }
-}
 
-/// A data run checked against the file it lives in: a hole reads as zero.
-fn check_host(file: &HostFile, e: &mut MapExtent) {
-    let Some(off) = e.offset else { return };
-    // QEMU ignores errors here: the answer is only extra information.
-    if let Ok((is_data, n)) = file.data_status(off, e.length) {
-        e.length = n.clamp(1, e.length);
-        if !is_data {
-            e.zero = true;
+    /// A data run checked against the host file: a hole reads as zero.
+    fn check_host(&self, e: &mut MapExtent) {
+        let Some(off) = e.offset else { return };
+        // QEMU ignores errors here: the answer is only extra information.
+        if let Ok((is_data, n)) = self.img.driver().host_file().data_status(off, e.length) {
+            e.length = n.clamp(1, e.length);
+            if !is_data {
+                e.zero = true;
+            }
         }
     }
 }
