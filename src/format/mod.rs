@@ -335,13 +335,6 @@ pub fn is_known(format: &str) -> bool {
     FORMATS.contains(&format)
 }
 
-/// Formats whose QEMU driver takes compressed writes (`convert -c`):
-/// qcow2 and qcow store compressed clusters; VMDK accepts them and writes
-/// plainly unless the extent is stream-optimized (compressed anyway).
-pub fn can_compress(format: &str) -> bool {
-    matches!(format, "qcow2" | "qcow" | "vmdk")
-}
-
 /// Open a driver of the given format on an already-open host file.
 pub fn open_driver(
     format: &str,
@@ -374,6 +367,13 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
         "vpc" => Ok(vpc::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
+}
+
+/// Formats whose QEMU driver takes compressed writes (`convert -c`):
+/// qcow2 and qcow store compressed clusters; VMDK accepts them and writes
+/// plainly unless the extent is stream-optimized (compressed anyway).
+pub fn can_compress(format: &str) -> bool {
+    matches!(format, "qcow2" | "qcow" | "vmdk")
 }
 
 /// The errno text (`strerror`) QEMU would print for a failure, for the
