@@ -402,7 +402,14 @@ fn convert(
         progress.reached((pct / 100.0 * total as f64) as u64);
         true
     };
-    convert_images(images, &target_spec.filename, &opts, Some(&mut cb)).map_err(Fail::from)
+    convert_images(images, &target_spec.filename, &opts, Some(&mut cb)).map_err(Fail::from)?;
+    if opts.compress && opts.out_format == "qcow" {
+        // qemu-img ends a compressed copy with an empty compressed write
+        // ("EOF"), which QEMU's qcow driver refuses with EINVAL; qemu-img
+        // then exits 1 without a message, the image being complete.
+        return Err(Fail::Exit(1));
+    }
+    Ok(())
 }
 
 /// `-l`: reopen the (single) source on the internal snapshot.
@@ -518,8 +525,7 @@ fn has_bitmaps(img: &Image) -> bool {
 }
 
 fn check_compress(opts: Option<&CreateOptions>, fmt: &str, skip_create: bool) -> CmdResult {
-    // qcow2 writes compressed clusters; vmdk takes -c as QEMU's does.
-    if !skip_create && !matches!(fmt, "qcow2" | "vmdk") {
+    if !skip_create && !imgtool::format::can_compress(fmt) {
         return Err(Fail::report(
             "Compression not supported for this file format",
         ));

@@ -181,6 +181,11 @@ pub trait Driver: Send + Sync {
             None => self.host_file(),
         }
     }
+    /// The file holding guest offset `off`, when that is not the image
+    /// file itself (a VMDK extent).
+    fn extent_file(&self, _off: u64) -> Option<ExtentFile<'_>> {
+        None
+    }
     /// Files of extents stored apart from `host_file` (vmdk descriptors),
     /// with the extent's index: QEMU opens each as child `extents.N`.
     fn extent_files(&self) -> Vec<(usize, &HostFile)> {
@@ -206,6 +211,12 @@ pub trait Driver: Send + Sync {
     ) -> Result<()>;
     fn discard(&self, _off: u64, _len: u64) -> Result<()> {
         Ok(())
+    }
+    /// Whether `convert -c` may write here: formats with
+    /// [`Driver::compression_cluster_size`], and VMDK, which takes the
+    /// writes as ordinary ones.
+    fn accepts_compressed_writes(&self) -> bool {
+        self.compression_cluster_size().is_some()
     }
     /// Cluster granularity for compressed writes, if the format compresses.
     fn compression_cluster_size(&self) -> Option<u64> {
@@ -236,11 +247,6 @@ pub trait Driver: Send + Sync {
         Err(Error::unsupported(
             "Image format driver does not support resize",
         ))
-    }
-    /// The file holding guest offset `off`, when that is not the image
-    /// file itself (a VMDK extent).
-    fn extent_file(&self, _off: u64) -> Option<ExtentFile<'_>> {
-        None
     }
     /// Preferred I/O granularity for copying (cluster size or 64 KiB).
     fn io_granularity(&self) -> u64 {
@@ -401,6 +407,13 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
         "vpc" => Ok(vpc::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
+}
+
+/// Formats whose QEMU driver takes compressed writes (`convert -c`):
+/// qcow2 and qcow store compressed clusters; VMDK accepts them and writes
+/// plainly unless the extent is stream-optimized (compressed anyway).
+pub fn can_compress(format: &str) -> bool {
+    matches!(format, "qcow2" | "qcow" | "vmdk")
 }
 
 /// The errno text (`strerror`) QEMU would print for a failure, for the

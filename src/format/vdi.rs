@@ -34,9 +34,6 @@ const TYPE_DYNAMIC: u32 = 1;
 const TYPE_STATIC: u32 = 2;
 /// QEMU's limit on blocks in an image.
 const BLOCKS_IN_IMAGE_MAX: u32 = 0x1fff_ff80;
-/// Block map entries we keep in memory (16 TiB of disk; QEMU's limit
-/// would cost 2 GiB, which no real image needs).
-const MAX_MAPPED_BLOCKS: u64 = 1 << 24;
 const BANNER: &[u8] = b"<<< QEMU VM Virtual Disk Image >>>\n";
 
 // Header field offsets.
@@ -219,14 +216,16 @@ impl Vdi {
                 "too many blocks {blocks_in_image}, max is {BLOCKS_IN_IMAGE_MAX}"
             )));
         }
+        // QEMU reads the whole map; past the end of the file it reads as
+        // zeros (entries naming block 0). Only the part in the file is held,
+        // so a header promising a huge disk costs no memory.
         let mapped = disk_size.div_ceil(BLOCK_SIZE);
-        if mapped > MAX_MAPPED_BLOCKS {
-            return Err(unsupported(format!(
-                "disk size {disk_size} too large, at most {} supported",
-                MAX_MAPPED_BLOCKS * BLOCK_SIZE
-            )));
-        }
-        let mut rawmap = vec![0u8; mapped as usize * 4];
+        let in_file = file
+            .len()?
+            .saturating_sub(offset_bmap as u64)
+            .div_ceil(4)
+            .min(mapped);
+        let mut rawmap = vec![0u8; in_file as usize * 4];
         file.read_at(&mut rawmap, offset_bmap as u64)?;
         let bmap: Vec<u32> = rawmap.chunks_exact(4).map(|c| le32(c, 0)).collect();
         let blocks_allocated = le32(&raw, O_BLOCKS_ALLOCATED);
@@ -236,6 +235,7 @@ impl Vdi {
             .iter()
             .filter(|&&e| is_allocated(e))
             .map(|&e| e as u64 + 1)
+            .chain((in_file < mapped).then_some(1))
             .max()
             .unwrap_or(0);
         Ok(Vdi {
@@ -261,7 +261,8 @@ impl Vdi {
             .read()
             .get(block as usize)
             .copied()
-            .unwrap_or(UNALLOCATED)
+            // Past the file's end: the zeros QEMU reads there.
+            .unwrap_or(0)
     }
 
     fn host(&self, entry: u32, in_block: u64) -> u64 {
@@ -343,9 +344,12 @@ impl Vdi {
         }
         self.file
             .write_at(&(idx as u32).to_le_bytes(), self.offset_bmap + block * 4)?;
-        if let Some(slot) = self.bmap.write().get_mut(block as usize) {
-            *slot = idx as u32;
+        let mut map = self.bmap.write();
+        if map.len() <= block as usize {
+            // block < disk size / BLOCK_SIZE <= BLOCKS_IN_IMAGE_MAX
+            map.resize(block as usize + 1, 0);
         }
+        map[block as usize] = idx as u32;
         Ok(())
     }
 

@@ -141,7 +141,7 @@ pub fn convert_images(
                 o.set("backing_fmt", f);
             }
         }
-        if opts.compress && !matches!(opts.out_format.as_str(), "qcow2" | "vmdk") {
+        if opts.compress && !format::can_compress(&opts.out_format) {
             return Err(Error::unsupported(
                 "Compression not supported for this file format",
             ));
@@ -236,18 +236,21 @@ fn copy_into(
         return Err(Error::invalid("Error: Target image too small"));
     }
     let cluster = out.driver().compression_cluster_size();
-    // QEMU's vmdk takes compressed writes as ordinary ones (a
-    // streamOptimized extent compresses every grain, other sparse extents
-    // store it plain); qemu-img refuses targets without a cluster size
-    // (flat extents) after creating them.
-    let plain_compress = out.format() == "vmdk";
-    if opts.compress && plain_compress && out.driver().info().cluster_size.is_none() {
-        return Err(Error::invalid("invalid cluster size"));
-    }
-    if opts.compress && !plain_compress && cluster.is_none() {
+    if opts.compress && !out.driver().accepts_compressed_writes() {
         return Err(Error::unsupported(
             "Compression not supported for this file format",
         ));
+    }
+    // qemu-img copies one target cluster at a time when compressing, so the
+    // target must report one that fits its 2 MiB buffer (flat VMDK does not).
+    if opts.compress
+        && !out
+            .driver()
+            .info()
+            .cluster_size
+            .is_some_and(|c| c > 0 && c <= 2 << 20)
+    {
+        return Err(Error::invalid("invalid cluster size"));
     }
     // Zero runs smaller than the target's allocation unit cannot become
     // holes; detecting them only splits writes.
@@ -265,11 +268,7 @@ fn copy_into(
         } else {
             opts.sparse_size.max(gran)
         },
-        compress: if opts.compress && !plain_compress {
-            cluster
-        } else {
-            None
-        },
+        compress: if opts.compress { cluster } else { None },
         pool: BufPool::default(),
     };
     let cores = std::thread::available_parallelism()

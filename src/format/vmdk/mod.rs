@@ -1122,6 +1122,14 @@ impl Driver for Vmdk {
             _ => None,
         }
     }
+    fn accepts_compressed_writes(&self) -> bool {
+        true
+    }
+    fn compress_cluster(&self, _buf: &[u8]) -> Result<Option<Vec<u8>>> {
+        // A stream-optimized extent compresses grains on its own write
+        // path; other extents store them plainly, as QEMU's VMDK does.
+        Ok(None)
+    }
     fn check(&self, repair: Repair, log: &mut dyn FnMut(&str)) -> Result<CheckResult> {
         if repair != Repair::None {
             return Err(Error::unsupported(
