@@ -388,6 +388,9 @@ fn convert(
         source_cache: src_cache,
         force_share: a.force_share,
         snapshot: a.snapshot.as_ref().map(|(_, p)| p.clone()),
+        // qemu-img leaves a target it failed to fill (a vmdk's extent
+        // files included).
+        keep_on_error: true,
     };
     if progress.is_enabled() {
         let walk = Walk {

@@ -231,6 +231,7 @@ pub unsafe extern "C" fn imgtool_convert(
             source_cache: source_cache.map_or(Ok(d.source_cache), CacheMode::parse)?,
             force_share: o.flags & IMGTOOL_CONVERT_FORCE_SHARE != 0,
             snapshot: snapshot.map(str::to_string),
+            keep_on_error: false,
         };
         match progress {
             Some(f) => {

@@ -41,6 +41,9 @@ pub struct ConvertOptions {
     pub force_share: bool,
     /// `-l`: read this internal snapshot of the (single) source.
     pub snapshot: Option<String>,
+    /// Leave a target this call created in place when the copy fails, as
+    /// qemu-img does (the default removes it).
+    pub keep_on_error: bool,
 }
 
 impl Default for ConvertOptions {
@@ -60,6 +63,7 @@ impl Default for ConvertOptions {
             source_cache: CacheMode::Writeback,
             force_share: false,
             snapshot: None,
+            keep_on_error: false,
         }
     }
 }
@@ -151,9 +155,11 @@ pub fn convert_images(
         };
         create::create(&req)?;
     }
-    // A failed copy leaves the created target in place, as qemu-img does
-    // (deleting only its first file would orphan vmdk extent files).
-    copy_into(&sources, total, target, opts, created, progress)
+    let result = copy_into(&sources, total, target, opts, created, progress);
+    if result.is_err() && created && !opts.keep_on_error {
+        let _ = std::fs::remove_file(target);
+    }
+    result
 }
 
 /// What a worker decided for one piece of the target; applied in order.
