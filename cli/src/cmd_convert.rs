@@ -389,6 +389,9 @@ fn convert(
         force_share: a.force_share,
         snapshot: a.snapshot.as_ref().map(|(_, p)| p.clone()),
         target_key_secret: target_spec.key_secret.clone(),
+        // qemu-img leaves a target it failed to fill (a vmdk's extent
+        // files included).
+        keep_on_error: true,
     };
     if progress.is_enabled() {
         let walk = Walk {

@@ -232,6 +232,7 @@ pub unsafe extern "C" fn imgtool_convert(
             force_share: o.flags & IMGTOOL_CONVERT_FORCE_SHARE != 0,
             snapshot: snapshot.map(str::to_string),
             target_key_secret: None,
+            keep_on_error: false,
         };
         match progress {
             Some(f) => {

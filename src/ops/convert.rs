@@ -44,6 +44,9 @@ pub struct ConvertOptions {
     /// Secret id unlocking an existing encrypted target (`-n`); a created
     /// one uses `encrypt.key-secret` from `out_options`.
     pub target_key_secret: Option<String>,
+    /// Leave a target this call created in place when the copy fails, as
+    /// qemu-img does (the default removes it).
+    pub keep_on_error: bool,
 }
 
 impl Default for ConvertOptions {
@@ -64,6 +67,7 @@ impl Default for ConvertOptions {
             force_share: false,
             snapshot: None,
             target_key_secret: None,
+            keep_on_error: false,
         }
     }
 }
@@ -155,9 +159,11 @@ pub fn convert_images(
         };
         create::create(&req)?;
     }
-    // A failed copy leaves the created target in place, as qemu-img does
-    // (deleting only its first file would orphan vmdk extent files).
-    copy_into(&sources, total, target, opts, created, progress)
+    let result = copy_into(&sources, total, target, opts, created, progress);
+    if result.is_err() && created && !opts.keep_on_error {
+        let _ = std::fs::remove_file(target);
+    }
+    result
 }
 
 /// What a worker decided for one piece of the target; applied in order.
