@@ -221,6 +221,14 @@ fn copy_differences(
                 continue;
             }
         }
+        if opts.compress {
+            // As qemu-img: the run widens to whole clusters, so that each
+            // one is compared and written compressed as a unit.
+            let start = off - off % align;
+            let end = (off + len).next_multiple_of(align).min(size);
+            off = start;
+            len = end - start;
+        }
         buf_old.clear();
         buf_old.resize(len as usize, 0);
         buf_new.clear();
