@@ -599,3 +599,47 @@ fn luks_driver() {
     let r = run_with_timeout(&mut c, DEFAULT_TIMEOUT);
     assert!(r.ok() && !r.stdout.contains("fail"), "{}", r.describe());
 }
+
+/// map and measure on encrypted images: no host offsets (QEMU hides them
+/// for encrypted data), and the LUKS area counted in measure's sizes.
+#[test]
+fn map_and_measure() {
+    let dir = TempDir::new("enc_map_measure");
+    let f = build(dir.path(), "luks");
+    let io = image_opts(f);
+    for out in ["--output=human", "--output=json"] {
+        same_as_qemu(
+            dir.path(),
+            &["map", out, "--object", SECRET, "--image-opts", &io],
+        );
+    }
+    // qemu-img runs the whole PBKDF benchmark even to measure.
+    let luks = "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10";
+    let aes128 = format!("{luks},encrypt.cipher-alg=aes-128,cluster_size=4k");
+    let missing = "encrypt.format=luks,encrypt.key-secret=sec1";
+    for o in [luks, &aes128, missing] {
+        let (q, _) = same_as_qemu(
+            dir.path(),
+            &[
+                "measure", "--object", SECRET, "-O", "qcow2", "-o", o, "--size", "100M",
+            ],
+        );
+        if o != missing {
+            assert!(q.ok(), "{}", q.describe());
+        }
+    }
+    same_as_qemu(
+        dir.path(),
+        &[
+            "measure",
+            "--object",
+            SECRET,
+            "--image-opts",
+            &io,
+            "-O",
+            "qcow2",
+            "-o",
+            luks,
+        ],
+    );
+}

@@ -366,6 +366,12 @@ impl CreateParams {
     }
 }
 
+/// Bytes of the LUKS area (header and 8 key slots) `p` creates.
+pub fn area_len(p: &CreateParams) -> u64 {
+    (HEADER_SECTORS + NUM_SLOTS as u64 * split_sectors(p.spec.key_len() as u64, STRIPES as u64))
+        * SECTOR as u64
+}
+
 fn uuid() -> Result<String> {
     let mut u = [0u8; 16];
     super::random_bytes(&mut u)?;
