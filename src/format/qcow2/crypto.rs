@@ -3,10 +3,8 @@
 //! `info` as QAPI QCryptoBlockInfo does, unlocked with the key secret for
 //! data I/O, and created for `encrypt.format=luks`.
 
-use zeroize::Zeroizing;
-
 use super::header::{Header, EXT_CRYPTO};
-use crate::crypto::cipher::{CipherSpec, IvGen, Mode, SECTOR};
+use crate::crypto::cipher::SECTOR;
 use crate::crypto::{luks, secret, SectorCipher};
 use crate::error::{Error, Result};
 use crate::format::bytes::be64;
@@ -104,17 +102,8 @@ pub(super) fn open(
     };
     if method == "aes" {
         let Some(pw) = pw else { return Ok(None) };
-        // qcow's key: the passphrase's first 16 bytes, zero padded.
-        let mut key = Zeroizing::new([0u8; 16]);
-        let n = pw.len().min(16);
-        key[..n].copy_from_slice(&pw[..n]);
-        let spec = CipherSpec {
-            aes_bytes: 16,
-            mode: Mode::Cbc,
-            ivgen: IvGen::Plain64,
-        };
         return Ok(Some(DataCrypto {
-            cipher: SectorCipher::new(&spec, &key[..])?,
+            cipher: crate::crypto::qcow_aes(&pw)?,
             physical: false,
         }));
     }
