@@ -366,6 +366,12 @@ impl CreateParams {
     }
 }
 
+/// Bytes of the LUKS area (header and 8 key slots) `p` creates.
+pub fn area_len(p: &CreateParams) -> u64 {
+    (HEADER_SECTORS + NUM_SLOTS as u64 * split_sectors(p.spec.key_len() as u64, STRIPES as u64))
+        * SECTOR as u64
+}
+
 fn uuid() -> Result<String> {
     let mut u = [0u8; 16];
     super::random_bytes(&mut u)?;
@@ -459,6 +465,56 @@ pub fn create(p: &CreateParams, password: &[u8]) -> Result<(Vec<u8>, Unlocked)> 
     area[..HEADER_LEN].copy_from_slice(&h.serialize());
     let cipher = SectorCipher::new(&p.spec, &master)?;
     Ok((area, Unlocked { header: h, cipher }))
+}
+
+/// QAPI QCryptoBlockInfoLUKS of `h` (qcow2 adds `"format": "luks"` in
+/// front when `with_format`).
+pub fn info_json(h: &Header, with_format: bool) -> crate::json::Json {
+    use crate::json::Json;
+    let (mode, ivgen) = h
+        .cipher_mode
+        .split_once('-')
+        .unwrap_or((h.cipher_mode.as_str(), ""));
+    let (ivgen_alg, ivgen_hash) = match ivgen.split_once(':') {
+        Some((a, hh)) => (a.to_string(), Some(hh.to_string())),
+        None => (ivgen.to_string(), None),
+    };
+    // XTS splits the key in two; the cipher is named by one half.
+    let bits = if mode == "xts" {
+        h.key_bytes as u64 * 4
+    } else {
+        h.key_bytes as u64 * 8
+    };
+    let mut j = Json::object();
+    if with_format {
+        j.set("format", "luks");
+    }
+    j.set("cipher-alg", format!("{}-{bits}", h.cipher_name));
+    j.set("cipher-mode", mode);
+    j.set("ivgen-alg", ivgen_alg);
+    if let Some(hh) = ivgen_hash {
+        j.set("ivgen-hash-alg", hh);
+    }
+    j.set("hash-alg", h.hash_spec.clone());
+    j.set("detached-header", false);
+    j.set("payload-offset", h.payload_bytes());
+    j.set("master-key-iters", h.mk_iters as u64);
+    j.set("uuid", h.uuid.clone());
+    let slots = h
+        .slots
+        .iter()
+        .map(|s| {
+            let mut o = Json::object().with("active", s.is_active());
+            if s.is_active() {
+                o.set("iters", s.iters as u64);
+                o.set("stripes", s.stripes as u64);
+            }
+            o.set("key-offset", s.key_offset as u64 * SECTOR as u64);
+            o
+        })
+        .collect();
+    j.set("slots", Json::Array(slots));
+    j
 }
 
 #[cfg(test)]

@@ -14,6 +14,20 @@ pub use cipher::SectorCipher;
 
 use crate::error::{Error, Result};
 
+/// The legacy qcow/qcow2 AES method: AES-128-CBC, plain64 IVs, the key
+/// being the passphrase's first 16 bytes, zero padded.
+pub fn qcow_aes(passphrase: &[u8]) -> Result<SectorCipher> {
+    let mut key = zeroize::Zeroizing::new([0u8; 16]);
+    let n = passphrase.len().min(16);
+    key[..n].copy_from_slice(&passphrase[..n]);
+    let spec = cipher::CipherSpec {
+        aes_bytes: 16,
+        mode: cipher::Mode::Cbc,
+        ivgen: cipher::IvGen::Plain64,
+    };
+    SectorCipher::new(&spec, &key[..])
+}
+
 /// Random bytes for keys, salts and UUIDs (the kernel's CSPRNG).
 pub fn random_bytes(buf: &mut [u8]) -> Result<()> {
     use std::io::Read;

@@ -2,6 +2,7 @@
 //! and is reached only through [`Driver`] and the registry functions here.
 
 pub(crate) mod bytes;
+pub mod luks;
 pub mod options;
 pub mod qcow;
 pub mod qcow2;
@@ -248,6 +249,11 @@ pub trait Driver: Send + Sync {
             "Image format driver does not support resize",
         ))
     }
+    /// A newly created image reads as zeros everywhere (false for LUKS,
+    /// whose unwritten payload decrypts to noise).
+    fn has_zero_init(&self) -> bool {
+        true
+    }
     /// Preferred I/O granularity for copying (cluster size or 64 KiB).
     fn io_granularity(&self) -> u64 {
         65536
@@ -341,7 +347,9 @@ pub struct DriverOpenOptions {
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
-pub const FORMATS: &[&str] = &["qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc"];
+pub const FORMATS: &[&str] = &[
+    "luks", "qcow", "qcow2", "qed", "raw", "vdi", "vhdx", "vmdk", "vpc",
+];
 
 /// Guess a file's format from its first bytes (raw when nothing matches).
 pub fn probe(file: &HostFile) -> Result<&'static str> {
@@ -368,6 +376,9 @@ pub fn probe(file: &HostFile) -> Result<&'static str> {
     if vpc::probe(&head) {
         return Ok("vpc");
     }
+    if luks::probe(&head) {
+        return Ok("luks");
+    }
     Ok("raw")
 }
 
@@ -390,6 +401,7 @@ pub fn open_driver(
         "vhdx" => Ok(Box::new(vhdx::Vhdx::open(file, opts)?)),
         "vmdk" => Ok(Box::new(vmdk::Vmdk::open(file, opts)?)),
         "vpc" => Ok(Box::new(vpc::Vpc::open(file, opts)?)),
+        "luks" => Ok(Box::new(luks::Luks::open(file, opts)?)),
         _ => Err(Error::invalid(format!("Unknown driver '{format}'"))),
     }
 }
@@ -405,6 +417,7 @@ pub fn create_options(format: &str) -> Result<&'static [OptDesc]> {
         "vhdx" => Ok(vhdx::CREATE_OPTS),
         "vmdk" => Ok(vmdk::CREATE_OPTS),
         "vpc" => Ok(vpc::CREATE_OPTS),
+        "luks" => Ok(luks::CREATE_OPTS),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }
@@ -455,6 +468,7 @@ pub fn create(format: &str, path: &Path, size: u64, opts: &CreateOptions) -> Res
         "vhdx" => vhdx::create(path, size, opts),
         "vmdk" => vmdk::create(path, size, opts),
         "vpc" => vpc::create(path, size, opts),
+        "luks" => luks::create(path, size, opts),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }

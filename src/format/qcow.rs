@@ -214,6 +214,8 @@ pub struct Qcow {
     writable: bool,
     /// The last decompressed cluster (offset of its stream, data).
     ccache: Mutex<Option<(u64, Arc<Vec<u8>>)>>,
+    /// AES data cipher (IVs by guest sector) when encrypted and keyed.
+    crypto: Option<crate::crypto::SectorCipher>,
 }
 
 /// `Could not open 'PATH': strerror`, as QEMU words a driver's bare errno.
@@ -240,13 +242,16 @@ impl Qcow {
         let mut head = [0u8; HEADER_LEN];
         file.read_at(&mut head, 0)?;
         let hdr = Header::parse(&head)?;
-        if hdr.crypt_method != 0 && !opts.metadata_only {
-            // We cannot decrypt; QEMU fails the same way without a key (and
-            // opens it for `info`, which reads no data).
-            return Err(Error::invalid(
-                "Parameter 'encrypt.key-secret' is required for cipher",
-            ));
-        }
+        // AES images need the key secret, except for `info` (no data read).
+        let crypto = if hdr.crypt_method != 0 && !opts.metadata_only {
+            let id = opts.key_secret.as_deref().ok_or_else(|| {
+                Error::invalid("Parameter 'encrypt.key-secret' is required for cipher")
+            })?;
+            let pw = crate::crypto::secret::passphrase(id)?;
+            Some(crate::crypto::qcow_aes(&pw)?)
+        } else {
+            None
+        };
         let l1_end = hdr
             .l1_size
             .checked_mul(8)
@@ -286,6 +291,7 @@ impl Qcow {
             write_lock: Mutex::new(()),
             writable: opts.writable,
             ccache: Mutex::new(None),
+            crypto,
         })
     }
 
@@ -301,7 +307,7 @@ impl Qcow {
     }
 
     fn encrypted_error(&self) -> Result<()> {
-        if self.hdr.crypt_method != 0 {
+        if self.hdr.crypt_method != 0 && self.crypto.is_none() {
             return Err(Error::unsupported(
                 "Parameter 'encrypt.key-secret' is required for cipher",
             ));
@@ -404,7 +410,7 @@ impl Qcow {
             match seg {
                 Seg::Host { host, .. } => {
                     check_request(host, n as u64)?;
-                    self.file.read_at(out, host)?
+                    self.read_host(out, host, off + pos as u64)?
                 }
                 Seg::Backing { .. } => backing.read_backing(out, off + pos as u64)?,
                 Seg::Compressed {
@@ -499,10 +505,43 @@ impl Qcow {
         };
         m.end = m.end.max(host_end);
         drop(m);
-        self.file.write_at(data, host)?;
+        self.write_host(data, host, ci << self.hdr.cluster_bits)?;
         let entries: Vec<u64> = (0..k).map(|i| host + i * cs).collect();
         let mut m = self.meta.lock();
         m.l2.set(&self.file, l2, l2i, &entries)
+    }
+
+    /// Guest bytes at `host` (guest offset `guest`), decrypted in whole
+    /// sectors when encrypted (a cluster never splits a sector).
+    fn read_host(&self, out: &mut [u8], host: u64, guest: u64) -> Result<()> {
+        let Some(c) = &self.crypto else {
+            return self.file.read_at(out, host);
+        };
+        let head = host % 512;
+        let h1 = (host + out.len() as u64).next_multiple_of(512);
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; (h1 - host + head) as usize]);
+        self.file.read_at(&mut buf, host - head)?;
+        c.decrypt((guest - head) / 512, &mut buf);
+        out.copy_from_slice(&buf[head as usize..head as usize + out.len()]);
+        Ok(())
+    }
+
+    /// Store guest bytes at `host`, encrypted when the image is; a range
+    /// off sector boundaries is merged with the sectors' content first.
+    fn write_host(&self, data: &[u8], host: u64, guest: u64) -> Result<()> {
+        let Some(c) = &self.crypto else {
+            return self.file.write_at(data, host);
+        };
+        let head = host % 512;
+        let end = host + data.len() as u64;
+        let h1 = end.next_multiple_of(512);
+        let mut buf = zeroize::Zeroizing::new(vec![0u8; (h1 - host + head) as usize]);
+        if head != 0 || h1 != end {
+            self.read_host(&mut buf, host - head, guest - head)?;
+        }
+        buf[head as usize..head as usize + data.len()].copy_from_slice(data);
+        c.encrypt((guest - head) / 512, &mut buf);
+        self.file.write_at(&buf, host - head)
     }
 
     fn write(&self, buf: &[u8], off: u64, backing: &dyn BackingRead) -> Result<()> {
@@ -537,7 +576,7 @@ impl Qcow {
                     }
                     let host = data_offset(h)? + in_c;
                     check_request(host, total as u64)?;
-                    self.file.write_at(&buf[pos..pos + total], host)?;
+                    self.write_host(&buf[pos..pos + total], host, g)?;
                     pos += total;
                 }
                 _ if in_c == 0 && n == cs as usize => {
@@ -624,6 +663,9 @@ impl Qcow {
 
     /// Store an already-compressed cluster at guest offset `off`.
     fn store_compressed(&self, data: &[u8], off: u64) -> Result<()> {
+        if self.crypto.is_some() {
+            return Err(Error::from_errno(libc::ENOTSUP));
+        }
         let cs = self.cs();
         if !off.is_multiple_of(cs) || data.is_empty() || data.len() as u64 >= cs {
             return Err(Error::invalid(
@@ -783,9 +825,9 @@ pub(crate) fn check_protocol_prealloc(opts: &CreateOptions) -> Result<()> {
     }
 }
 
-/// qcow's encryption options, refused as qemu-img refuses them without a
-/// secret (and imgtool has no secrets): same messages, same order.
-fn check_encryption(opts: &CreateOptions, size_zero: bool) -> Result<()> {
+/// qcow's encryption options checked as qemu-img checks them (same
+/// messages, same order); true when the image is to be AES encrypted.
+fn check_encryption(opts: &CreateOptions, size_zero: bool) -> Result<bool> {
     let legacy = opts.get_bool("encryption", false)?;
     let format = opts.get("encrypt.format");
     let secret = opts.get("encrypt.key-secret");
@@ -813,11 +855,11 @@ fn check_encryption(opts: &CreateOptions, size_zero: bool) -> Result<()> {
     }
     match (format, secret) {
         (Some("luks"), _) => Err(Error::unsupported("Unsupported encryption format")),
-        (Some(_), Some(id)) => Err(Error::invalid(format!("No secret with id '{id}'"))),
+        (Some(_), Some(id)) => crate::crypto::secret::get(id).map(|_| true),
         (Some(_), None) => Err(Error::invalid(
             "Parameter 'encrypt.key-secret' is required for cipher",
         )),
-        (None, _) => Ok(()),
+        (None, _) => Ok(false),
     }
 }
 
@@ -829,7 +871,7 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
         .checked_next_multiple_of(512)
         .filter(|&s| s <= MAX_OFFSET)
         .ok_or_else(|| Error::invalid("Image size too large"))?;
-    check_encryption(opts, size == 0)?;
+    let aes = check_encryption(opts, size == 0)?;
     let backing = opts.get("backing_file").filter(|b| *b != "fat:");
     // With a backing file, 512-byte clusters avoid copying unmodified
     // sectors (QEMU's choice); "fat:" (vvfat) keeps them but is not stored.
@@ -855,6 +897,9 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
     b[24..32].copy_from_slice(&size.to_be_bytes());
     b[32] = cluster_bits as u8;
     b[33] = l2_bits as u8;
+    if aes {
+        b[36..40].copy_from_slice(&1u32.to_be_bytes());
+    }
     let l1_offset = header_len.next_multiple_of(8);
     b[40..48].copy_from_slice(&l1_offset.to_be_bytes());
     let shift = cluster_bits + l2_bits;

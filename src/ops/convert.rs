@@ -267,7 +267,10 @@ fn copy_into(
         total,
         // A fresh target without backing reads as zeros already; otherwise
         // zeros must be written explicitly.
-        target_is_zero: created && out.backing().is_none() && opts.backing_file.is_none(),
+        target_is_zero: created
+            && out.driver().has_zero_init()
+            && out.backing().is_none()
+            && opts.backing_file.is_none(),
         copy_top_only: opts.backing_file.is_some(),
         sparse: if opts.sparse_size == 0 {
             0

@@ -160,6 +160,8 @@ struct Target {
     extended_l2: bool,
     full_prealloc: bool,
     backing: bool,
+    /// LUKS area bytes, cluster-rounded (0 unencrypted).
+    luks_payload: u64,
 }
 
 fn target(o: &CreateOptions) -> Result<Target> {
@@ -200,12 +202,19 @@ fn target(o: &CreateOptions) -> Result<Target> {
         Some("falloc") | Some("full") => true,
         Some(v) => return Err(Error::invalid(format!("invalid parameter value: {v}"))),
     };
-    if o.get("encrypt.format") == Some("luks") {
-        return Err(Error::invalid(match o.get("encrypt.key-secret") {
-            None => "Parameter 'encrypt.key-secret' is required for cipher".to_string(),
-            Some(id) => format!("No secret with id '{id}'"),
-        }));
-    }
+    // A LUKS area is added in whole clusters, as QEMU measures it (its
+    // size depends only on the cipher's key length).
+    let luks_payload = if o.get("encrypt.format") == Some("luks") {
+        let id = o.get("encrypt.key-secret").ok_or_else(|| {
+            Error::invalid("Parameter 'encrypt.key-secret' is required for cipher")
+        })?;
+        crate::crypto::secret::get(id)?;
+        let get = |k: &str| o.get(&format!("encrypt.{k}")).map(str::to_string);
+        let p = crate::crypto::luks::CreateParams::from_options(&get, "encrypt.")?;
+        crate::crypto::luks::area_len(&p).next_multiple_of(cs)
+    } else {
+        0
+    };
     Ok(Target {
         cluster_size: cs,
         version,
@@ -213,6 +222,7 @@ fn target(o: &CreateOptions) -> Result<Target> {
         extended_l2,
         full_prealloc,
         backing: o.get("backing_file").is_some(),
+        luks_payload,
     })
 }
 
@@ -246,7 +256,9 @@ fn qcow2(o: &CreateOptions, source: Option<&Image>) -> Result<Measure> {
     if t.full_prealloc {
         required = virtual_size;
     }
-    let fully = prealloc_size(virtual_size, cs, t.refcount_order, l2e).ok_or_else(too_large)?;
+    let fully = prealloc_size(virtual_size, cs, t.refcount_order, l2e)
+        .and_then(|f| f.checked_add(t.luks_payload))
+        .ok_or_else(too_large)?;
     Ok(Measure {
         required: fully - virtual_size + required,
         fully_allocated: fully,

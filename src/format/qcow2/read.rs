@@ -208,7 +208,12 @@ impl Qcow2 {
             next_host = host.map(|h| h + step);
             pos += step;
         }
-        let (status, offset, compressed) = first.unwrap_or((Status::Unallocated, None, false));
+        let (status, mut offset, compressed) = first.unwrap_or((Status::Unallocated, None, false));
+        // QEMU gives no host offset for encrypted data (it is not the
+        // guest's bytes).
+        if self.crypto.is_some() {
+            offset = None;
+        }
         Ok(Extent {
             len: (pos - off).max(1),
             status,
