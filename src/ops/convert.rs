@@ -73,7 +73,7 @@ impl Default for ConvertOptions {
 }
 
 /// Copy granularity: big enough to amortise syscalls, small enough to keep
-/// memory bounded (two buffers per worker).
+/// memory bounded (one buffer per worker), qemu-img's size.
 const CHUNK: u64 = 2 << 20;
 
 struct Source {
@@ -214,9 +214,6 @@ struct Ctx<'a> {
     pool: BufPool,
 }
 
-/// Chunks in flight beyond the one being written, per worker.
-const WINDOW_PER_WORKER: u64 = 4;
-
 fn copy_into(
     sources: &[Source],
     total: u64,
@@ -280,12 +277,14 @@ fn copy_into(
         compress: if opts.compress { cluster } else { None },
         pool: BufPool::default(),
     };
-    let cores = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let workers = opts.num_workers.clamp(1, 16).min(cores.max(1));
+    // As many requests in flight as qemu-img's coroutines (-m, default
+    // 8), not one per core: workers mostly wait for their turn to write,
+    // and under load many briefly running threads finish sooner than a
+    // few busy ones (measured with bench/convert-bench.sh).
+    let workers = opts.num_workers.clamp(1, 16);
+    let ordered = !opts.out_of_order;
     let mut done = 0u64;
-    run_pipeline(&ctx, workers, &mut |n| {
+    run_pipeline(&ctx, workers, ordered, &mut |n| {
         done += n;
         if let Some(p) = progress.as_mut() {
             let pct = if total == 0 {
@@ -309,43 +308,68 @@ fn copy_into(
     out.close()
 }
 
-/// Workers plan chunks (status, read, zero detection, compression) in
-/// parallel; this thread applies their results in chunk order, so the
-/// target's allocation order matches the guest order as with qemu-img.
+/// Each worker takes the next chunk, plans it (status, read, zero
+/// detection, compression) and writes it itself; when `ordered` (no -W) it
+/// waits for its turn so that writes reach the target in guest order (the
+/// allocation order then matches qemu-img's). This is qemu-img's scheme (a
+/// coroutine per request, in-order writes): no hand-off of every chunk to
+/// one writer thread, which on a loaded machine got only a fair share of a
+/// core and made us up to 5x slower than qemu-img, while threads that
+/// sleep between short bursts are scheduled promptly. This thread reports
+/// progress and the first error, in chunk order.
 fn run_pipeline(
     ctx: &Ctx<'_>,
     workers: usize,
+    ordered: bool,
     report: &mut dyn FnMut(u64) -> Result<()>,
 ) -> Result<()> {
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
     let nchunks = ctx.total.div_ceil(CHUNK);
     let next = AtomicU64::new(0);
     let stop = AtomicBool::new(false);
-    let written = parking_lot::Mutex::new(0u64);
+    // Chunks written so far, in order (ordered mode).
+    let turn = parking_lot::Mutex::new(0u64);
     let cv = parking_lot::Condvar::new();
-    let window = WINDOW_PER_WORKER * workers as u64;
+    let halt = || {
+        stop.store(true, Ordering::Relaxed);
+        // Under the lock: a worker checks `stop` while holding it.
+        let _t = turn.lock();
+        cv.notify_all();
+    };
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = mpsc::channel::<(u64, Result<Plan>)>();
+        // (chunk, Ok(true): written, Ok(false): abandoned after a stop)
+        let (tx, rx) = mpsc::channel::<(u64, Result<bool>)>();
         for _ in 0..workers {
             let tx = tx.clone();
-            let (next, stop, written, cv) = (&next, &stop, &written, &cv);
+            let (next, stop, turn, cv, halt) = (&next, &stop, &turn, &cv, &halt);
             scope.spawn(move || loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
-                if k >= nchunks {
-                    break;
-                }
-                {
-                    let mut w = written.lock();
-                    while k >= *w + window && !stop.load(Ordering::Relaxed) {
-                        cv.wait(&mut w);
-                    }
-                }
-                if stop.load(Ordering::Relaxed) {
+                if k >= nchunks || stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let start = k * CHUNK;
                 let len = (ctx.total - start).min(CHUNK);
-                let r = plan_chunk(ctx, start, len);
+                let r = plan_chunk(ctx, start, len).and_then(|plan| {
+                    if !ordered {
+                        return apply(ctx, plan).map(|()| true);
+                    }
+                    {
+                        let mut t = turn.lock();
+                        while *t != k && !stop.load(Ordering::Relaxed) {
+                            cv.wait(&mut t);
+                        }
+                        if *t != k {
+                            return Ok(false);
+                        }
+                    }
+                    apply(ctx, plan)?;
+                    *turn.lock() = k + 1;
+                    cv.notify_all();
+                    Ok(true)
+                });
+                if r.is_err() {
+                    halt();
+                }
                 if tx.send((k, r)).is_err() {
                     break;
                 }
@@ -354,28 +378,25 @@ fn run_pipeline(
         drop(tx);
         let mut pending = std::collections::BTreeMap::new();
         let mut want = 0u64;
-        let mut result = Ok(());
         for (k, r) in rx.iter() {
             pending.insert(k, r);
             while let Some(r) = pending.remove(&want) {
                 let len = (ctx.total - want * CHUNK).min(CHUNK);
-                result = r
-                    .and_then(|plan| apply(ctx, plan))
-                    .and_then(|_| report(len));
                 want += 1;
-                *written.lock() = want;
-                cv.notify_all();
-                if result.is_err() {
-                    break;
+                // An abandoned chunk comes after a stop; the error that
+                // caused it is reported when its chunk comes up.
+                let r = match r {
+                    Ok(true) => report(len),
+                    Ok(false) => Ok(()),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r {
+                    halt();
+                    return Err(e);
                 }
             }
-            if result.is_err() {
-                stop.store(true, Ordering::Relaxed);
-                cv.notify_all();
-                break;
-            }
         }
-        result
+        Ok(())
     })
 }
 
