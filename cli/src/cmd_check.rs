@@ -106,8 +106,21 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
             summary.push_str(&repaired_text(r));
         }
     };
-    let report = match check::check(&spec.arg, &opts, &mut log, &mut on_repaired) {
-        Ok(r) => r,
+    let report = match check::check(&spec.filename, &opts, &mut log, &mut on_repaired) {
+        // qemu-img reports the argument as given.
+        Ok(r) => CheckReport {
+            filename: spec.arg.clone(),
+            ..r
+        },
+        // The open error names the argument as given (image-opts, json:).
+        Err(e) if spec.arg != spec.filename && e.message().starts_with("Could not open '") => {
+            let prefix = format!("Could not open '{}': ", spec.filename);
+            let inner = e.message().strip_prefix(&prefix).unwrap_or(e.message());
+            return Err(Fail::Report(format!(
+                "Could not open '{}': {inner}",
+                spec.arg
+            )));
+        }
         Err(e) if check::is_unsupported(&e) => {
             prog.error(e.message());
             return Err(Fail::Exit(63));

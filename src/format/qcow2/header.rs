@@ -18,6 +18,8 @@ pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 const INCOMPAT_KNOWN: u64 = 0x1f;
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+/// Autoclear bits QEMU defines (bitmaps, data-file-raw).
+pub const AUTOCLEAR_KNOWN: u64 = 0b11;
 
 pub const V2_HEADER_LEN: u32 = 72;
 pub const V3_HEADER_LEN: u32 = 112;
@@ -261,20 +263,17 @@ impl Header {
     }
 
     fn unknown_features_message(&self) -> String {
+        // Named bits in table order, then what is left as one mask.
         let mut parts = Vec::new();
-        let unknown = self.incompatible & !INCOMPAT_KNOWN;
-        for bit in 0..64u8 {
-            if unknown & (1 << bit) == 0 {
-                continue;
+        let mut unknown = self.incompatible & !INCOMPAT_KNOWN;
+        for (t, b, n) in &self.feature_names {
+            if *t == 0 && *b < 64 && unknown & (1u64 << b) != 0 {
+                parts.push(n.clone());
+                unknown &= !(1u64 << b);
             }
-            match self
-                .feature_names
-                .iter()
-                .find(|(t, b, _)| *t == 0 && *b == bit)
-            {
-                Some((_, _, n)) => parts.push(n.clone()),
-                None => parts.push(format!("Unknown incompatible feature: {:x}", 1u64 << bit)),
-            }
+        }
+        if unknown != 0 {
+            parts.push(format!("Unknown incompatible feature: {unknown:x}"));
         }
         format!("Unsupported qcow2 feature(s): {}", parts.join(", "))
     }
@@ -315,10 +314,17 @@ impl Header {
                     self.data_file = Some(s.trim_end_matches('\0').to_string());
                 }
                 EXT_FEATURE_TABLE => {
-                    for e in data.chunks_exact(48) {
-                        let name_end = e[2..].iter().position(|&c| c == 0).map_or(48, |p| p + 2);
-                        let name = String::from_utf8_lossy(&e[2..name_end]).into_owned();
-                        self.feature_names.push((e[0], e[1], name));
+                    // A short last entry reads as if padded with zeros, and
+                    // an entry without a name ends the table, as in QEMU.
+                    for e in data.chunks(48) {
+                        let mut ent = [0u8; 48];
+                        ent[..e.len()].copy_from_slice(e);
+                        let name_end = ent[2..].iter().position(|&c| c == 0).map_or(48, |p| p + 2);
+                        if name_end == 2 {
+                            break;
+                        }
+                        let name = String::from_utf8_lossy(&ent[2..name_end]).into_owned();
+                        self.feature_names.push((ent[0], ent[1], name));
                     }
                 }
                 _ => self.other_exts.push(Extension {

@@ -1,0 +1,221 @@
+//! Behaviour QEMU's own qcow2 iotests rely on, checked against qemu-img on
+//! identical inputs: `json:{...}` filenames, fully allocated compressed
+//! converts, zero clusters written by `convert -n`, and more.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn io(dir: &Path, file: &str, cmds: &[&str]) {
+    let cmds: Vec<String> = cmds.iter().map(|c| c.to_string()).collect();
+    qemu_io(dir, "qcow2", file, &cmds);
+}
+
+/// Run `args` with both tools on two copies of `file`, so that a command
+/// that writes gets its own input; outcome and resulting map must match.
+fn same_on_copies(dir: &Path, file: &str, prep: impl Fn(&Path, &str), args: &[&str]) {
+    let q = dir.join("q");
+    let o = dir.join("o");
+    for d in [&q, &o] {
+        std::fs::create_dir_all(d).unwrap();
+        prep(d, file);
+    }
+    let qo = qemu_img(&q, args);
+    let oo = imgtool(&o, args);
+    assert_outcome_matches(&qo, &oo);
+    for f in std::fs::read_dir(&q).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        let map = ["map", "--output=json", name.as_str()];
+        assert_eq!(
+            qemu_img_ok(&q, &map),
+            qemu_img_ok(&o, &map),
+            "map of {name} after {args:?}"
+        );
+    }
+}
+
+#[test]
+fn json_filenames() {
+    let dir = TempDir::new("iotq-json");
+    let d = dir.path();
+    qemu_img_ok(d, &["create", "-f", "qcow2", "b.qcow2", "64M"]);
+    qemu_img_ok(
+        d,
+        &[
+            "create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2",
+        ],
+    );
+    io(d, "t.qcow2", &["write -P 0x11 0 64k"]);
+    let names = [
+        r#"json:{"driver":"qcow2","file.filename":"t.qcow2"}"#,
+        r#"json:{'driver':'qcow2','file':{'driver':'file','filename':'t.qcow2'}}"#,
+        r#"json:{"file":{"filename":"t.qcow2"}}"#,
+        r#"json:{"driver":"qcow2","file.filename":"t.qcow2","l2-cache-size":"1M","cache-clean-interval":0}"#,
+        r#"json:{"driver":"raw","file.filename":"t.qcow2"}"#,
+        // Errors: syntax, not an object, unknown option, missing file,
+        // a node reference, no file at all.
+        r#"json:{"driver":"qcow2""#,
+        r#"json:{"driver":"qcow2"} x"#,
+        "json:[1]",
+        r#"json:{"driver":"qcow2","foo":"1","file.filename":"t.qcow2"}"#,
+        r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"nope"}}"#,
+        r#"json:{"driver":"qcow2","file":"node0"}"#,
+        r#"json:{"driver":"qcow2"}"#,
+    ];
+    for n in names {
+        same_as_qemu(d, &["info", n]);
+        same_as_qemu(d, &["info", "--output=json", n]);
+        same_as_qemu(d, &["check", n]);
+        same_as_qemu(d, &["check", "--output=json", n]);
+        same_as_qemu(d, &["map", "--output=json", n]);
+        same_as_qemu(d, &["compare", n, "t.qcow2"]);
+    }
+    same_as_qemu(d, &["info", "--backing-chain", names[0]]);
+    // --image-opts takes qcow2's runtime options too.
+    same_as_qemu(
+        d,
+        &[
+            "info",
+            "--image-opts",
+            "driver=qcow2,file.filename=t.qcow2,l2-cache-entry-size=4096",
+        ],
+    );
+}
+
+#[test]
+fn convert_compressed_fully_allocated() {
+    let dir = TempDir::new("iotq-convc");
+    let prep = |d: &Path, _: &str| {
+        qemu_img_ok(d, &["create", "-f", "qcow2", "s.qcow2", "8M"]);
+        io(d, "s.qcow2", &["write -P 0x22 0 1M", "write -z 2M 1M"]);
+    };
+    for sparse in ["0", "4k"] {
+        same_on_copies(
+            dir.path(),
+            "s.qcow2",
+            prep,
+            &[
+                "convert", "-c", "-S", sparse, "-O", "qcow2", "s.qcow2", "d.qcow2",
+            ],
+        );
+    }
+}
+
+#[test]
+fn convert_n_writes_zero_clusters() {
+    let dir = TempDir::new("iotq-convn");
+    for compat in ["1.1", "0.10"] {
+        for backing in [false, true] {
+            let prep = |d: &Path, _: &str| {
+                qemu_img_ok(d, &["create", "-f", "qcow2", "s.qcow2", "8M"]);
+                io(d, "s.qcow2", &["write -P 0x22 1M 64k"]);
+                qemu_img_ok(d, &["create", "-f", "qcow2", "b.qcow2", "8M"]);
+                let o = format!("compat={compat}");
+                let mut args = vec!["create", "-f", "qcow2", "-o", &o];
+                if backing {
+                    args.extend_from_slice(&["-b", "b.qcow2", "-F", "qcow2"]);
+                }
+                args.extend_from_slice(&["d.qcow2", "8M"]);
+                qemu_img_ok(d, &args);
+            };
+            same_on_copies(
+                &dir.path().join(format!("{compat}-{backing}")),
+                "s.qcow2",
+                prep,
+                &["convert", "-n", "-O", "qcow2", "s.qcow2", "d.qcow2"],
+            );
+        }
+    }
+}
+
+fn patch(path: &Path, off: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+}
+
+fn header_length(path: &Path) -> u64 {
+    let b = std::fs::read(path).unwrap();
+    u32::from_be_bytes([b[100], b[101], b[102], b[103]]) as u64
+}
+
+#[test]
+fn unknown_feature_messages() {
+    let dir = TempDir::new("iotq-feat");
+    let d = dir.path();
+    let img = d.join("t.qcow2");
+    // (incompatible bits, feature table to write: None keeps QEMU's)
+    let short_63: &[u8] = b"\x00\x3fTest feature";
+    let two: Vec<u8> = {
+        let mut t = vec![0u8; 96];
+        t[0] = 0;
+        t[1] = 62;
+        t[2..7].copy_from_slice(b"test2");
+        t[48] = 0;
+        t[49] = 63;
+        t[50..55].copy_from_slice(b"test3");
+        t
+    };
+    let cases: Vec<(u64, Option<&[u8]>)> = vec![
+        (1 << 63, None),
+        (0b111 << 61, None),
+        (1 << 63, Some(short_63)),
+        (0b111 << 61, Some(short_63)),
+        (0b101 << 61, Some(&two)),
+        (0b111 << 61, Some(&two)),
+    ];
+    for (bits, table) in cases {
+        let _ = std::fs::remove_file(&img);
+        qemu_img_ok(d, &["create", "-f", "qcow2", "t.qcow2", "64M"]);
+        patch(&img, 72, &bits.to_be_bytes());
+        if let Some(t) = table {
+            let mut ext = Vec::new();
+            ext.extend_from_slice(&0x6803_f857u32.to_be_bytes());
+            ext.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            ext.extend_from_slice(t);
+            ext.resize(8 + t.len().div_ceil(8) * 8, 0);
+            ext.extend_from_slice(&[0u8; 8]);
+            patch(&img, header_length(&img), &ext);
+        }
+        same_as_qemu(d, &["info", "t.qcow2"]);
+    }
+}
+
+#[test]
+fn unknown_autoclear_bits_cleared_by_writable_open() {
+    let dir = TempDir::new("iotq-autoclear");
+    let prep = |d: &Path, _: &str| {
+        qemu_img_ok(d, &["create", "-f", "qcow2", "t.qcow2", "64M"]);
+        patch(&d.join("t.qcow2"), 88, &(1u64 << 63).to_be_bytes());
+    };
+    same_on_copies(
+        dir.path(),
+        "t.qcow2",
+        prep,
+        &["check", "-r", "all", "t.qcow2"],
+    );
+    let (q, o) = (dir.path().join("q/t.qcow2"), dir.path().join("o/t.qcow2"));
+    assert_eq!(
+        std::fs::read(q).unwrap()[88..96],
+        std::fs::read(o).unwrap()[88..96],
+        "autoclear field after check -r"
+    );
+}
+
+#[test]
+fn rebase_unsafe_accepts_any_qemu_driver_as_backing_format() {
+    let dir = TempDir::new("iotq-rebasefmt");
+    for fmt in ["host_device", "file", "nbd", "bogus", "raw"] {
+        let d = dir.path().join(fmt);
+        let (q, o) = (d.join("q"), d.join("o"));
+        for p in [&q, &o] {
+            std::fs::create_dir_all(p).unwrap();
+            qemu_img_ok(p, &["create", "-f", "qcow2", "t.qcow2", "1M"]);
+        }
+        let args = ["rebase", "-u", "-b", "/some/path", "-F", fmt, "t.qcow2"];
+        assert_outcome_matches(&qemu_img(&q, &args), &imgtool(&o, &args));
+        let info = ["info", "--output=json", "t.qcow2"];
+        assert_eq!(qemu_img_ok(&q, &info), qemu_img_ok(&o, &info));
+    }
+}
