@@ -8,6 +8,7 @@ mod crypto;
 mod header;
 mod l2;
 mod read;
+mod rebuild;
 mod refcount;
 mod shrink;
 mod snapshot;
