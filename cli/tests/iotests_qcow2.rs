@@ -294,3 +294,14 @@ fn amend_downgrade_progress_per_l1_entry() {
         same_as_qemu(&o, &["check", "t.qcow2"]);
     }
 }
+
+#[test]
+fn hexadecimal_sizes() {
+    let dir = TempDir::new("iotq-hex");
+    let d = dir.path();
+    for v in ["0x10000", "0X200", "0x1000k", "0x", "0x1e", "0x1.5", "0xg"] {
+        let o = format!("cluster_size={v}");
+        same_as_qemu(d, &["create", "-f", "qcow2", "-o", &o, "x.qcow2", "2M"]);
+        same_as_qemu(d, &["create", "-f", "raw", "x.raw", v]);
+    }
+}
