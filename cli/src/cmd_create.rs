@@ -156,7 +156,9 @@ fn check_backing(a: &Args, filename: &str, opts: &CreateOptions) -> Result<Optio
         no_backing: true,
         ..OpenOptions::default()
     };
-    let bpath = combine_backing_path(filename, bf);
+    // Relative to the host file (`file:NAME` names NAME).
+    let host = filename.strip_prefix("file:").unwrap_or(filename);
+    let bpath = combine_backing_path(host, bf);
     let img = Image::open(&bpath, &oo).map_err(|e| {
         Fail::Report(format!(
             "{}\nCould not open backing image.",

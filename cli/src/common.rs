@@ -125,6 +125,12 @@ fn key_known(driver: &str, key: &str) -> bool {
     NODE_KEYS.contains(&key) || (driver == "qcow2" && QCOW2_KEYS.contains(&key))
 }
 
+/// QEMU's path_has_protocol: a ':' before any '/'.
+fn has_protocol(path: &str) -> bool {
+    path.find([':', '/'])
+        .is_some_and(|i| path.as_bytes()[i] == b':')
+}
+
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -136,9 +142,16 @@ pub struct ImageSpec {
 
 impl ImageSpec {
     pub fn plain(filename: &str, format: Option<&str>) -> Self {
+        // `file:NAME` names a host file explicitly; a NAME that itself looks
+        // like it has a protocol prefix is shown as `./NAME`, as QEMU does.
+        let name = match filename.strip_prefix("file:") {
+            Some(rest) if has_protocol(rest) => format!("./{rest}"),
+            Some(rest) => rest.to_string(),
+            None => filename.to_string(),
+        };
         ImageSpec {
             arg: filename.to_string(),
-            filename: filename.to_string(),
+            filename: name,
             format: format.map(str::to_string),
         }
     }

@@ -305,3 +305,50 @@ fn hexadecimal_sizes() {
         same_as_qemu(d, &["create", "-f", "raw", "x.raw", v]);
     }
 }
+
+#[test]
+fn file_protocol_prefix() {
+    let dir = TempDir::new("iotq-fileproto");
+    let d = dir.path();
+    let abs = format!("file:{}/c:d.qcow2", d.display());
+    // Each create runs on a name the other tool has not created yet.
+    let (q, o) = (
+        qemu_img(d, &["create", "-f", "qcow2", "file:a:b.qcow2", "1M"]),
+        {
+            std::fs::rename(d.join("a:b.qcow2"), d.join("q.qcow2")).unwrap();
+            imgtool(d, &["create", "-f", "qcow2", "file:a:b.qcow2", "1M"])
+        },
+    );
+    assert_outcome_matches(&q, &o);
+    same_as_qemu(d, &["compare", "q.qcow2", "file:a:b.qcow2"]);
+    qemu_img_ok(d, &["create", "-f", "qcow2", "base.qcow2", "1M"]);
+    qemu_img_ok(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "file:image:top.qcow2",
+        ],
+    );
+    for n in [
+        "file:a:b.qcow2",
+        "file:image:top.qcow2",
+        &abs,
+        "file:nope.qcow2",
+    ] {
+        same_as_qemu(d, &["info", n]);
+        same_as_qemu(d, &["info", "--output=json", n]);
+        same_as_qemu(d, &["check", n]);
+        same_as_qemu(d, &["map", n]);
+    }
+    let top = format!("file:{}/t2.qcow2", d.display());
+    for b in ["base.qcow2", "nope.qcow2"] {
+        let _ = std::fs::remove_file(d.join("t2.qcow2"));
+        same_as_qemu(d, &["create", "-f", "qcow2", "-b", b, "-F", "qcow2", &top]);
+    }
+}
