@@ -186,8 +186,11 @@ fn unwrapped(e: &imgtool::Error, path: &str) -> String {
 /// bdrv_img_create's EFBIG message; other errors as the driver says them.
 fn create_error(e: imgtool::Error, fmt: &str, opts: &CreateOptions) -> Fail {
     if e.errno() == Some(libc::EFBIG) {
+        // QEMU asks for cluster_size with the format's default filled in.
+        let default_cs = matches!(fmt, "qcow2" | "qed");
         let hint = match opts.get_size("cluster_size") {
             Ok(Some(c)) if c > 0 => " (try using a larger cluster size)",
+            Ok(None) if default_cs => " (try using a larger cluster size)",
             _ => "",
         };
         return Fail::Report(format!(

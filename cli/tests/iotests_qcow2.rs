@@ -352,3 +352,24 @@ fn file_protocol_prefix() {
         same_as_qemu(d, &["create", "-f", "qcow2", "-b", b, "-F", "qcow2", &top]);
     }
 }
+
+#[test]
+fn too_large_for_the_l1_table() {
+    let dir = TempDir::new("iotq-big");
+    let d = dir.path();
+    for (opts, size) in [
+        ("", "1E"),
+        ("cluster_size=512", "1P"),
+        ("cluster_size=2M", "1E"),
+    ] {
+        let _ = std::fs::remove_file(d.join("big.qcow2"));
+        let mut args = vec!["create", "-f", "qcow2"];
+        if !opts.is_empty() {
+            args.extend_from_slice(&["-o", opts]);
+        }
+        args.extend_from_slice(&["big.qcow2", size]);
+        same_as_qemu(d, &args);
+    }
+    qemu_img_ok(d, &["create", "-f", "qcow2", "s.qcow2", "1M"]);
+    same_as_qemu(d, &["resize", "s.qcow2", "1E"]);
+}

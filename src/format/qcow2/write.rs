@@ -627,7 +627,9 @@ impl Qcow2 {
             return Ok(());
         }
         if entries * 8 > header::MAX_L1_BYTES {
-            return Err(Error::invalid("Active L1 table too large"));
+            // EFBIG, as QEMU's grow_l1_table: create words it on its own.
+            return Err(Error::from_errno(libc::EFBIG)
+                .with_message("Failed to grow the L1 table: File too large"));
         }
         let cs = self.cs();
         let mut l1 = m.l1.clone();
