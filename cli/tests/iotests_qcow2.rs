@@ -373,3 +373,27 @@ fn too_large_for_the_l1_table() {
     qemu_img_ok(d, &["create", "-f", "qcow2", "s.qcow2", "1M"]);
     same_as_qemu(d, &["resize", "s.qcow2", "1E"]);
 }
+
+#[test]
+fn compression_type_and_its_incompatible_bit_must_agree() {
+    let dir = TempDir::new("iotq-ctype");
+    let d = dir.path();
+    let img = d.join("t.qcow2");
+    // (compression type, incompatible bits, compression-type byte override)
+    for (ct, bits, byte) in [
+        ("zlib", 1u64 << 3, None),
+        ("zstd", 0, None),
+        ("zstd", 1 << 3, Some(5u8)),
+        ("zlib", 0, None),
+    ] {
+        let _ = std::fs::remove_file(&img);
+        let o = format!("compression_type={ct}");
+        qemu_img_ok(d, &["create", "-f", "qcow2", "-o", &o, "t.qcow2", "1M"]);
+        patch(&img, 72, &bits.to_be_bytes());
+        if let Some(b) = byte {
+            patch(&img, 104, &[b]);
+        }
+        same_as_qemu(d, &["info", "t.qcow2"]);
+        same_as_qemu(d, &["check", "t.qcow2"]);
+    }
+}

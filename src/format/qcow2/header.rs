@@ -180,18 +180,29 @@ impl Header {
                     0 => Compression::Zlib,
                     1 => Compression::Zstd,
                     _ => {
-                        return Err(Error::unsupported(format!(
-                            "Unknown compression type '{ct}'"
+                        // (Not "unsupported": that kind makes check exit 63.)
+                        return Err(Error::invalid(format!(
+                            "qcow2: unknown compression type: {ct}"
                         )))
                     }
                 };
-                if ct != 0 && h.incompatible & INCOMPAT_COMPRESSION == 0 {
-                    return Err(Error::corrupt(
-                        "Compression type incompatible feature bit must be set if compression type is not zlib",
-                    ));
-                }
                 let known_end = 105usize;
                 h.extra = buf[known_end..h.header_length as usize].to_vec();
+            }
+            // The incompatible bit says exactly whether the type is not zlib.
+            let flagged = h.incompatible & INCOMPAT_COMPRESSION != 0;
+            match (h.compression, flagged) {
+                (Compression::Zlib, true) => {
+                    return Err(Error::corrupt(
+                        "qcow2: Compression type incompatible feature bit must not be set",
+                    ))
+                }
+                (Compression::Zstd, false) => {
+                    return Err(Error::corrupt(
+                        "qcow2: Compression type incompatible feature bit must be set",
+                    ))
+                }
+                _ => {}
             }
         }
         if h.refcount_order > 6 {
