@@ -2,6 +2,8 @@
 //! QObject pretty printer writes (4-space indent, `[` / `]` on their own lines
 //! even when empty), so `--output=json` is byte-identical to qemu-img's.
 
+pub mod parse;
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum Json {
     Null,

@@ -11,6 +11,13 @@ pub fn parse_size(s: &str) -> Option<u64> {
 /// Like [`parse_size`] but a bare number is multiplied by `unit`.
 pub fn parse_size_default(s: &str, unit: u64) -> Option<u64> {
     let s = s.trim_start();
+    // "0x..." is hexadecimal, with neither a fraction nor a suffix.
+    if let Some(hex) = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        if hex.is_empty() || !hex.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        return u64::from_str_radix(hex, 16).ok()?.checked_mul(unit);
+    }
     let num_end = s
         .char_indices()
         .find(|&(_, c)| !(c.is_ascii_digit() || c == '.'))

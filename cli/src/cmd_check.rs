@@ -108,15 +108,19 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         }
     };
     let report = match check::check(&spec.filename, &opts, &mut log, &mut on_repaired) {
-        Ok(r) => r,
-        // Name the image as given (the whole --image-opts string).
-        Err(e) if spec.arg != spec.filename => {
-            let m = e.message().replacen(
-                &format!("Could not open '{}'", spec.filename),
-                &format!("Could not open '{}'", spec.arg),
-                1,
-            );
-            return Err(Fail::Report(m));
+        // qemu-img reports the argument as given.
+        Ok(r) => CheckReport {
+            filename: spec.arg.clone(),
+            ..r
+        },
+        // The open error names the argument as given (image-opts, json:).
+        Err(e) if spec.arg != spec.filename && e.message().starts_with("Could not open '") => {
+            let prefix = format!("Could not open '{}': ", spec.filename);
+            let inner = e.message().strip_prefix(&prefix).unwrap_or(e.message());
+            return Err(Fail::Report(format!(
+                "Could not open '{}': {inner}",
+                spec.arg
+            )));
         }
         Err(e) if check::is_unsupported(&e) => {
             prog.error(e.message());

@@ -156,7 +156,9 @@ fn check_backing(a: &Args, filename: &str, opts: &CreateOptions) -> Result<Optio
         no_backing: true,
         ..OpenOptions::default()
     };
-    let bpath = combine_backing_path(filename, bf);
+    // Relative to the host file (`file:NAME` names NAME).
+    let host = filename.strip_prefix("file:").unwrap_or(filename);
+    let bpath = combine_backing_path(host, bf);
     let img = Image::open(&bpath, &oo).map_err(|e| {
         Fail::Report(format!(
             "{}\nCould not open backing image.",
@@ -184,8 +186,11 @@ fn unwrapped(e: &imgtool::Error, path: &str) -> String {
 /// bdrv_img_create's EFBIG message; other errors as the driver says them.
 fn create_error(e: imgtool::Error, fmt: &str, opts: &CreateOptions) -> Fail {
     if e.errno() == Some(libc::EFBIG) {
+        // QEMU asks for cluster_size with the format's default filled in.
+        let default_cs = matches!(fmt, "qcow2" | "qed");
         let hint = match opts.get_size("cluster_size") {
             Ok(Some(c)) if c > 0 => " (try using a larger cluster size)",
+            Ok(None) if default_cs => " (try using a larger cluster size)",
             _ => "",
         };
         return Fail::Report(format!(

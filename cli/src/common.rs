@@ -167,19 +167,65 @@ fn base64_decode(s: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-/// `--image-opts` keys we understand; others are refused as QEMU refuses
-/// options a driver does not know.
-const IMAGE_OPTS_KEYS: &[&str] = &[
+/// Block-layer option keys every format node accepts (runtime options we
+/// have no use for are accepted and ignored, as they change no output).
+const NODE_KEYS: &[&str] = &[
     "driver",
     "file",
     "file.driver",
     "file.filename",
+    "file.locking",
+    "file.aio",
+    "file.cache.direct",
+    "file.cache.no-flush",
     "read-only",
+    "auto-read-only",
     "force-share",
+    "node-name",
+    "discard",
+    "detect-zeroes",
+    "cache.direct",
+    "cache.no-flush",
+    "backing",
     "encrypt.key-secret",
     "encrypt.format",
     "key-secret",
 ];
+
+/// qcow2's own runtime options (block/qcow2.c's runtime list).
+const QCOW2_KEYS: &[&str] = &[
+    "lazy-refcounts",
+    "pass-discard-request",
+    "pass-discard-snapshot",
+    "pass-discard-other",
+    "discard-no-unref",
+    "overlap-check",
+    "overlap-check.template",
+    "overlap-check.main-header",
+    "overlap-check.active-l1",
+    "overlap-check.active-l2",
+    "overlap-check.refcount-table",
+    "overlap-check.refcount-block",
+    "overlap-check.snapshot-table",
+    "overlap-check.inactive-l1",
+    "overlap-check.inactive-l2",
+    "overlap-check.bitmap-directory",
+    "cache-size",
+    "l2-cache-size",
+    "l2-cache-entry-size",
+    "refcount-cache-size",
+    "cache-clean-interval",
+];
+
+fn key_known(driver: &str, key: &str) -> bool {
+    NODE_KEYS.contains(&key) || (driver == "qcow2" && QCOW2_KEYS.contains(&key))
+}
+
+/// QEMU's path_has_protocol: a ':' before any '/'.
+fn has_protocol(path: &str) -> bool {
+    path.find([':', '/'])
+        .is_some_and(|i| path.as_bytes()[i] == b':')
+}
 
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -195,9 +241,16 @@ pub struct ImageSpec {
 
 impl ImageSpec {
     pub fn plain(filename: &str, format: Option<&str>) -> Self {
+        // `file:NAME` names a host file explicitly; a NAME that itself looks
+        // like it has a protocol prefix is shown as `./NAME`, as QEMU does.
+        let name = match filename.strip_prefix("file:") {
+            Some(rest) if has_protocol(rest) => format!("./{rest}"),
+            Some(rest) => rest.to_string(),
+            None => filename.to_string(),
+        };
         ImageSpec {
             arg: filename.to_string(),
-            filename: filename.to_string(),
+            filename: name,
             format: format.map(str::to_string),
             key_secret: None,
             encrypt_format: None,
@@ -215,24 +268,58 @@ impl ImageSpec {
         } else {
             Some(first.to_string())
         };
+        Self::from_options(optstr, opts.items(), node)
+    }
+
+    /// `json:{"driver": "qcow2", "file": {"filename": "x.qcow2"}}`, the
+    /// same tree as `--image-opts` written as a JSON object.
+    pub fn from_json(arg: &str, text: &str) -> Result<Self, Fail> {
+        let fail = |m: &str| Fail::Report(format!("Could not open '{arg}': {m}"));
+        let v = imgtool::json::parse::parse_detailed(text)
+            .map_err(|e| fail(&format!("Could not parse the JSON options: {e}")))?;
+        if !matches!(v, imgtool::json::Json::Object(_)) {
+            return Err(fail("Invalid JSON object given"));
+        }
+        let items = imgtool::json::parse::flatten(&v);
+        // A string `file` names another node, as `file=x` does in options.
+        let node = v.get("file").and_then(|f| match f {
+            imgtool::json::Json::Str(s) => Some(s.clone()),
+            _ => None,
+        });
+        Self::from_options(arg, &items, node)
+    }
+
+    fn from_options(
+        arg: &str,
+        items: &[(String, String)],
+        node: Option<String>,
+    ) -> Result<Self, Fail> {
+        let fail = |m: String| Fail::Report(format!("Could not open '{arg}': {m}"));
+        let get = |key: &str| {
+            items
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+        };
         if let Some(node) = node {
             return Err(fail(format!(
                 "Cannot find device='{node}' nor node-name='{node}'"
             )));
         }
-        let driver = opts.get("driver").map(str::to_string);
+        let driver = get("driver");
         if let (Some(d), Some((k, _))) = (
             &driver,
-            opts.items()
+            items
                 .iter()
-                .find(|(k, _)| !IMAGE_OPTS_KEYS.contains(&k.as_str())),
+                .find(|(k, _)| !key_known(driver.as_deref().unwrap_or_default(), k.as_str())),
         ) {
             return Err(fail(format!(
                 "Block format '{d}' does not support the option '{k}'"
             )));
         }
-        let filename = opts.get("file.filename").map(str::to_string);
-        match opts.get("file.driver") {
+        let filename = get("file.filename");
+        match get("file.driver").as_deref() {
             None | Some("file") => {}
             Some(d) => return Err(fail(format!("Unknown protocol driver '{d}'"))),
         }
@@ -243,16 +330,13 @@ impl ImageSpec {
                 "Must specify either driver or file".into()
             }));
         };
-        let key_secret = opts
-            .get("encrypt.key-secret")
-            .or_else(|| opts.get("key-secret"))
-            .map(str::to_string);
+        let key_secret = get("encrypt.key-secret").or_else(|| get("key-secret"));
         Ok(ImageSpec {
-            arg: optstr.to_string(),
+            arg: arg.to_string(),
             filename,
             format: driver,
             key_secret,
-            encrypt_format: opts.get("encrypt.format").map(str::to_string),
+            encrypt_format: get("encrypt.format"),
         })
     }
 
@@ -264,6 +348,15 @@ impl ImageSpec {
         }
         if image_opts {
             Self::from_image_opts(arg)
+        } else if let Some(text) = arg.strip_prefix("json:") {
+            if format.is_some() {
+                // QEMU merges -f into the tree as `driver`; a clash is refused.
+                return Self::from_json(arg, text).map(|s| ImageSpec {
+                    format: format.map(str::to_string).or(s.format),
+                    ..s
+                });
+            }
+            Self::from_json(arg, text)
         } else {
             Ok(Self::plain(arg, format))
         }

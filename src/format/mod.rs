@@ -386,6 +386,58 @@ pub fn is_known(format: &str) -> bool {
     FORMATS.contains(&format)
 }
 
+/// Every block driver qemu-img 10.0 names in `--help`: a backing format
+/// recorded without opening it (`rebase -u -F`) may be any of them.
+const QEMU_DRIVERS: &[&str] = &[
+    "blkdebug",
+    "blklogwrites",
+    "blkverify",
+    "bochs",
+    "cloop",
+    "compress",
+    "copy-before-write",
+    "copy-on-read",
+    "dmg",
+    "file",
+    "ftp",
+    "ftps",
+    "gluster",
+    "host_cdrom",
+    "host_device",
+    "http",
+    "https",
+    "iscsi",
+    "iser",
+    "luks",
+    "nbd",
+    "nfs",
+    "null-aio",
+    "null-co",
+    "nvme",
+    "parallels",
+    "preallocate",
+    "qcow",
+    "qcow2",
+    "qed",
+    "quorum",
+    "raw",
+    "rbd",
+    "replication",
+    "snapshot-access",
+    "ssh",
+    "throttle",
+    "vdi",
+    "vhdx",
+    "vmdk",
+    "vpc",
+    "vvfat",
+];
+
+/// True for any driver name QEMU knows, ours or not.
+pub fn is_qemu_driver(name: &str) -> bool {
+    QEMU_DRIVERS.contains(&name)
+}
+
 /// Open a driver of the given format on an already-open host file.
 pub fn open_driver(
     format: &str,

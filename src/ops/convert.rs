@@ -471,7 +471,8 @@ fn plan_compressed(ctx: &Ctx<'_>, start: u64, mut buf: Vec<u8>, cs: u64) -> Resu
     let mut ops = Vec::new();
     for (i, chunk) in buf.chunks(cs as usize).enumerate() {
         let off = start + i as u64 * cs;
-        if !has_data[i] || is_zero(chunk) {
+        // -S 0 keeps the target fully allocated: zeros are compressed too.
+        if ctx.sparse != 0 && (!has_data[i] || is_zero(chunk)) {
             if !ctx.target_is_zero {
                 ops.push(Op::Zero(off, chunk.len() as u64));
             }

@@ -55,7 +55,7 @@ pub fn plan(req: &CreateRequest) -> Result<CreatePlan> {
             ));
         }
         if !req.unsafe_backing {
-            let bpath = combine_backing_path(&req.filename, &bf);
+            let bpath = combine_backing_path(host_path(&req.filename), &bf);
             let bopts = OpenOptions {
                 format: opts.get("backing_fmt").map(str::to_string),
                 force_share: true,
@@ -84,12 +84,18 @@ pub fn plan(req: &CreateRequest) -> Result<CreatePlan> {
     })
 }
 
+/// The host file a filename names: `file:NAME` is NAME (QEMU's explicit
+/// file protocol prefix).
+fn host_path(filename: &str) -> &str {
+    filename.strip_prefix("file:").unwrap_or(filename)
+}
+
 /// Create the image file.
 pub fn create(req: &CreateRequest) -> Result<CreatePlan> {
     let plan = plan(req)?;
     format::create(
         &req.format,
-        Path::new(&req.filename),
+        Path::new(host_path(&req.filename)),
         plan.size,
         &plan.options,
     )?;

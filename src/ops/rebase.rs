@@ -77,7 +77,7 @@ pub fn rebase(img: Image, opts: &RebaseOptions, mut progress: Option<Progress<'_
         ));
     }
     if let Some(f) = &opts.backing_format {
-        if !format::is_known(f) {
+        if !format::is_qemu_driver(f) {
             return Err(Error::invalid(format!("Invalid format name: '{f}'")));
         }
     }

@@ -87,7 +87,7 @@ const V3_HINT: &str = "(use compat=1.1 or greater)";
 
 /// Set refcount entry `i` of a zeroed block (entries of `1 << order` bits,
 /// sub-byte widths LSB first).
-fn put_refcount(block: &mut [u8], order: u32, i: usize, v: u64) {
+pub(super) fn put_refcount(block: &mut [u8], order: u32, i: usize, v: u64) {
     let bits = 1usize << order;
     if bits < 8 {
         let per = 8 / bits;
@@ -347,9 +347,8 @@ impl Qcow2 {
                 "Cannot downgrade an image with incompatible features {blocking:#x} set"
             )));
         }
-        self.expand_zero_clusters(h.backing_file.is_some())
+        self.expand_zero_clusters(h.backing_file.is_some(), progress)
             .map_err(|e| e.context("Failed to turn zero into data clusters"))?;
-        progress(100.0);
         let mut h = self.header_from_disk()?;
         if h.incompatible & header::INCOMPAT_COMPRESSION != 0 {
             if self.has_compressed_clusters()? {
@@ -371,7 +370,7 @@ impl Qcow2 {
 
     /// v2 has no zero flag: zero clusters become unallocated (no backing
     /// file) or real clusters of zeros, in every L1 table.
-    fn expand_zero_clusters(&self, has_backing: bool) -> Result<()> {
+    fn expand_zero_clusters(&self, has_backing: bool, progress: &mut dyn FnMut(f64)) -> Result<()> {
         self.prepare_write()?;
         let _w = self.write_lock.lock();
         let mut m = self.meta.lock();
@@ -384,12 +383,17 @@ impl Qcow2 {
             self.file.read_exact_at(&mut raw, s.l1_table_offset)?;
             tables.push(crate::format::bytes::be64_table(&raw));
         }
+        // Progress advances per L1 entry visited, over all tables, as QEMU's.
+        let total: usize = tables.iter().map(Vec::len).sum();
+        let mut visited = 0usize;
         for l1 in tables {
             for e in l1 {
                 let l2off = e & L1E_OFFSET_MASK;
                 if l2off != 0 {
                     self.expand_in_l2(&mut m, l2off, has_backing)?;
                 }
+                visited += 1;
+                progress(100.0 * visited as f64 / total as f64);
             }
         }
         m.comp_cursor = 0;

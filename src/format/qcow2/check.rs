@@ -225,17 +225,44 @@ impl Qcow2 {
         let (mut highest, rebuild) =
             self.compare_refcounts(&counts, file_clusters, Repair::None, &mut res, log)?;
         if rebuild && repair == Repair::All {
-            // A used cluster with refcount 0: QEMU rebuilds the whole
-            // structure; raising the missing counts in place reaches the same
-            // consistent state without moving the tables.
+            // A used cluster with refcount 0: build a new structure as QEMU
+            // does, then count again and free the old one as leaked.
             log("Rebuilding refcount structure");
             let old = res;
-            res = pre;
-            let (h, _) =
-                self.compare_refcounts(&counts, file_clusters, Repair::All, &mut res, &mut |_| {})?;
+            self.rebuild_refcount_structure(&counts, file_clusters)?;
+            let file_clusters = self.file.len()?.div_ceil(cs);
+            let mut w = Walk {
+                cluster_bits: self.geo.cluster_bits,
+                file_clusters,
+                counts: HashMap::new(),
+                res: CheckResult::default(),
+                next_contiguous: 0,
+                log,
+            };
+            self.walk(&mut w)?;
+            let counts = std::mem::take(&mut w.counts);
+            let fresh = w.res;
+            let log = w.log;
+            let mut leak_pass = CheckResult::default();
+            let (h, still) =
+                self.compare_refcounts(&counts, file_clusters, Repair::Leaks, &mut leak_pass, log)?;
+            if still {
+                log("ERROR rebuilt refcount structure is still broken");
+            }
             highest = h;
-            res.corruptions_fixed = old.corruptions.saturating_sub(res.corruptions);
-            res.leaks_fixed = old.leaks.saturating_sub(res.leaks);
+            res = pre;
+            res.corruptions = fresh.corruptions;
+            res.leaks = leak_pass.leaks;
+            res.check_errors += fresh.check_errors;
+            res.corruptions_fixed = old.corruptions.saturating_sub(fresh.corruptions);
+            res.leaks_fixed = old.leaks;
+            self.check_oflag_copied(repair, &mut res, log)?;
+            res.image_end_offset = (highest + 1) * cs;
+            if res.corruptions == 0 && res.check_errors == 0 {
+                self.clear_flag_on_repair(header::INCOMPAT_DIRTY)?;
+                self.clear_flag_on_repair(header::INCOMPAT_CORRUPT)?;
+            }
+            return Ok(res);
         } else if repair != Repair::None {
             if rebuild {
                 log("ERROR need to rebuild refcount structures");
@@ -426,7 +453,8 @@ impl Qcow2 {
     /// Repair a dirty image (lazy refcounts) before anything trusts its
     /// refcounts, as QEMU does on open.
     pub(super) fn repair_refcounts(&self) -> Result<()> {
-        let mut sink = |_: &str| {};
+        // QEMU's open prints what this repair finds on stderr.
+        let mut sink = |l: &str| crate::events::notice(l);
         let r = self.check_image(Repair::All, &mut sink)?;
         if r.corruptions > 0 {
             return Err(Error::corrupt(

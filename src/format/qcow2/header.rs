@@ -18,6 +18,8 @@ pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 const INCOMPAT_KNOWN: u64 = 0x1f;
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
+/// Autoclear bits QEMU defines (bitmaps, data-file-raw).
+pub const AUTOCLEAR_KNOWN: u64 = 0b11;
 
 pub const V2_HEADER_LEN: u32 = 72;
 pub const V3_HEADER_LEN: u32 = 112;
@@ -178,18 +180,29 @@ impl Header {
                     0 => Compression::Zlib,
                     1 => Compression::Zstd,
                     _ => {
-                        return Err(Error::unsupported(format!(
-                            "Unknown compression type '{ct}'"
-                        )))
+                        // (Not "unsupported": that kind makes check exit 63.)
+                        return Err(Error::invalid(format!(
+                            "qcow2: unknown compression type: {ct}"
+                        )));
                     }
                 };
-                if ct != 0 && h.incompatible & INCOMPAT_COMPRESSION == 0 {
-                    return Err(Error::corrupt(
-                        "Compression type incompatible feature bit must be set if compression type is not zlib",
-                    ));
-                }
                 let known_end = 105usize;
                 h.extra = buf[known_end..h.header_length as usize].to_vec();
+            }
+            // The incompatible bit says exactly whether the type is not zlib.
+            let flagged = h.incompatible & INCOMPAT_COMPRESSION != 0;
+            match (h.compression, flagged) {
+                (Compression::Zlib, true) => {
+                    return Err(Error::corrupt(
+                        "qcow2: Compression type incompatible feature bit must not be set",
+                    ))
+                }
+                (Compression::Zstd, false) => {
+                    return Err(Error::corrupt(
+                        "qcow2: Compression type incompatible feature bit must be set",
+                    ))
+                }
+                _ => {}
             }
         }
         if h.refcount_order > 6 {
@@ -261,20 +274,17 @@ impl Header {
     }
 
     fn unknown_features_message(&self) -> String {
+        // Named bits in table order, then what is left as one mask.
         let mut parts = Vec::new();
-        let unknown = self.incompatible & !INCOMPAT_KNOWN;
-        for bit in 0..64u8 {
-            if unknown & (1 << bit) == 0 {
-                continue;
+        let mut unknown = self.incompatible & !INCOMPAT_KNOWN;
+        for (t, b, n) in &self.feature_names {
+            if *t == 0 && *b < 64 && unknown & (1u64 << b) != 0 {
+                parts.push(n.clone());
+                unknown &= !(1u64 << b);
             }
-            match self
-                .feature_names
-                .iter()
-                .find(|(t, b, _)| *t == 0 && *b == bit)
-            {
-                Some((_, _, n)) => parts.push(n.clone()),
-                None => parts.push(format!("Unknown incompatible feature: {:x}", 1u64 << bit)),
-            }
+        }
+        if unknown != 0 {
+            parts.push(format!("Unknown incompatible feature: {unknown:x}"));
         }
         format!("Unsupported qcow2 feature(s): {}", parts.join(", "))
     }
@@ -315,10 +325,17 @@ impl Header {
                     self.data_file = Some(s.trim_end_matches('\0').to_string());
                 }
                 EXT_FEATURE_TABLE => {
-                    for e in data.chunks_exact(48) {
-                        let name_end = e[2..].iter().position(|&c| c == 0).map_or(48, |p| p + 2);
-                        let name = String::from_utf8_lossy(&e[2..name_end]).into_owned();
-                        self.feature_names.push((e[0], e[1], name));
+                    // A short last entry reads as if padded with zeros, and
+                    // an entry without a name ends the table, as in QEMU.
+                    for e in data.chunks(48) {
+                        let mut ent = [0u8; 48];
+                        ent[..e.len()].copy_from_slice(e);
+                        let name_end = ent[2..].iter().position(|&c| c == 0).map_or(48, |p| p + 2);
+                        if name_end == 2 {
+                            break;
+                        }
+                        let name = String::from_utf8_lossy(&ent[2..name_end]).into_owned();
+                        self.feature_names.push((ent[0], ent[1], name));
                     }
                 }
                 _ => self.other_exts.push(Extension {

@@ -8,6 +8,7 @@ mod crypto;
 mod header;
 mod l2;
 mod read;
+mod rebuild;
 mod refcount;
 mod shrink;
 mod snapshot;
@@ -268,6 +269,15 @@ impl Qcow2 {
             file,
             corruption_reported: Default::default(),
         };
+        if writable {
+            // Autoclear bits of features QEMU does not know are cleared as
+            // soon as the image is opened writable, as qcow2_do_open does.
+            let mut h = q.hdr.lock();
+            if h.autoclear & !header::AUTOCLEAR_KNOWN != 0 {
+                h.autoclear &= header::AUTOCLEAR_KNOWN;
+                q.file.write_at(&h.autoclear.to_be_bytes(), 88)?;
+            }
+        }
         if writable && !opts.for_check && q.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
             // Lazy refcounts left the image dirty: rebuild refcounts from the
             // mappings before any allocation trusts them (QEMU does the same).

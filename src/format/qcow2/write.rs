@@ -408,10 +408,25 @@ impl Qcow2 {
         if dealloc && old.iter().all(unallocated) {
             return Ok(());
         }
+        // QEMU marks even unallocated clusters as zero clusters where the
+        // format can (v3), so only entries already in that state are skipped.
+        let already = |s: &Slot| -> Result<bool> {
+            if self.geo.extended {
+                return Ok(s.bitmap == BITMAP_ALL_ZERO && (s.entry == 0 || !may_unmap));
+            }
+            if !v3 {
+                return self.reads_zero(s, backing);
+            }
+            Ok(match self.geo.kind(s, 0)? {
+                Kind::Zero(None) => true,
+                Kind::Zero(Some(_)) => !may_unmap,
+                _ => false,
+            })
+        };
         if !dealloc
             && old
                 .iter()
-                .try_fold(true, |acc, s| self.reads_zero(s, backing).map(|z| acc && z))?
+                .try_fold(true, |acc, s| already(s).map(|z| acc && z))?
         {
             return Ok(());
         }
@@ -641,7 +656,9 @@ impl Qcow2 {
             return Ok(());
         }
         if entries * 8 > header::MAX_L1_BYTES {
-            return Err(Error::invalid("Active L1 table too large"));
+            // EFBIG, as QEMU's grow_l1_table: create words it on its own.
+            return Err(Error::from_errno(libc::EFBIG)
+                .with_message("Failed to grow the L1 table: File too large"));
         }
         let cs = self.cs();
         let mut l1 = m.l1.clone();

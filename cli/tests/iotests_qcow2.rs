@@ -1,0 +1,399 @@
+//! Behaviour QEMU's own qcow2 iotests rely on, checked against qemu-img on
+//! identical inputs: `json:{...}` filenames, fully allocated compressed
+//! converts, zero clusters written by `convert -n`, and more.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+fn io(dir: &Path, file: &str, cmds: &[&str]) {
+    let cmds: Vec<String> = cmds.iter().map(|c| c.to_string()).collect();
+    qemu_io(dir, "qcow2", file, &cmds);
+}
+
+/// Run `args` with both tools on two copies of `file`, so that a command
+/// that writes gets its own input; outcome and resulting map must match.
+fn same_on_copies(dir: &Path, file: &str, prep: impl Fn(&Path, &str), args: &[&str]) {
+    let q = dir.join("q");
+    let o = dir.join("o");
+    for d in [&q, &o] {
+        std::fs::create_dir_all(d).unwrap();
+        prep(d, file);
+    }
+    let qo = qemu_img(&q, args);
+    let oo = imgtool(&o, args);
+    assert_outcome_matches(&qo, &oo);
+    for f in std::fs::read_dir(&q).unwrap() {
+        let name = f.unwrap().file_name().into_string().unwrap();
+        let map = ["map", "--output=json", name.as_str()];
+        assert_eq!(
+            qemu_img_ok(&q, &map),
+            qemu_img_ok(&o, &map),
+            "map of {name} after {args:?}"
+        );
+    }
+}
+
+#[test]
+fn json_filenames() {
+    let dir = TempDir::new("iotq-json");
+    let d = dir.path();
+    qemu_img_ok(d, &["create", "-f", "qcow2", "b.qcow2", "64M"]);
+    qemu_img_ok(
+        d,
+        &[
+            "create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2",
+        ],
+    );
+    io(d, "t.qcow2", &["write -P 0x11 0 64k"]);
+    let names = [
+        r#"json:{"driver":"qcow2","file.filename":"t.qcow2"}"#,
+        r#"json:{'driver':'qcow2','file':{'driver':'file','filename':'t.qcow2'}}"#,
+        r#"json:{"file":{"filename":"t.qcow2"}}"#,
+        r#"json:{"driver":"qcow2","file.filename":"t.qcow2","l2-cache-size":"1M","cache-clean-interval":0}"#,
+        r#"json:{"driver":"raw","file.filename":"t.qcow2"}"#,
+        // Errors: syntax, not an object, unknown option, missing file,
+        // a node reference, no file at all.
+        r#"json:{"driver":"qcow2""#,
+        r#"json:{"driver":"qcow2"} x"#,
+        "json:[1]",
+        r#"json:{"driver":"qcow2","foo":"1","file.filename":"t.qcow2"}"#,
+        r#"json:{"driver":"qcow2","file":{"driver":"file","filename":"nope"}}"#,
+        r#"json:{"driver":"qcow2","file":"node0"}"#,
+        r#"json:{"driver":"qcow2"}"#,
+    ];
+    for n in names {
+        same_as_qemu(d, &["info", n]);
+        same_as_qemu(d, &["info", "--output=json", n]);
+        same_as_qemu(d, &["check", n]);
+        same_as_qemu(d, &["check", "--output=json", n]);
+        same_as_qemu(d, &["map", "--output=json", n]);
+        same_as_qemu(d, &["compare", n, "t.qcow2"]);
+    }
+    same_as_qemu(d, &["info", "--backing-chain", names[0]]);
+    // --image-opts takes qcow2's runtime options too.
+    same_as_qemu(
+        d,
+        &[
+            "info",
+            "--image-opts",
+            "driver=qcow2,file.filename=t.qcow2,l2-cache-entry-size=4096",
+        ],
+    );
+}
+
+#[test]
+fn convert_compressed_fully_allocated() {
+    let dir = TempDir::new("iotq-convc");
+    let prep = |d: &Path, _: &str| {
+        qemu_img_ok(d, &["create", "-f", "qcow2", "s.qcow2", "8M"]);
+        io(d, "s.qcow2", &["write -P 0x22 0 1M", "write -z 2M 1M"]);
+    };
+    for sparse in ["0", "4k"] {
+        same_on_copies(
+            dir.path(),
+            "s.qcow2",
+            prep,
+            &[
+                "convert", "-c", "-S", sparse, "-O", "qcow2", "s.qcow2", "d.qcow2",
+            ],
+        );
+    }
+}
+
+#[test]
+fn convert_n_writes_zero_clusters() {
+    let dir = TempDir::new("iotq-convn");
+    for compat in ["1.1", "0.10"] {
+        for backing in [false, true] {
+            let prep = |d: &Path, _: &str| {
+                qemu_img_ok(d, &["create", "-f", "qcow2", "s.qcow2", "8M"]);
+                io(d, "s.qcow2", &["write -P 0x22 1M 64k"]);
+                qemu_img_ok(d, &["create", "-f", "qcow2", "b.qcow2", "8M"]);
+                let o = format!("compat={compat}");
+                let mut args = vec!["create", "-f", "qcow2", "-o", &o];
+                if backing {
+                    args.extend_from_slice(&["-b", "b.qcow2", "-F", "qcow2"]);
+                }
+                args.extend_from_slice(&["d.qcow2", "8M"]);
+                qemu_img_ok(d, &args);
+            };
+            same_on_copies(
+                &dir.path().join(format!("{compat}-{backing}")),
+                "s.qcow2",
+                prep,
+                &["convert", "-n", "-O", "qcow2", "s.qcow2", "d.qcow2"],
+            );
+        }
+    }
+}
+
+fn patch(path: &Path, off: u64, bytes: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+    f.write_all_at(bytes, off).unwrap();
+}
+
+fn header_length(path: &Path) -> u64 {
+    let b = std::fs::read(path).unwrap();
+    u32::from_be_bytes([b[100], b[101], b[102], b[103]]) as u64
+}
+
+#[test]
+fn unknown_feature_messages() {
+    let dir = TempDir::new("iotq-feat");
+    let d = dir.path();
+    let img = d.join("t.qcow2");
+    // (incompatible bits, feature table to write: None keeps QEMU's)
+    let short_63: &[u8] = b"\x00\x3fTest feature";
+    let two: Vec<u8> = {
+        let mut t = vec![0u8; 96];
+        t[0] = 0;
+        t[1] = 62;
+        t[2..7].copy_from_slice(b"test2");
+        t[48] = 0;
+        t[49] = 63;
+        t[50..55].copy_from_slice(b"test3");
+        t
+    };
+    let cases: Vec<(u64, Option<&[u8]>)> = vec![
+        (1 << 63, None),
+        (0b111 << 61, None),
+        (1 << 63, Some(short_63)),
+        (0b111 << 61, Some(short_63)),
+        (0b101 << 61, Some(&two)),
+        (0b111 << 61, Some(&two)),
+    ];
+    for (bits, table) in cases {
+        let _ = std::fs::remove_file(&img);
+        qemu_img_ok(d, &["create", "-f", "qcow2", "t.qcow2", "64M"]);
+        patch(&img, 72, &bits.to_be_bytes());
+        if let Some(t) = table {
+            let mut ext = Vec::new();
+            ext.extend_from_slice(&0x6803_f857u32.to_be_bytes());
+            ext.extend_from_slice(&(t.len() as u32).to_be_bytes());
+            ext.extend_from_slice(t);
+            ext.resize(8 + t.len().div_ceil(8) * 8, 0);
+            ext.extend_from_slice(&[0u8; 8]);
+            patch(&img, header_length(&img), &ext);
+        }
+        same_as_qemu(d, &["info", "t.qcow2"]);
+    }
+}
+
+#[test]
+fn unknown_autoclear_bits_cleared_by_writable_open() {
+    let dir = TempDir::new("iotq-autoclear");
+    let prep = |d: &Path, _: &str| {
+        qemu_img_ok(d, &["create", "-f", "qcow2", "t.qcow2", "64M"]);
+        patch(&d.join("t.qcow2"), 88, &(1u64 << 63).to_be_bytes());
+    };
+    same_on_copies(
+        dir.path(),
+        "t.qcow2",
+        prep,
+        &["check", "-r", "all", "t.qcow2"],
+    );
+    let (q, o) = (dir.path().join("q/t.qcow2"), dir.path().join("o/t.qcow2"));
+    assert_eq!(
+        std::fs::read(q).unwrap()[88..96],
+        std::fs::read(o).unwrap()[88..96],
+        "autoclear field after check -r"
+    );
+}
+
+#[test]
+fn rebase_unsafe_accepts_any_qemu_driver_as_backing_format() {
+    let dir = TempDir::new("iotq-rebasefmt");
+    for fmt in ["host_device", "file", "nbd", "bogus", "raw"] {
+        let d = dir.path().join(fmt);
+        let (q, o) = (d.join("q"), d.join("o"));
+        for p in [&q, &o] {
+            std::fs::create_dir_all(p).unwrap();
+            qemu_img_ok(p, &["create", "-f", "qcow2", "t.qcow2", "1M"]);
+        }
+        let args = ["rebase", "-u", "-b", "/some/path", "-F", fmt, "t.qcow2"];
+        assert_outcome_matches(&qemu_img(&q, &args), &imgtool(&o, &args));
+        let info = ["info", "--output=json", "t.qcow2"];
+        assert_eq!(qemu_img_ok(&q, &info), qemu_img_ok(&o, &info));
+    }
+}
+
+/// A lazy-refcounts image left dirty by a crash (used clusters with
+/// refcount 0), in `d/t.qcow2`.
+fn dirty_image(d: &Path, opts: &str) {
+    qemu_img_ok(d, &["create", "-f", "qcow2", "-o", opts, "t.qcow2", "64M"]);
+    let cmds = vec![
+        "write -P 0x2a 0 128k".to_string(),
+        "write -P 0x2b 32M 64k".to_string(),
+        "flush".to_string(),
+    ];
+    qemu_io_then_abort(d, "qcow2", "t.qcow2", &cmds);
+}
+
+#[test]
+fn refcount_rebuild_places_structures_as_qemu() {
+    let dir = TempDir::new("iotq-rebuild");
+    for opts in [
+        "compat=1.1,lazy_refcounts=on",
+        "compat=1.1,lazy_refcounts=on,cluster_size=4k",
+        "compat=1.1,lazy_refcounts=on,refcount_bits=1",
+        "compat=1.1,lazy_refcounts=on,refcount_bits=64",
+    ] {
+        let base = dir.path().join(opts.replace([',', '='], "_"));
+        for (i, args) in [
+            &["check", "-r", "all", "t.qcow2"][..],
+            &["check", "-r", "all", "--output=json", "t.qcow2"][..],
+            // Opening the dirty image writable repairs it, loudly.
+            &["amend", "-o", "compat=0.10", "t.qcow2"][..],
+        ]
+        .iter()
+        .enumerate()
+        {
+            let d = base.join(i.to_string());
+            same_on_copies(&d, "t.qcow2", |d, _| dirty_image(d, opts), args);
+            let head = |p: &Path| std::fs::read(p.join("t.qcow2")).unwrap()[..104].to_vec();
+            assert_eq!(
+                head(&d.join("q")),
+                head(&d.join("o")),
+                "header after {args:?}"
+            );
+            same_as_qemu(&d.join("o"), &["check", "t.qcow2"]);
+        }
+    }
+}
+
+#[test]
+fn amend_downgrade_progress_per_l1_entry() {
+    let dir = TempDir::new("iotq-amendp");
+    for snapshot in [false, true] {
+        let d = dir.path().join(snapshot.to_string());
+        let (q, o) = (d.join("q"), d.join("o"));
+        for p in [&q, &o] {
+            std::fs::create_dir_all(p).unwrap();
+            qemu_img_ok(p, &["create", "-f", "qcow2", "b.qcow2", "4G"]);
+            qemu_img_ok(
+                p,
+                &[
+                    "create", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2", "4G",
+                ],
+            );
+            io(p, "t.qcow2", &["write -z 0 64k", "write -z 3G 64k"]);
+            if snapshot {
+                qemu_img_ok(p, &["snapshot", "-c", "foo", "t.qcow2"]);
+            }
+        }
+        // (Where the expanded zero clusters land in the host file differs:
+        // allocated in QEMU, sparse here; the guest content is the same.)
+        let args = ["amend", "-p", "-o", "compat=0.10", "t.qcow2"];
+        assert_outcome_matches(&qemu_img(&q, &args), &imgtool(&o, &args));
+        let qt = q.join("t.qcow2");
+        let ot = o.join("t.qcow2");
+        qemu_img_ok(&d, &["compare", qt.to_str().unwrap(), ot.to_str().unwrap()]);
+        same_as_qemu(&o, &["check", "t.qcow2"]);
+    }
+}
+
+#[test]
+fn hexadecimal_sizes() {
+    let dir = TempDir::new("iotq-hex");
+    let d = dir.path();
+    for v in ["0x10000", "0X200", "0x1000k", "0x", "0x1e", "0x1.5", "0xg"] {
+        let o = format!("cluster_size={v}");
+        same_as_qemu(d, &["create", "-f", "qcow2", "-o", &o, "x.qcow2", "2M"]);
+        same_as_qemu(d, &["create", "-f", "raw", "x.raw", v]);
+    }
+}
+
+#[test]
+fn file_protocol_prefix() {
+    let dir = TempDir::new("iotq-fileproto");
+    let d = dir.path();
+    let abs = format!("file:{}/c:d.qcow2", d.display());
+    // Each create runs on a name the other tool has not created yet.
+    let (q, o) = (
+        qemu_img(d, &["create", "-f", "qcow2", "file:a:b.qcow2", "1M"]),
+        {
+            std::fs::rename(d.join("a:b.qcow2"), d.join("q.qcow2")).unwrap();
+            imgtool(d, &["create", "-f", "qcow2", "file:a:b.qcow2", "1M"])
+        },
+    );
+    assert_outcome_matches(&q, &o);
+    same_as_qemu(d, &["compare", "q.qcow2", "file:a:b.qcow2"]);
+    qemu_img_ok(d, &["create", "-f", "qcow2", "base.qcow2", "1M"]);
+    qemu_img_ok(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-b",
+            "base.qcow2",
+            "-F",
+            "qcow2",
+            "file:image:top.qcow2",
+        ],
+    );
+    for n in [
+        "file:a:b.qcow2",
+        "file:image:top.qcow2",
+        &abs,
+        "file:nope.qcow2",
+    ] {
+        same_as_qemu(d, &["info", n]);
+        same_as_qemu(d, &["info", "--output=json", n]);
+        same_as_qemu(d, &["check", n]);
+        same_as_qemu(d, &["map", n]);
+    }
+    let top = format!("file:{}/t2.qcow2", d.display());
+    for b in ["base.qcow2", "nope.qcow2"] {
+        let _ = std::fs::remove_file(d.join("t2.qcow2"));
+        same_as_qemu(d, &["create", "-f", "qcow2", "-b", b, "-F", "qcow2", &top]);
+    }
+}
+
+#[test]
+fn too_large_for_the_l1_table() {
+    let dir = TempDir::new("iotq-big");
+    let d = dir.path();
+    for (opts, size) in [
+        ("", "1E"),
+        ("cluster_size=512", "1P"),
+        ("cluster_size=2M", "1E"),
+    ] {
+        let _ = std::fs::remove_file(d.join("big.qcow2"));
+        let mut args = vec!["create", "-f", "qcow2"];
+        if !opts.is_empty() {
+            args.extend_from_slice(&["-o", opts]);
+        }
+        args.extend_from_slice(&["big.qcow2", size]);
+        same_as_qemu(d, &args);
+    }
+    qemu_img_ok(d, &["create", "-f", "qcow2", "s.qcow2", "1M"]);
+    same_as_qemu(d, &["resize", "s.qcow2", "1E"]);
+}
+
+#[test]
+fn compression_type_and_its_incompatible_bit_must_agree() {
+    let dir = TempDir::new("iotq-ctype");
+    let d = dir.path();
+    let img = d.join("t.qcow2");
+    // (compression type, incompatible bits, compression-type byte override)
+    for (ct, bits, byte) in [
+        ("zlib", 1u64 << 3, None),
+        ("zstd", 0, None),
+        ("zstd", 1 << 3, Some(5u8)),
+        ("zlib", 0, None),
+    ] {
+        let _ = std::fs::remove_file(&img);
+        let o = format!("compression_type={ct}");
+        qemu_img_ok(d, &["create", "-f", "qcow2", "-o", &o, "t.qcow2", "1M"]);
+        patch(&img, 72, &bits.to_be_bytes());
+        if let Some(b) = byte {
+            patch(&img, 104, &[b]);
+        }
+        same_as_qemu(d, &["info", "t.qcow2"]);
+        same_as_qemu(d, &["check", "t.qcow2"]);
+    }
+}
