@@ -68,9 +68,34 @@ fn ofd_test(f: &HostFile, start: u64) -> std::io::Result<bool> {
     Ok(fl.l_type != libc::F_UNLCK as i16)
 }
 
+/// Attempts before a conflict is reported, and the first pause between
+/// them (doubling): about 150 ms in all.
+const LOCK_ATTEMPTS: u32 = 5;
+const LOCK_PAUSE_MS: u64 = 10;
+
 impl HostFile {
     /// Take QEMU-compatible locks. The messages are qemu-img's.
+    ///
+    /// A conflict is retried briefly before it is reported: a child another
+    /// thread of this process is spawning shares our open files (and with
+    /// them the OFD locks of images closed meanwhile) until it execs, so a
+    /// just-closed image can look locked for a moment. A real holder still
+    /// gets qemu-img's refusal, a little later.
     pub fn lock(&self, mode: LockMode) -> Result<()> {
+        let mut pause = LOCK_PAUSE_MS;
+        for _ in 1..LOCK_ATTEMPTS {
+            match self.lock_once(mode) {
+                Err(e) if e.kind() == ErrorKind::Locked => {
+                    std::thread::sleep(std::time::Duration::from_millis(pause));
+                    pause *= 2;
+                }
+                r => return r,
+            }
+        }
+        self.lock_once(mode)
+    }
+
+    fn lock_once(&self, mode: LockMode) -> Result<()> {
         let (perms, unshared): (&[u64], &[u64]) = match mode {
             LockMode::None => return Ok(()),
             // A reader needs consistent reads and does not share write.
