@@ -339,10 +339,11 @@ fn run_pipeline(
     std::thread::scope(|scope| -> Result<()> {
         // (chunk, Ok(true): written, Ok(false): abandoned after a stop)
         let (tx, rx) = mpsc::channel::<(u64, Result<bool>)>();
+        let mut handles = Vec::with_capacity(workers);
         for _ in 0..workers {
             let tx = tx.clone();
             let (next, stop, turn, cv, halt) = (&next, &stop, &turn, &cv, &halt);
-            scope.spawn(move || loop {
+            handles.push(scope.spawn(move || loop {
                 let k = next.fetch_add(1, Ordering::Relaxed);
                 if k >= nchunks || stop.load(Ordering::Relaxed) {
                     break;
@@ -373,31 +374,51 @@ fn run_pipeline(
                 if tx.send((k, r)).is_err() {
                     break;
                 }
-            });
+            }));
         }
         drop(tx);
-        let mut pending = std::collections::BTreeMap::new();
-        let mut want = 0u64;
-        for (k, r) in rx.iter() {
-            pending.insert(k, r);
-            while let Some(r) = pending.remove(&want) {
-                let len = (ctx.total - want * CHUNK).min(CHUNK);
-                want += 1;
-                // An abandoned chunk comes after a stop; the error that
-                // caused it is reported when its chunk comes up.
-                let r = match r {
-                    Ok(true) => report(len),
-                    Ok(false) => Ok(()),
-                    Err(e) => Err(e),
-                };
-                if let Err(e) = r {
-                    halt();
-                    return Err(e);
-                }
+        let result = collect(ctx, &rx, report, &halt);
+        // Join each worker: the scope's own wait ends when they signal they
+        // are done, joining also reaps them, so none is still exiting when a
+        // C caller's process ends (valgrind saw such a thread's TLS as lost).
+        for h in handles {
+            if let Err(p) = h.join() {
+                std::panic::resume_unwind(p);
             }
         }
-        Ok(())
+        result
     })
+}
+
+/// Take the workers' results in chunk order, reporting progress; the first
+/// error in that order stops everything.
+fn collect(
+    ctx: &Ctx<'_>,
+    rx: &mpsc::Receiver<(u64, Result<bool>)>,
+    report: &mut dyn FnMut(u64) -> Result<()>,
+    halt: &dyn Fn(),
+) -> Result<()> {
+    let mut pending = std::collections::BTreeMap::new();
+    let mut want = 0u64;
+    for (k, r) in rx.iter() {
+        pending.insert(k, r);
+        while let Some(r) = pending.remove(&want) {
+            let len = (ctx.total - want * CHUNK).min(CHUNK);
+            want += 1;
+            // An abandoned chunk comes after a stop; the error that caused
+            // it is reported when its chunk comes up.
+            let r = match r {
+                Ok(true) => report(len),
+                Ok(false) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = r {
+                halt();
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 fn apply(ctx: &Ctx<'_>, plan: Plan) -> Result<()> {
