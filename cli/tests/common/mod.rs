@@ -88,3 +88,35 @@ pub fn info_json_normalized(dir: &Path, file: &str) -> Json {
     j.remove_file_lengths();
     j
 }
+
+/// Run `args` (with `{}` standing for the file) through qemu-img on one
+/// copy of `file` and imgtool on another: same outcome, and the same bytes
+/// afterwards.
+pub fn on_copies(dir: &Path, file: &str, args: &[&str]) {
+    on_copies_normalized(dir, file, args, |b| b)
+}
+
+/// [`on_copies`], comparing the files after `norm` (for fields the format
+/// randomises, such as a VMDK CID).
+pub fn on_copies_normalized(dir: &Path, file: &str, args: &[&str], norm: fn(Vec<u8>) -> Vec<u8>) {
+    let q = format!("q-{file}");
+    let o = format!("o-{file}");
+    std::fs::copy(dir.join(file), dir.join(&q)).expect("copy");
+    std::fs::copy(dir.join(file), dir.join(&o)).expect("copy");
+    let qa: Vec<String> = args.iter().map(|a| a.replace("{}", &q)).collect();
+    let oa: Vec<String> = args.iter().map(|a| a.replace("{}", &o)).collect();
+    let qa: Vec<&str> = qa.iter().map(String::as_str).collect();
+    let oa: Vec<&str> = oa.iter().map(String::as_str).collect();
+    let qo = qemu_img(dir, &qa);
+    assert!(!qo.timed_out, "qemu-img hung:\n{}", qo.describe());
+    let oo = imgtool(dir, &oa);
+    let mut expect = qo.clone();
+    expect.stdout = qo.stdout.replace(&q, &o);
+    expect.stderr = qo.stderr.replace(&q, &o);
+    assert_outcome_matches(&expect, &oo);
+    assert_bytes_eq(
+        &format!("{file} after {args:?}"),
+        &norm(read(&dir.join(&q))),
+        &norm(read(&dir.join(&o))),
+    );
+}
