@@ -37,6 +37,8 @@ pub struct OpenOptions {
     pub key_secret: Option<String>,
     /// `encrypt.format` the top image must have.
     pub encrypt_format: Option<String>,
+    /// External data file of the top image (`data-file.filename`).
+    pub data_file: Option<String>,
 }
 
 impl OpenOptions {
@@ -151,6 +153,7 @@ impl Image {
                 metadata_only: opts.metadata_only,
                 key_secret: opts.key_secret.clone(),
                 encrypt_format: opts.encrypt_format.clone(),
+                data_file: opts.data_file.clone(),
             },
         )?;
         if let Some(snap) = &opts.snapshot {

@@ -215,6 +215,8 @@ const QCOW2_KEYS: &[&str] = &[
     "l2-cache-entry-size",
     "refcount-cache-size",
     "cache-clean-interval",
+    "data-file.driver",
+    "data-file.filename",
 ];
 
 fn key_known(driver: &str, key: &str) -> bool {
@@ -237,6 +239,8 @@ pub struct ImageSpec {
     /// `encrypt.key-secret` (qcow2) or `key-secret` (luks).
     pub key_secret: Option<String>,
     pub encrypt_format: Option<String>,
+    /// qcow2's `data-file.filename`: the external data file to use.
+    pub data_file: Option<String>,
 }
 
 impl ImageSpec {
@@ -254,6 +258,7 @@ impl ImageSpec {
             format: format.map(str::to_string),
             key_secret: None,
             encrypt_format: None,
+            data_file: None,
         }
     }
 
@@ -330,6 +335,10 @@ impl ImageSpec {
                 "Must specify either driver or file".into()
             }));
         };
+        match get("data-file.driver").as_deref() {
+            None | Some("file") => {}
+            Some(d) => return Err(fail(format!("Unknown protocol driver '{d}'"))),
+        }
         let key_secret = get("encrypt.key-secret").or_else(|| get("key-secret"));
         Ok(ImageSpec {
             arg: arg.to_string(),
@@ -337,6 +346,7 @@ impl ImageSpec {
             format: driver,
             key_secret,
             encrypt_format: get("encrypt.format"),
+            data_file: get("data-file.filename"),
         })
     }
 
@@ -369,6 +379,7 @@ impl ImageSpec {
             format: self.format.clone(),
             key_secret: self.key_secret.clone().or_else(|| opts.key_secret.clone()),
             encrypt_format: self.encrypt_format.clone(),
+            data_file: self.data_file.clone(),
             ..opts.clone()
         };
         Image::open(&self.filename, &opts).map_err(|e| {

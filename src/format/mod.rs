@@ -344,6 +344,9 @@ pub struct DriverOpenOptions {
     pub key_secret: Option<String>,
     /// `encrypt.format` given at open: must match the header's method.
     pub encrypt_format: Option<String>,
+    /// `data-file.filename` given at open: the external data file to use
+    /// instead of the one the header names.
+    pub data_file: Option<String>,
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.

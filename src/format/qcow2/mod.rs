@@ -211,19 +211,28 @@ impl Qcow2 {
                 "qcow2: Image is corrupt; cannot be opened read/write",
             ));
         }
-        let data_file = if hdr.incompatible & header::INCOMPAT_DATA_FILE != 0 {
-            let name = hdr
-                .data_file
-                .clone()
-                .ok_or_else(|| Error::invalid("Missing data file name in image header"))?;
+        let has_data_file = hdr.incompatible & header::INCOMPAT_DATA_FILE != 0;
+        let data_file = if opts.metadata_only {
+            // As QEMU's BDRV_O_NO_IO open: `info` never opens the data file,
+            // so an untrusted image cannot make it touch other files.
+            None
+        } else if has_data_file {
             // Resolved as QEMU does: the stored name as given (relative to
             // the working directory, not to the image).
-            let path = name;
+            let path = opts
+                .data_file
+                .clone()
+                .or_else(|| hdr.data_file.clone())
+                .ok_or_else(|| Error::invalid("'data-file' is required for this image"))?;
             Some(HostFile::open(
                 Path::new(&path),
                 writable,
                 file.cache_mode(),
             )?)
+        } else if opts.data_file.is_some() {
+            return Err(Error::invalid(
+                "'data-file' can only be set for images with an external data file",
+            ));
         } else {
             None
         };
@@ -231,7 +240,7 @@ impl Qcow2 {
             cluster_bits: hdr.cluster_bits,
             extended: hdr.extended_l2(),
             v3: hdr.version >= 3,
-            data_file: data_file.is_some(),
+            data_file: has_data_file,
         };
         let mut raw = vec![0u8; hdr.l1_size as usize * 8];
         file.read_at(&mut raw, hdr.l1_table_offset)?;
