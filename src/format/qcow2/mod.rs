@@ -514,6 +514,12 @@ impl Driver for Qcow2 {
     fn format_name(&self) -> &'static str {
         "qcow2"
     }
+    /// As QEMU decides it: an image with preallocated L2 tables (the first
+    /// L1 entry set) whose data is encrypted reads as noise, not zeros.
+    fn has_zero_init(&self) -> bool {
+        let preallocated = self.meta.lock().l1.first().is_some_and(|&e| e != 0);
+        !preallocated || self.hdr.lock().crypt_method == 0
+    }
     fn virtual_size(&self) -> u64 {
         self.size.load(Ordering::Acquire)
     }
