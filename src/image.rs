@@ -39,6 +39,8 @@ pub struct OpenOptions {
     pub encrypt_format: Option<String>,
     /// External data file of the top image (`data-file.filename`).
     pub data_file: Option<String>,
+    /// Secret id unlocking the first backing image (`backing.encrypt.key-secret`).
+    pub backing_key_secret: Option<String>,
 }
 
 impl OpenOptions {
@@ -75,6 +77,8 @@ pub struct Image {
     format: &'static str,
     /// Whether the format was given or guessed (guessed raw restricts block 0 writes).
     probed: bool,
+    /// Secret id it was unlocked with, so operations can reopen it.
+    key_secret: Option<String>,
 }
 
 fn file_id(path: &Path) -> Option<(u64, u64)> {
@@ -183,6 +187,7 @@ impl Image {
                     snapshot: None,
                     for_check: false,
                     metadata_only: opts.metadata_only,
+                    key_secret: opts.backing_key_secret.clone(),
                     ..Default::default()
                 };
                 let img = Self::open_inner(&bpath, &bopts, seen, depth + 1).map_err(|e| {
@@ -203,7 +208,13 @@ impl Image {
             filename: path.to_string(),
             format,
             probed,
+            key_secret: opts.key_secret.clone(),
         })
+    }
+
+    /// Secret id this layer was opened with (`encrypt.key-secret`).
+    pub fn key_secret(&self) -> Option<&str> {
+        self.key_secret.as_deref()
     }
 
     pub fn filename(&self) -> &str {

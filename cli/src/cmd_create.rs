@@ -154,6 +154,8 @@ fn check_backing(a: &Args, filename: &str, opts: &CreateOptions) -> Result<Optio
         format: bfmt.map(str::to_string),
         force_share: true,
         no_backing: true,
+        // BDRV_O_NO_IO: an encrypted backing file opens without its secret.
+        metadata_only: true,
         ..OpenOptions::default()
     };
     // Relative to the host file (`file:NAME` names NAME).

@@ -78,6 +78,25 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
     Ok(())
 }
 
+/// A key secret is one of QEMU's "strong" runtime options, which a plain
+/// filename cannot express, so QEMU names such a node by a `json:` tree.
+fn strong_options_name(spec: &ImageSpec, format: &str) -> Option<String> {
+    let secret = spec.key_secret.as_deref()?;
+    let key = match format {
+        "qcow2" => "encrypt.key-secret",
+        "luks" => "key-secret",
+        _ => return None,
+    };
+    let file = Json::object()
+        .with("driver", "file")
+        .with("filename", spec.filename.as_str());
+    let tree = Json::object()
+        .with(key, secret)
+        .with("driver", format)
+        .with("file", file);
+    Some(format!("json:{}", tree.to_compact()))
+}
+
 /// Open each layer on its own (no backing), following the chain by the
 /// names recorded in the headers, as qemu-img's collect_image_info_list.
 fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
@@ -99,7 +118,10 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
             ..OpenOptions::default()
         };
         let img = spec.open(&opts)?;
-        let info = ImageInfo::of(&img);
+        let mut info = ImageInfo::of(&img);
+        if let Some(name) = strong_options_name(&spec, img.format()) {
+            info.filename = name;
+        }
         drop(img);
         let next = match (&info.full_backing_filename, &info.backing_filename) {
             (Some(full), _) if a.chain => Some(ImageSpec::plain(

@@ -229,6 +229,18 @@ fn has_protocol(path: &str) -> bool {
         .is_some_and(|i| path.as_bytes()[i] == b':')
 }
 
+/// `backing.file.filename` is relative to the working directory, not to
+/// the image as a header's backing name is.
+fn absolute(name: &str) -> String {
+    if name.starts_with('/') {
+        return name.to_string();
+    }
+    match std::env::current_dir() {
+        Ok(d) => d.join(name).to_string_lossy().into_owned(),
+        Err(_) => name.to_string(),
+    }
+}
+
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -241,6 +253,9 @@ pub struct ImageSpec {
     pub encrypt_format: Option<String>,
     /// qcow2's `data-file.filename`: the external data file to use.
     pub data_file: Option<String>,
+    /// `backing.*`: the backing image given as options instead of by the
+    /// name in the header.
+    pub backing: Option<Box<ImageSpec>>,
 }
 
 impl ImageSpec {
@@ -259,6 +274,7 @@ impl ImageSpec {
             key_secret: None,
             encrypt_format: None,
             data_file: None,
+            backing: None,
         }
     }
 
@@ -300,6 +316,35 @@ impl ImageSpec {
         node: Option<String>,
     ) -> Result<Self, Fail> {
         let fail = |m: String| Fail::Report(format!("Could not open '{arg}': {m}"));
+        let (sub, own): (Vec<_>, Vec<_>) = items
+            .iter()
+            .cloned()
+            .partition(|(k, _)| k.starts_with("backing."));
+        let items = &own[..];
+        let backing = if sub.is_empty() {
+            None
+        } else {
+            let sub: Vec<(String, String)> = sub
+                .into_iter()
+                .map(|(k, v)| (k["backing.".len()..].to_string(), v))
+                .collect();
+            let b = if sub.iter().any(|(k, _)| k == "file.filename") {
+                Self::from_options(arg, &sub, None)?
+            } else {
+                // Options for the backing file the header names.
+                let get = |key: &str| {
+                    sub.iter()
+                        .rev()
+                        .find(|(k, _)| k == key)
+                        .map(|(_, v)| v.clone())
+                };
+                ImageSpec {
+                    key_secret: get("encrypt.key-secret").or_else(|| get("key-secret")),
+                    ..Self::plain("", None)
+                }
+            };
+            Some(Box::new(b))
+        };
         let get = |key: &str| {
             items
                 .iter()
@@ -347,6 +392,7 @@ impl ImageSpec {
             key_secret,
             encrypt_format: get("encrypt.format"),
             data_file: get("data-file.filename"),
+            backing,
         })
     }
 
@@ -380,6 +426,13 @@ impl ImageSpec {
             key_secret: self.key_secret.clone().or_else(|| opts.key_secret.clone()),
             encrypt_format: self.encrypt_format.clone(),
             data_file: self.data_file.clone(),
+            backing_override: self
+                .backing
+                .as_ref()
+                .filter(|b| !b.filename.is_empty())
+                .map(|b| (absolute(&b.filename), b.format.clone()))
+                .or_else(|| opts.backing_override.clone()),
+            backing_key_secret: self.backing.as_ref().and_then(|b| b.key_secret.clone()),
             ..opts.clone()
         };
         Image::open(&self.filename, &opts).map_err(|e| {

@@ -37,6 +37,8 @@ pub struct Layer {
     pub format: &'static str,
     /// The backing file name as recorded in this layer's header.
     pub backing_name: Option<String>,
+    /// Secret id the layer was unlocked with.
+    pub key_secret: Option<String>,
 }
 
 /// The layers of an opened image, top first.
@@ -48,6 +50,7 @@ pub fn chain_layers(img: &Image) -> Vec<Layer> {
             filename: i.filename().to_string(),
             format: i.format(),
             backing_name: i.driver().backing().map(|b| b.filename),
+            key_secret: i.key_secret().map(str::to_string),
         });
         cur = i.backing();
     }
@@ -136,6 +139,7 @@ pub fn commit(
                 writable: d == 0,
                 cache: opts.cache,
                 no_backing: true,
+                key_secret: l.key_secret.clone(),
                 ..OpenOptions::default()
             },
         )?);
@@ -147,6 +151,7 @@ pub fn commit(
             format: Some(base_layer.format.to_string()),
             writable: true,
             cache: opts.cache,
+            key_secret: base_layer.key_secret.clone(),
             ..OpenOptions::default()
         },
     )?;

@@ -59,6 +59,8 @@ pub fn plan(req: &CreateRequest) -> Result<CreatePlan> {
             let bopts = OpenOptions {
                 format: opts.get("backing_fmt").map(str::to_string),
                 force_share: true,
+                // BDRV_O_NO_IO: an encrypted backing file needs no secret.
+                metadata_only: true,
                 ..OpenOptions::default()
             };
             match Image::open(&bpath, &bopts) {
