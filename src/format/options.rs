@@ -173,12 +173,37 @@ fn parse_opt_size(key: &str, v: &str) -> Result<u64> {
 }
 
 fn parse_number(key: &str, v: &str) -> Result<u64> {
-    let parsed = if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
-        u64::from_str_radix(h, 16).ok()
-    } else {
-        v.parse::<u64>().ok()
+    match strtou64(v) {
+        Ok(n) => Ok(n),
+        Err(true) => Err(Error::invalid(format!(
+            "Value '{v}' is too large for parameter '{key}'"
+        ))),
+        Err(false) => Err(Error::invalid(format!(
+            "Parameter '{key}' expects a number"
+        ))),
+    }
+}
+
+/// C's strtoull with base 0 over the whole string, as QEMU's qemu_strtou64
+/// reads numbers: leading blanks, a sign (a minus wraps around), `0x` hex or
+/// `0` octal. `Err(true)` is out of range, `Err(false)` not a number.
+fn strtou64(v: &str) -> std::result::Result<u64, bool> {
+    let s = v.trim_start_matches([' ', '\t', '\n', '\r', '\x0b', '\x0c']);
+    let (neg, s) = match s.as_bytes().first() {
+        Some(b'-') => (true, &s[1..]),
+        Some(b'+') => (false, &s[1..]),
+        _ => (false, s),
     };
-    parsed.ok_or_else(|| Error::invalid(format!("Parameter '{key}' expects a number")))
+    let (radix, digits) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) if h.bytes().next().is_some_and(|c| c.is_ascii_hexdigit()) => (16, h),
+        _ if s.starts_with('0') => (8, s),
+        _ => (10, s),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return Err(false);
+    }
+    let n = u64::from_str_radix(digits, radix).map_err(|_| true)?;
+    Ok(if neg { n.wrapping_neg() } else { n })
 }
 
 #[cfg(test)]
@@ -191,5 +216,15 @@ mod tests {
         assert_eq!(o.get("backing_file"), Some("a,b"));
         assert_eq!(o.get_size("cluster_size").unwrap(), Some(4096));
         assert!(o.get_bool("lazy_refcounts", false).unwrap());
+    }
+
+    #[test]
+    fn numbers_as_strtoull() {
+        assert_eq!(strtou64("0x10"), Ok(16));
+        assert_eq!(strtou64("010"), Ok(8));
+        assert_eq!(strtou64(" -1"), Ok(u64::MAX));
+        assert_eq!(strtou64("0x"), Err(false));
+        assert_eq!(strtou64("08"), Err(false));
+        assert_eq!(strtou64("99999999999999999999"), Err(true));
     }
 }

@@ -18,6 +18,9 @@ const MAX_COUNTED: usize = 1 << 26;
 struct Walk<'a> {
     cluster_bits: u32,
     file_clusters: u64,
+    /// Largest refcount the image's width holds; counting past it is an
+    /// overflow QEMU reports (and repair cannot fix).
+    refcount_max: u64,
     counts: HashMap<u64, u64>,
     res: CheckResult,
     next_contiguous: u64,
@@ -39,7 +42,17 @@ impl Walk<'_> {
             return Ok(());
         }
         for c in first..=last {
-            *self.counts.entry(c).or_insert(0) += 1;
+            let n = self.counts.entry(c).or_insert(0);
+            if *n == self.refcount_max {
+                (self.log)(&format!(
+                    "ERROR: overflow cluster offset={:#x}",
+                    c << self.cluster_bits
+                ));
+                (self.log)("Use qemu-img amend to increase the refcount entry width or qemu-img convert to create a clean copy if the image cannot be opened for writing");
+                self.res.corruptions += 1;
+                continue;
+            }
+            *n += 1;
         }
         if self.counts.len() > MAX_COUNTED {
             return Err(Error::invalid("Image too large to check in memory"));
@@ -204,9 +217,11 @@ impl Qcow2 {
         let _w = self.write_lock.lock();
         let cs = self.cs();
         let file_clusters = self.file.len()?.div_ceil(cs);
+        let refcount_max = self.meta.lock().rc.max_refcount();
         let mut w = Walk {
             cluster_bits: self.geo.cluster_bits,
             file_clusters,
+            refcount_max,
             counts: HashMap::new(),
             res: CheckResult::default(),
             next_contiguous: 0,
@@ -234,6 +249,7 @@ impl Qcow2 {
             let mut w = Walk {
                 cluster_bits: self.geo.cluster_bits,
                 file_clusters,
+                refcount_max,
                 counts: HashMap::new(),
                 res: CheckResult::default(),
                 next_contiguous: 0,
@@ -441,6 +457,7 @@ impl Qcow2 {
         let mut w = Walk {
             cluster_bits: self.geo.cluster_bits,
             file_clusters: self.file.len()?.div_ceil(self.cs()),
+            refcount_max: u64::MAX,
             counts: HashMap::new(),
             res: CheckResult::default(),
             next_contiguous: 0,
