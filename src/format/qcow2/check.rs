@@ -21,6 +21,11 @@ struct Walk<'a> {
     /// Largest refcount the image's width holds; counting past it is an
     /// overflow QEMU reports (and repair cannot fix).
     refcount_max: u64,
+    /// `-r all`: entries that can be fixed on the spot are (as QEMU's
+    /// BDRV_FIX_ERRORS during the walk).
+    fix_errors: bool,
+    /// An L2 entry was rewritten, so cached tables are stale.
+    l2_changed: bool,
     counts: HashMap<u64, u64>,
     res: CheckResult,
     next_contiguous: u64,
@@ -89,13 +94,20 @@ impl Qcow2 {
             let mut raw = vec![0u8; cs as usize];
             self.file.read_at(&mut raw, l2off)?;
             for (i, s) in l2::decode(&raw, self.geo.extended).iter().enumerate() {
-                self.walk_slot(w, s, i, stats)?;
+                self.walk_slot(w, s, l2off, i, stats)?;
             }
         }
         Ok(())
     }
 
-    fn walk_slot(&self, w: &mut Walk<'_>, s: &Slot, index: usize, stats: bool) -> Result<()> {
+    fn walk_slot(
+        &self,
+        w: &mut Walk<'_>,
+        s: &Slot,
+        l2off: u64,
+        index: usize,
+        stats: bool,
+    ) -> Result<()> {
         let cs = self.cs();
         if self.geo.is_compressed(s) {
             if self.geo.extended && s.bitmap != 0 {
@@ -133,15 +145,51 @@ impl Qcow2 {
             w.next_contiguous = off + cs;
         }
         if off & (cs - 1) != 0 {
-            (w.log)(&format!(
-                "ERROR offset={off:x}: Data cluster is not properly aligned; L2 entry corrupted."
-            ));
             w.res.corruptions += 1;
+            let contains_data = if self.geo.extended {
+                s.bitmap & l2::BITMAP_ALL_ALLOC != 0
+            } else {
+                s.entry & l2::OFLAG_ZERO == 0
+            };
+            if contains_data {
+                (w.log)(&format!(
+                    "ERROR offset={off:x}: Data cluster is not properly aligned; L2 entry corrupted."
+                ));
+            } else {
+                let what = if w.fix_errors { "Repairing" } else { "ERROR" };
+                (w.log)(&format!(
+                    "{what} offset={off:x}: Preallocated cluster is not properly aligned; L2 entry corrupted."
+                ));
+                if w.fix_errors {
+                    // Turn it into a plain zero entry; the cluster it named
+                    // is then no longer counted as used.
+                    self.zero_l2_entry(s, l2off, index)?;
+                    w.l2_changed = true;
+                    w.res.corruptions -= 1;
+                    w.res.corruptions_fixed += 1;
+                    return Ok(());
+                }
+            }
         }
         if self.data_file.is_none() {
             w.add(off, cs)?;
         }
         Ok(())
+    }
+
+    /// QEMU's fix_l2_entry_by_zero: allocated subclusters become zero ones,
+    /// and the entry loses its host offset.
+    fn zero_l2_entry(&self, s: &Slot, l2off: u64, index: usize) -> Result<()> {
+        if self.geo.extended {
+            let mut b = s.bitmap | (s.bitmap << 32);
+            b &= l2::BITMAP_ALL_ZERO;
+            let mut raw = [0u8; 16];
+            raw[8..].copy_from_slice(&b.to_be_bytes());
+            self.file.write_at(&raw, l2off + index as u64 * 16)
+        } else {
+            self.file
+                .write_at(&l2::OFLAG_ZERO.to_be_bytes(), l2off + index as u64 * 8)
+        }
     }
 
     /// References implied by all metadata, plus structural findings.
@@ -222,12 +270,17 @@ impl Qcow2 {
             cluster_bits: self.geo.cluster_bits,
             file_clusters,
             refcount_max,
+            fix_errors: repair == Repair::All,
+            l2_changed: false,
             counts: HashMap::new(),
             res: CheckResult::default(),
             next_contiguous: 0,
             log,
         };
         self.walk(&mut w)?;
+        if w.l2_changed {
+            self.meta.lock().l2 = L2Cache::new(cs);
+        }
         let counts = std::mem::take(&mut w.counts);
         let mut res = w.res;
         res.total_clusters = self.virtual_size_now().div_ceil(cs);
@@ -250,6 +303,8 @@ impl Qcow2 {
                 cluster_bits: self.geo.cluster_bits,
                 file_clusters,
                 refcount_max,
+                fix_errors: repair == Repair::All,
+                l2_changed: false,
                 counts: HashMap::new(),
                 res: CheckResult::default(),
                 next_contiguous: 0,
@@ -458,6 +513,8 @@ impl Qcow2 {
             cluster_bits: self.geo.cluster_bits,
             file_clusters: self.file.len()?.div_ceil(self.cs()),
             refcount_max: u64::MAX,
+            fix_errors: false,
+            l2_changed: false,
             counts: HashMap::new(),
             res: CheckResult::default(),
             next_contiguous: 0,
