@@ -31,7 +31,7 @@ impl Qcow2 {
             if present {
                 let start = first_ci.max(l1i * epl);
                 let n = (l1i + 1) * epl - start;
-                self.zero_clusters(start, n, true, true, &NoBacking)?;
+                self.zero_clusters(start, n, true, true, true, &NoBacking)?;
             }
             l1i += 1;
         }

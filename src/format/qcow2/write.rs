@@ -385,7 +385,7 @@ impl Qcow2 {
             }
             let idx = ci % self.epl();
             let n = (((end - pos) / cs).max(1)).min(self.epl() - idx);
-            self.zero_clusters(ci, n, may_unmap, false, backing)?;
+            self.zero_clusters(ci, n, may_unmap, false, false, backing)?;
             pos += n * cs;
         }
         Ok(())
@@ -399,6 +399,7 @@ impl Qcow2 {
         n: u64,
         may_unmap: bool,
         dealloc: bool,
+        punch_freed: bool,
         backing: &dyn BackingRead,
     ) -> Result<()> {
         let v3 = self.geo.v3;
@@ -464,8 +465,24 @@ impl Qcow2 {
             new.push(slot);
         }
         self.set_slots(&mut m, l2off, ci % self.epl(), &new)?;
+        // QCOW2_DISCARD_ALWAYS: clusters that became free are discarded in
+        // the file too, adjacent ones merged into one request as QEMU does.
+        let mut holes: Vec<(u64, u64)> = Vec::new();
         for s in &freed {
             self.release(&mut m, s)?;
+            if punch_freed && !self.geo.is_compressed(s) && self.data_file.is_none() {
+                let off = self.geo.host_offset(s)?;
+                if off != 0 && m.rc.get(&self.file, off >> self.geo.cluster_bits)? == 0 {
+                    match holes.last_mut() {
+                        Some((start, len)) if *start + *len == off => *len += self.cs(),
+                        _ => holes.push((off, self.cs())),
+                    }
+                }
+            }
+        }
+        drop(m);
+        for (off, len) in holes {
+            self.file.punch_hole(off, len)?;
         }
         Ok(())
     }
@@ -499,7 +516,7 @@ impl Qcow2 {
         let last = end >> cb;
         while ci < last {
             let n = (last - ci).min(self.epl() - ci % self.epl());
-            self.zero_clusters(ci, n, true, !has_backing, &NoBacking)?;
+            self.zero_clusters(ci, n, true, !has_backing, false, &NoBacking)?;
             ci += n;
         }
         Ok(())
