@@ -158,7 +158,18 @@ impl Qcow2 {
                 "Failed to zero out new clusters: Operation not supported",
             ));
         }
+        // Preallocating the cluster the old end falls in must keep what the
+        // backing file shows before the old end (QEMU's COW head).
+        let cs = self.cs();
+        let head_start = old / cs * cs;
+        let mut head = vec![0u8; (old - head_start) as usize];
+        if prealloc != Prealloc::Off && !head.is_empty() {
+            self.read(&mut head, head_start, backing)?;
+        }
         self.resize(size, prealloc)?;
+        if prealloc != Prealloc::Off && !head.is_empty() {
+            self.write(&head, head_start, backing)?;
+        }
         self.zero(old, size - old, false, backing)
     }
 

@@ -603,6 +603,7 @@ impl Qcow2 {
         let last = (off + len).div_ceil(cs);
         let mut host_end = 0u64;
         let mut ranges = Vec::new();
+        let mut existing = Vec::new();
         while ci < last {
             let idx = ci % self.epl();
             let n = (last - ci).min(self.epl() - idx);
@@ -610,6 +611,17 @@ impl Qcow2 {
             let old = self.slots(&mut m, ci, n)?;
             let l2off = self.l2_for_write(&mut m, ci / self.epl())?;
             let mut new = old.clone();
+            if matches!(mode, Prealloc::Falloc | Prealloc::Full) && self.data_file.is_none() {
+                // The cluster the old end falls in may be allocated without
+                // backing storage (metadata preallocation): reserve it too,
+                // as QEMU does by reallocating it (fallocate keeps its data).
+                for s in old.iter().filter(|s| self.geo.has_host(s)) {
+                    let h = self.geo.host_offset(s)?;
+                    if h != 0 {
+                        existing.push((h, cs));
+                    }
+                }
+            }
             let todo: Vec<usize> = (0..n as usize)
                 .filter(|&i| !self.geo.has_host(&old[i]) && !self.geo.is_compressed(&old[i]))
                 .collect();
@@ -646,6 +658,9 @@ impl Qcow2 {
         let data = self.data();
         if host_end > data.len()? {
             data.set_len(host_end)?;
+        }
+        for (h, l) in existing {
+            data.allocate(h, l)?;
         }
         for (h, l) in ranges {
             match mode {
