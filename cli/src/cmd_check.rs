@@ -95,6 +95,7 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         force_share: a.force_share,
         cache,
         key_secret: spec.key_secret.clone(),
+        data_file: spec.data_file.clone(),
     };
     let human = a.output.unwrap_or(OutputFormat::Human) == OutputFormat::Human;
     let quiet = a.quiet;

@@ -35,6 +35,18 @@ fn same_on_copies(dir: &Path, file: &str, prep: impl Fn(&Path, &str), args: &[&s
     }
 }
 
+/// Like [`same_on_copies`] for operations whose host layout may differ
+/// from qemu-img's: only the outcome is compared here.
+fn same_outcome_on_copies(dir: &Path, file: &str, prep: impl Fn(&Path, &str), args: &[&str]) {
+    let q = dir.join("q");
+    let o = dir.join("o");
+    for d in [&q, &o] {
+        std::fs::create_dir_all(d).unwrap();
+        prep(d, file);
+    }
+    assert_outcome_matches(&qemu_img(&q, args), &imgtool(&o, args));
+}
+
 #[test]
 fn json_filenames() {
     let dir = TempDir::new("iotq-json");
@@ -395,5 +407,428 @@ fn compression_type_and_its_incompatible_bit_must_agree() {
         }
         same_as_qemu(d, &["info", "t.qcow2"]);
         same_as_qemu(d, &["check", "t.qcow2"]);
+    }
+}
+
+/// iotest 061: `data-file.filename` overrides the header's data file, info
+/// never opens the data file, and a cleared name is required at open.
+#[test]
+fn data_file_open_option() {
+    let dir = TempDir::new("iotq-datafile");
+    let d = dir.path();
+    qemu_img_ok(
+        d,
+        &[
+            "create",
+            "-f",
+            "qcow2",
+            "-o",
+            "data_file=t.data",
+            "t.qcow2",
+            "1M",
+        ],
+    );
+    io(d, "t.qcow2", &["write -P 0x33 0 64k"]);
+    qemu_img_ok(d, &["create", "-f", "qcow2", "p.qcow2", "1M"]);
+    qemu_img_ok(d, &["amend", "-o", "data_file=foo", "t.qcow2"]);
+    let opts = "data-file.filename=t.data,file.filename=t.qcow2";
+    for args in [
+        vec!["info", "t.qcow2"],
+        vec!["info", "--image-opts", opts],
+        vec!["check", "t.qcow2"],
+        vec!["check", "--image-opts", opts],
+        vec!["map", "--output=json", "--image-opts", opts],
+        vec![
+            "check",
+            "--image-opts",
+            "driver=qcow2,data-file.driver=file,data-file.filename=t.data,file.filename=t.qcow2",
+        ],
+        // Only images with a data file take one.
+        vec![
+            "check",
+            "--image-opts",
+            "data-file.filename=t.data,file.filename=p.qcow2",
+        ],
+    ] {
+        same_as_qemu(d, &args);
+    }
+    // Clearing the name through the option: the image then needs it.
+    same_outcome_on_copies(
+        d,
+        "t.qcow2",
+        |c: &Path, f: &str| {
+            std::fs::copy(d.join(f), c.join(f)).unwrap();
+            std::fs::copy(d.join("t.data"), c.join("t.data")).unwrap();
+        },
+        &["amend", "-o", "data_file=", "--image-opts", opts],
+    );
+    for c in ["q", "o"] {
+        let c = d.join(c);
+        same_as_qemu(&c, &["info", "t.qcow2"]);
+        same_as_qemu(&c, &["check", "t.qcow2"]);
+        same_as_qemu(&c, &["check", "--image-opts", opts]);
+    }
+}
+
+const SECRET0: &str = "secret,id=sec0,data=123456";
+const SECRET1: &str = "secret,id=sec1,data=654321";
+
+fn enc_opts(file: &str, sec: &str) -> String {
+    format!("driver=qcow2,file.filename={file},encrypt.key-secret={sec}")
+}
+
+/// iotests 188, 189, 198: an encrypted image with preallocated metadata
+/// does not read as zeros (convert writes them); create opens an encrypted
+/// backing file without its key; commit takes `backing.*` options and
+/// keeps both keys; info names a keyed node by its json: tree.
+#[test]
+fn encrypted_chain_operations() {
+    let dir = TempDir::new("iotq-encchain");
+    let d = dir.path();
+    let luks =
+        |sec: &str| format!("encrypt.format=luks,encrypt.key-secret={sec},encrypt.iter-time=10");
+    let o0 = luks("sec0");
+    qemu_img_ok(d, &["create", "-f", "qcow2", "e.qcow2", "4M"]);
+    let prep = |c: &Path, f: &str| {
+        std::fs::copy(d.join(f), c.join(f)).unwrap();
+    };
+    let o_pre = format!("{o0},preallocation=metadata");
+    same_outcome_on_copies(
+        d,
+        "e.qcow2",
+        prep,
+        &[
+            "convert", "--object", SECRET0, "-O", "qcow2", "-o", &o_pre, "e.qcow2", "d.qcow2",
+        ],
+    );
+    for c in ["q", "o"] {
+        same_as_qemu(
+            &d.join(c),
+            &[
+                "compare",
+                "--object",
+                SECRET0,
+                "-F",
+                "qcow2",
+                "e.qcow2",
+                &format!("json:{{\"driver\":\"qcow2\",\"file.filename\":\"d.qcow2\",\"encrypt.key-secret\":\"sec0\"}}"),
+            ],
+        );
+    }
+
+    // A base with sec0, an overlay with sec1 made from it.
+    let o1 = luks("sec1");
+    let prep_chain = |c: &Path, _: &str| {
+        qemu_img_ok(
+            c,
+            &[
+                "create", "--object", SECRET0, "-f", "qcow2", "-o", &o0, "b.qcow2", "4M",
+            ],
+        );
+    };
+    same_outcome_on_copies(
+        d,
+        "b.qcow2",
+        prep_chain,
+        &[
+            "create", "--object", SECRET1, "-f", "qcow2", "-o", &o1, "-b", "b.qcow2", "-F",
+            "qcow2", "t.qcow2",
+        ],
+    );
+    for c in ["q", "o"] {
+        let c = d.join(c);
+        for (f, s) in [("b.qcow2", "sec0"), ("t.qcow2", "sec1")] {
+            let opts = enc_opts(f, s);
+            for args in [
+                vec![
+                    "info",
+                    "--object",
+                    SECRET0,
+                    "--object",
+                    SECRET1,
+                    "--image-opts",
+                    &opts,
+                ],
+                vec![
+                    "info",
+                    "--output=json",
+                    "--object",
+                    SECRET0,
+                    "--object",
+                    SECRET1,
+                    "--image-opts",
+                    &opts,
+                ],
+            ] {
+                same_as_qemu(&c, &args);
+            }
+        }
+        let luks_opts = "driver=luks,file.filename=l.luks,key-secret=sec0";
+        qemu_img_ok(
+            &c,
+            &[
+                "create",
+                "--object",
+                SECRET0,
+                "-f",
+                "luks",
+                "-o",
+                "key-secret=sec0,iter-time=10",
+                "l.luks",
+                "1M",
+            ],
+        );
+        same_as_qemu(
+            &c,
+            &["info", "--object", SECRET0, "--image-opts", luks_opts],
+        );
+    }
+    // Data in the overlay, committed into the base with both keys given.
+    let commit_opts = format!(
+        "{},backing.driver=qcow2,backing.file.filename=b.qcow2,backing.encrypt.key-secret=sec0",
+        enc_opts("t.qcow2", "sec1")
+    );
+    let cdir = d.join("commit");
+    same_outcome_on_copies(
+        &cdir,
+        "t.qcow2",
+        |c: &Path, _: &str| {
+            qemu_img_ok(
+                c,
+                &[
+                    "create", "--object", SECRET0, "-f", "qcow2", "-o", &o0, "b.qcow2", "4M",
+                ],
+            );
+            qemu_img_ok(
+                c,
+                &[
+                    "create", "--object", SECRET1, "-f", "qcow2", "-o", &o1, "-b", "b.qcow2", "-F",
+                    "qcow2", "t.qcow2",
+                ],
+            );
+            let mut cmd = std::process::Command::new("qemu-io");
+            cmd.current_dir(c).args([
+                "--object",
+                SECRET0,
+                "--object",
+                SECRET1,
+                "-c",
+                "write -P 0x5a 0 1M",
+                "--image-opts",
+                &commit_opts,
+            ]);
+            assert!(run_with_timeout(&mut cmd, DEFAULT_TIMEOUT).ok());
+        },
+        &[
+            "commit",
+            "--object",
+            SECRET0,
+            "--object",
+            SECRET1,
+            "--image-opts",
+            &commit_opts,
+        ],
+    );
+    let qb = qemu_img_ok(
+        &cdir.join("q"),
+        &[
+            "convert",
+            "--object",
+            SECRET0,
+            "--image-opts",
+            &enc_opts("b.qcow2", "sec0"),
+            "-O",
+            "raw",
+            "b.raw",
+        ],
+    );
+    let ob = qemu_img_ok(
+        &cdir.join("o"),
+        &[
+            "convert",
+            "--object",
+            SECRET0,
+            "--image-opts",
+            &enc_opts("b.qcow2", "sec0"),
+            "-O",
+            "raw",
+            "b.raw",
+        ],
+    );
+    assert_eq!(qb, ob);
+    assert_bytes_eq(
+        "committed base",
+        &read(&cdir.join("q/b.raw")),
+        &read(&cdir.join("o/b.raw")),
+    );
+}
+
+/// iotest 112: `-o` numbers are read as strtoull reads them, and check
+/// reports references past the refcount width as overflows.
+#[test]
+fn refcount_width_numbers_and_overflow() {
+    let dir = TempDir::new("iotq-rcbits");
+    let d = dir.path();
+    for v in [
+        "-1",
+        "0",
+        "0x10",
+        "010",
+        "08",
+        "16x",
+        "99999999999999999999",
+        " 16",
+    ] {
+        let o = format!("refcount_bits={v}");
+        let _ = std::fs::remove_file(d.join("n.qcow2"));
+        let _ = std::fs::remove_file(d.join("n2.qcow2"));
+        let q = qemu_img(d, &["create", "-f", "qcow2", "-o", &o, "n.qcow2", "64M"]);
+        let ours = imgtool(d, &["create", "-f", "qcow2", "-o", &o, "n2.qcow2", "64M"]);
+        assert_eq!(q.code, ours.code, "{o}");
+        assert_eq!(
+            as_imgtool(&q.stderr.replace("n.qcow2", "n2.qcow2")),
+            ours.stderr,
+            "{o}"
+        );
+        assert_eq!(q.stdout.replace("n.qcow2", "n2.qcow2"), ours.stdout, "{o}");
+    }
+    // Two references to one cluster with 1-bit refcounts (a snapshot).
+    let prep = |c: &Path, f: &str| {
+        qemu_img_ok(
+            c,
+            &["create", "-f", "qcow2", "-o", "refcount_bits=1", f, "64M"],
+        );
+        io(c, f, &["write 0 64k"]);
+        let mut cmd = std::process::Command::new("qemu-img");
+        cmd.current_dir(c).args(["snapshot", "-c", "foo", f]);
+        let _ = run_with_timeout(&mut cmd, DEFAULT_TIMEOUT);
+    };
+    same_outcome_on_copies(d, "r.qcow2", prep, &["check", "r.qcow2"]);
+}
+
+/// iotest 271: `check -r all` turns an unaligned preallocated (zero)
+/// entry into a plain zero one; one holding data stays an error.
+#[test]
+fn check_repairs_unaligned_zero_entry() {
+    let dir = TempDir::new("iotq-unaligned");
+    for (tag, zero) in [("data", false), ("zero", true)] {
+        for extended in ["on", "off"] {
+            let prep = move |c: &Path, f: &str| {
+                qemu_img_ok(c, &["create", "-f", "raw", "b.raw", "128k"]);
+                let o = format!("extended_l2={extended}");
+                qemu_img_ok(
+                    c,
+                    &[
+                        "create", "-f", "qcow2", "-o", &o, "-F", "raw", "-b", "b.raw", f,
+                    ],
+                );
+                io(c, f, &["write -q -P 1 4k 2k"]);
+                if zero {
+                    io(c, f, &["write -q -z 4k 2k"]);
+                    if extended == "off" {
+                        io(c, f, &["write -q -z 0 64k"]);
+                    }
+                }
+                // The L2 table is the cluster after the L1 table (0x40000).
+                patch(&c.join(f), 0x40000 + 6, b"\x02");
+            };
+            let sub = dir.path().join(format!("{tag}-{extended}"));
+            same_outcome_on_copies(&sub, "t.qcow2", prep, &["check", "-r", "all", "t.qcow2"]);
+            for c in ["q", "o"] {
+                same_as_qemu(&sub.join(c), &["check", "t.qcow2"]);
+            }
+        }
+    }
+}
+
+/// iotest 250: shrinking discards the clusters it frees, so the file
+/// takes as little space as qemu-img leaves it.
+#[test]
+fn shrink_discards_freed_clusters() {
+    let dir = TempDir::new("iotq-shrinkdisc");
+    let prep = |c: &Path, f: &str| {
+        qemu_img_ok(
+            c,
+            &[
+                "create",
+                "-f",
+                "qcow2",
+                "-o",
+                "cluster_size=1M,preallocation=metadata",
+                f,
+                "300M",
+            ],
+        );
+        io(
+            c,
+            f,
+            &[
+                "discard 0 10M",
+                "discard 290M 10M",
+                "write 290M 10M",
+                "write 0 10M",
+            ],
+        );
+    };
+    same_on_copies(
+        dir.path(),
+        "s.qcow2",
+        prep,
+        &["resize", "--shrink", "s.qcow2", "5M"],
+    );
+    let blocks = |c: &str| {
+        use std::os::unix::fs::MetadataExt;
+        let p = dir.path().join(c).join("s.qcow2");
+        let m = std::fs::metadata(p).unwrap();
+        (m.len(), m.blocks() / 8)
+    };
+    let (q, o) = (blocks("q"), blocks("o"));
+    assert_eq!(q.0, o.0, "file length");
+    // Allocated 4 KiB blocks, give or take the file system's own.
+    assert!(
+        q.1.abs_diff(o.1) <= 2,
+        "allocated blocks: qemu {q:?}, ours {o:?}"
+    );
+}
+
+/// iotest 125: growing with preallocation over a backing file keeps what
+/// the backing file shows before the old end, and the new area reads zeros.
+#[test]
+fn grow_preallocated_over_backing() {
+    let dir = TempDir::new("iotq-growback");
+    for orig in ["31k", "33k"] {
+        for prealloc in ["metadata", "falloc", "full"] {
+            let prep = move |c: &Path, f: &str| {
+                qemu_img_ok(c, &["create", "-f", "raw", "b.raw", "128k"]);
+                qemu_io(c, "raw", "b.raw", &["write -q -P 1 0 128k".to_string()]);
+                qemu_img_ok(
+                    c,
+                    &[
+                        "create",
+                        "-f",
+                        "qcow2",
+                        "-F",
+                        "raw",
+                        "-b",
+                        "b.raw",
+                        "-o",
+                        "cluster_size=64k",
+                        f,
+                        orig,
+                    ],
+                );
+            };
+            let sub = dir.path().join(format!("{orig}-{prealloc}"));
+            let p = format!("--preallocation={prealloc}");
+            same_outcome_on_copies(
+                &sub,
+                "t.qcow2",
+                prep,
+                &["resize", "-f", "qcow2", &p, "t.qcow2", "96k"],
+            );
+            let q = qemu_raw_bytes(&sub.join("q"), "t.qcow2");
+            let o = qemu_raw_bytes(&sub.join("o"), "t.qcow2");
+            assert_bytes_eq(&format!("{orig} {prealloc}"), &q, &o);
+        }
     }
 }
