@@ -453,6 +453,8 @@ fn load_snapshot(a: &Args, srcs: &[String], cache: CacheMode, images: &mut [Imag
     }
     let img = open(param).map_err(|e| {
         let m = e.message();
+        let prefix = format!("Could not open '{}': ", spec.filename);
+        let m = m.strip_prefix(&prefix).unwrap_or(m);
         let inner = m
             .split_once("Failed to load snapshot: ")
             .map_or(m, |(_, r)| r);

@@ -832,3 +832,68 @@ fn grow_preallocated_over_backing() {
         }
     }
 }
+
+/// iotest 080: a snapshot table past the end of the file reads as zeros
+/// (until QEMU's snapshot limit), references no refcount block can cover
+/// fail as in QEMU, and a corrupt snapshot L1 table is reported in
+/// qemu-img's words by convert -l, amend, snapshot -a/-d and check.
+#[test]
+fn corrupt_snapshot_tables() {
+    let dir = TempDir::new("iotq-snapcorrupt");
+    let d = dir.path();
+    // nb_snapshots = 65536, table at 16 MiB (beyond the end of the file).
+    let prep_limit = |c: &Path, f: &str| {
+        qemu_img_ok(c, &["create", "-f", "qcow2", f, "64M"]);
+        patch(&c.join(f), 64, &(16u64 << 20).to_be_bytes());
+        patch(&c.join(f), 60, &65536u32.to_be_bytes());
+    };
+    let sub = d.join("limit");
+    same_outcome_on_copies(
+        &sub,
+        "t.qcow2",
+        prep_limit,
+        &["snapshot", "-c", "test", "t.qcow2"],
+    );
+
+    // An L2 entry whose offset no refcount block covers.
+    for (tag, entry) in [
+        ("huge", 0xbfff_ffff_ffff_0000u64),
+        ("far", 0x8000_00ff_ffff_0000u64),
+    ] {
+        let prep = move |c: &Path, f: &str| {
+            qemu_img_ok(c, &["create", "-f", "qcow2", f, "64M"]);
+            io(c, f, &["write 0 512"]);
+            patch(&c.join(f), 0x40000, &entry.to_be_bytes());
+        };
+        same_outcome_on_copies(
+            &d.join(tag),
+            "t.qcow2",
+            prep,
+            &["snapshot", "-c", "test", "t.qcow2"],
+        );
+    }
+
+    // Snapshot 1's L1 table: unaligned offset, then a size past the limit.
+    for (tag, off, bytes) in [
+        ("l1off", 0x70000u64, 0x40_0200u64.to_be_bytes().to_vec()),
+        ("l1size", 0x70008u64, 0x1000_0000u32.to_be_bytes().to_vec()),
+    ] {
+        let prep = |c: &Path, f: &str| {
+            qemu_img_ok(c, &["create", "-f", "qcow2", f, "64M"]);
+            io(c, f, &["write 0 512"]);
+            qemu_img_ok(c, &["snapshot", "-c", "test", f]);
+            patch(&c.join(f), off, &bytes);
+        };
+        let sub = d.join(tag);
+        for args in [
+            vec!["convert", "-l", "test", "t.qcow2", "t.snap"],
+            vec!["amend", "-o", "compat=0.10", "t.qcow2"],
+            vec!["snapshot", "-a", "test", "t.qcow2"],
+            vec!["snapshot", "-d", "test", "t.qcow2"],
+            vec!["check", "t.qcow2"],
+        ] {
+            let _ = std::fs::remove_dir_all(&sub);
+            same_outcome_on_copies(&sub, "t.qcow2", prep, &args);
+        }
+    }
+}

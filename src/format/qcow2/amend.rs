@@ -376,8 +376,9 @@ impl Qcow2 {
         let mut m = self.meta.lock();
         let mut tables = vec![m.l1.clone()];
         for s in self.snapshots.iter() {
-            if s.l1_size as u64 * 8 > header::MAX_L1_BYTES {
-                return Err(Error::from_errno(libc::EFBIG));
+            if let Err((msg, errno)) = self.validate_snapshot_l1(s.l1_table_offset, s.l1_size) {
+                crate::events::notice(&crate::format::vhdx::error_report(msg));
+                return Err(Error::from_errno(errno));
             }
             let mut raw = vec![0u8; s.l1_size as usize * 8];
             self.file.read_exact_at(&mut raw, s.l1_table_offset)?;

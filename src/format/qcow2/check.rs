@@ -220,9 +220,13 @@ impl Qcow2 {
             let mut size = 0u64;
             for s in &self.snapshots {
                 size += s.entry_bytes;
-                if s.l1_size as u64 * 8 > header::MAX_L1_BYTES || s.l1_table_offset & (cs - 1) != 0
-                {
+                if s.l1_table_offset & (cs - 1) != 0 {
                     (w.log)(&format!("ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted", s.info.id, s.info.name, s.l1_table_offset));
+                    w.res.corruptions += 1;
+                    continue;
+                }
+                if s.l1_size as u64 * 8 > header::MAX_L1_BYTES {
+                    (w.log)(&format!("ERROR snapshot {} ({}) l1_size={:#x}: L1 table is too large; snapshot table entry corrupted", s.info.id, s.info.name, s.l1_size));
                     w.res.corruptions += 1;
                     continue;
                 }

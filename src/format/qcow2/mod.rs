@@ -332,9 +332,8 @@ impl Qcow2 {
         }
         .ok_or_else(|| Error::invalid("Failed to load snapshot: Can't find snapshot"))?;
         let h = self.hdr.lock().clone();
-        if snap.l1_size as u64 * 8 > header::MAX_L1_BYTES {
-            return Err(Error::corrupt("Snapshot L1 table too large"));
-        }
+        self.validate_snapshot_l1(snap.l1_table_offset, snap.l1_size)
+            .map_err(|(m, _)| Error::corrupt(m))?;
         let size = snap.disk_size.unwrap_or(h.size);
         if (snap.l1_size as u64) < size.div_ceil(h.l2_coverage())
             || snap.l1_table_offset % self.cs() != 0
@@ -375,6 +374,23 @@ impl Qcow2 {
             corruption_reported: Default::default(),
             crypto: self.crypto.clone(),
         })
+    }
+
+    /// QEMU's qcow2_validate_table for a snapshot's L1 table: the message
+    /// and the errno its callers report when it fails.
+    pub(super) fn validate_snapshot_l1(
+        &self,
+        off: u64,
+        entries: u32,
+    ) -> std::result::Result<(), (&'static str, i32)> {
+        let bytes = entries as u64 * 8;
+        if bytes > header::MAX_L1_BYTES {
+            return Err(("Snapshot L1 table too large", libc::EFBIG));
+        }
+        if (i64::MAX as u64) - bytes < off || off % self.cs() != 0 {
+            return Err(("Snapshot L1 table offset invalid", libc::EINVAL));
+        }
+        Ok(())
     }
 
     /// The file guest data lives in.

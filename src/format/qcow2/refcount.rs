@@ -208,6 +208,21 @@ impl Refcounts {
     /// Add `delta` to the refcounts of `n` clusters from `start`.
     pub fn add(&mut self, file: &HostFile, start: u64, n: u64, delta: i64) -> Result<()> {
         let max = self.max_refcount();
+        if delta > 0 && n > 0 {
+            // A reference to a cluster no refcount block covers (a corrupt
+            // offset): QEMU fails with EFBIG when the table cannot reach it,
+            // else with the EAGAIN of its block allocation.
+            for rb in self.block_index(start)..=self.block_index(start + n - 1) {
+                if self.block_offset(rb)?.is_none() {
+                    let limit = super::header::MAX_REFTABLE_BYTES / 8;
+                    return Err(Error::from_errno(if rb >= limit {
+                        libc::EFBIG
+                    } else {
+                        libc::EAGAIN
+                    }));
+                }
+            }
+        }
         self.update_range(file, start, n, &|old| {
             let new = if delta >= 0 {
                 old.checked_add(delta as u64)

@@ -18,7 +18,7 @@ use parking_lot::RwLock;
 
 use super::l2::{self, L2Cache, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED};
 use super::snapshot::{self, Snapshot, MAX_EXTRA, MAX_TABLE_BYTES};
-use super::{header, Meta, Qcow2};
+use super::{Meta, Qcow2};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::SnapshotInfo;
 
@@ -170,17 +170,17 @@ impl Qcow2 {
             let h = self.hdr.lock();
             (h.snapshots_offset, h.nb_snapshots, h.size)
         };
-        let file_len = self.file.len()?;
+        // Bytes past the end of the file read as zeros, as QEMU's reads do.
         let mut out = Vec::with_capacity(count as usize);
         let mut pos = offset;
         let bad = || Error::corrupt("Snapshot table too large or truncated");
         for _ in 0..count {
             pos = pos.div_ceil(8) * 8;
-            if pos - offset + 40 > MAX_TABLE_BYTES || pos + 40 > file_len {
+            if pos - offset + 40 > MAX_TABLE_BYTES {
                 return Err(bad());
             }
             let mut h = [0u8; 40];
-            self.file.read_exact_at(&mut h, pos)?;
+            self.file.read_at(&mut h, pos)?;
             let id_len = be16(&h, 12);
             let name_len = be16(&h, 14);
             let extra_len = be32(&h, 36);
@@ -191,11 +191,11 @@ impl Qcow2 {
             }
             let body = extra_len as usize + id_len + name_len;
             let end = pos + 40 + body as u64;
-            if end - offset > MAX_TABLE_BYTES || end > file_len {
+            if end - offset > MAX_TABLE_BYTES {
                 return Err(bad());
             }
             let mut b = vec![0u8; body];
-            self.file.read_exact_at(&mut b, pos + 40)?;
+            self.file.read_at(&mut b, pos + 40)?;
             let extra = &b[..extra_len as usize];
             let field = |o: usize| (extra.len() >= o + 8).then(|| be64(extra, o));
             out.push(Entry {
@@ -265,9 +265,8 @@ impl Qcow2 {
 
     /// Read a snapshot's L1 table, checked against the limits QEMU uses.
     fn read_snapshot_l1(&self, e: &Entry) -> Result<Vec<u64>> {
-        if e.l1_size as u64 * 8 > header::MAX_L1_BYTES {
-            return Err(Error::from_errno(libc::EFBIG));
-        }
+        self.validate_snapshot_l1(e.l1_table_offset, e.l1_size)
+            .map_err(|(m, _)| Error::corrupt(m))?;
         if e.l1_size == 0 {
             return Ok(Vec::new());
         }
@@ -450,6 +449,11 @@ impl Qcow2 {
             .or_else(|| position(&entries, None, Some(which)))
             .ok_or_else(|| Error::from_errno(libc::ENOENT))?;
         let sn = entries[idx].clone();
+        if let Err((m, errno)) = self.validate_snapshot_l1(sn.l1_table_offset, sn.l1_size) {
+            // QEMU reports the reason, then fails with its errno.
+            crate::events::notice(&crate::format::vhdx::error_report(m));
+            return Err(Error::from_errno(errno));
+        }
         let sn_l1 = self.read_snapshot_l1(&sn)?;
         if sn.disk_size != self.virtual_size_now() {
             self.resize_any(sn.disk_size, crate::format::Prealloc::Off)?;
