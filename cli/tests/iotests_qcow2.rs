@@ -897,3 +897,32 @@ fn corrupt_snapshot_tables() {
         }
     }
 }
+
+/// iotest 112: `amend -p -o refcount_bits` reports progress per walk over
+/// the reftable as QEMU does, including the extra walk when the new
+/// reftable needs a refcount block of its own (66.67% back to 50.00%).
+#[test]
+fn amend_refcount_width_progress() {
+    let dir = TempDir::new("iotq-rcprog");
+    let cases = [
+        ("refcount_bits=1,cluster_size=512", "64k", 58u64),
+        ("refcount_bits=1,cluster_size=512", "64k", 50),
+        ("refcount_bits=16,cluster_size=512", "1M", 1000),
+        ("refcount_bits=4,cluster_size=4096", "64M", 30000),
+        ("cluster_size=65536", "64M", 16),
+    ];
+    for (i, (opts, size, sectors)) in cases.into_iter().enumerate() {
+        let prep = move |c: &Path, f: &str| {
+            qemu_img_ok(c, &["create", "-f", "qcow2", "-o", opts, f, size]);
+            io(c, f, &[&format!("write 0 {}", sectors * 512)]);
+        };
+        let sub = dir.path().join(i.to_string());
+        same_outcome_on_copies(
+            &sub,
+            "t.qcow2",
+            prep,
+            &["amend", "-p", "-o", "refcount_bits=64", "t.qcow2"],
+        );
+        same_as_qemu(&sub.join("o"), &["check", "t.qcow2"]);
+    }
+}

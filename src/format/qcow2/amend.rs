@@ -499,9 +499,6 @@ impl Qcow2 {
         }
         for c in 0..scan_end {
             counts.push(m.rc.get(&self.file, c)?);
-            if c % 65536 == 0 && scan_end > 0 {
-                progress(50.0 * c as f64 / scan_end as f64);
-            }
         }
         // The old structures are free once the header points elsewhere.
         let mut free = |off: u64, n: u64| {
@@ -559,6 +556,36 @@ impl Qcow2 {
         if (nt << cb) > header::MAX_REFTABLE_BYTES {
             return Err(Error::from_errno(libc::EFBIG));
         }
+        // QEMU walks twice (the second walk sees the new reftable), and once
+        // more when the reftable needs a refcount block nothing else needs.
+        let refblocks_only = {
+            // The same fixed point without the reftable.
+            let mut n = 0usize;
+            loop {
+                let mut bl = base_blocks.clone();
+                for c in start..start + n as u64 {
+                    let bi = c >> epb_shift;
+                    if !bl.contains(&bi) {
+                        bl.push(bi);
+                    }
+                }
+                if bl.len() == n {
+                    break n;
+                }
+                n = bl.len();
+            }
+        };
+        let walks = if blocks.len() > refblocks_only { 3 } else { 2 };
+        let rts = old_table.1 * cs / 8;
+        let walk = |progress: &mut dyn FnMut(f64), w: u64, total: u64| {
+            for i in 0..rts {
+                progress(100.0 * (w * rts + i) as f64 / (total * rts) as f64);
+            }
+            progress(100.0 * (w + 1) as f64 / total as f64);
+        };
+        for w in 0..walks {
+            walk(progress, w, (w + 2).max(3));
+        }
         let end = start + nb + nt;
         counts.resize(end as usize, 0);
         for v in &mut counts[start as usize..end as usize] {
@@ -578,7 +605,6 @@ impl Qcow2 {
             let off = (start + k as u64) << cb;
             self.file.write_at(&block, off)?;
             table[bi as usize * 8..bi as usize * 8 + 8].copy_from_slice(&off.to_be_bytes());
-            progress(50.0 + 45.0 * (k + 1) as f64 / blocks.len() as f64);
         }
         let table_off = (start + nb) << cb;
         self.file.write_at(&table, table_off)?;
@@ -591,7 +617,7 @@ impl Qcow2 {
         m.rc = Refcounts::load(&self.file, cb, order, table_off, nt as u32)?;
         m.l2 = L2Cache::new(cs);
         m.comp_cursor = 0;
-        progress(100.0);
+        walk(progress, walks, walks + 1);
         Ok(())
     }
 

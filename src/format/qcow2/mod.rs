@@ -387,7 +387,7 @@ impl Qcow2 {
         if bytes > header::MAX_L1_BYTES {
             return Err(("Snapshot L1 table too large", libc::EFBIG));
         }
-        if (i64::MAX as u64) - bytes < off || off % self.cs() != 0 {
+        if (i64::MAX as u64) - bytes < off || !off.is_multiple_of(self.cs()) {
             return Err(("Snapshot L1 table offset invalid", libc::EINVAL));
         }
         Ok(())
