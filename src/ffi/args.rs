@@ -54,10 +54,15 @@ pub(crate) unsafe fn arg_out<T: Copy>(p: *mut T, what: &str) -> Result<Out<T>> {
 ///
 /// # Safety
 /// Implementors are `#[repr(C)]`, start with a `u32` size field, and every
-/// bit pattern of their fields is a valid value (integers and raw pointers).
+/// bit pattern of their fields is a valid value (integers and raw pointers);
+/// fields added after the first release have all-zero bytes as their
+/// default, so a struct from an older caller can be extended with zeros.
 pub(crate) unsafe trait SizedOptions: Copy {
     /// Type name for messages.
     const NAME: &'static str;
+    /// The struct's size in the first release that had it: callers built
+    /// against that header pass this `struct_size`.
+    const MIN_SIZE: usize = std::mem::size_of::<Self>();
 }
 
 /// Larger than any options struct will ever be; a `struct_size` above this
@@ -66,8 +71,11 @@ const MAX_STRUCT_SIZE: usize = 4096;
 
 /// Copy a caller's options struct after checking `struct_size`.
 ///
-/// - smaller than this library's struct: `IMGTOOL_EINVAL` (not initialised
-///   with `_init`, or built against a header older than any released one);
+/// - the size of the struct's first release (`MIN_SIZE`, a caller built
+///   against an older header): the fields it knows are used, later ones
+///   are zero (their defaults);
+/// - any other size below ours: `IMGTOOL_EINVAL` (not initialised with
+///   `_init`);
 /// - larger (a caller built against a newer header): accepted when every
 ///   byte beyond the fields this library knows is zero, so an unknown option
 ///   is never silently ignored (`IMGTOOL_ENOTSUP` otherwise).
@@ -82,7 +90,9 @@ pub(crate) unsafe fn read_options<T: SizedOptions>(p: *const T, what: &str) -> R
     // SAFETY: non-null and, per SizedOptions, starts with an aligned u32.
     let given = unsafe { std::ptr::read(p.cast::<u32>()) } as usize;
     let fname = what.split_once(": ").map_or(what, |(f, _)| f);
-    if given < ours {
+    // Below our size only the first release's size is a real caller; any
+    // other value would cut a field in two.
+    if given < ours && given != T::MIN_SIZE {
         return Err(Error::invalid(format!(
             "{fname}: {}.struct_size is {given}, expected at least {ours}; initialise the struct with {}_init()",
             T::NAME,
@@ -95,6 +105,17 @@ pub(crate) unsafe fn read_options<T: SizedOptions>(p: *const T, what: &str) -> R
             T::NAME,
             T::NAME
         )));
+    }
+    if given < ours {
+        let mut v = std::mem::MaybeUninit::<T>::zeroed();
+        // SAFETY: the caller promises `given` readable bytes at p; the
+        // destination has size_of::<T>() > given bytes; they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p.cast::<u8>(), v.as_mut_ptr().cast::<u8>(), given)
+        };
+        // SAFETY: every byte is initialised (zeroed, then partly copied) and
+        // any bit pattern is a valid T (SizedOptions).
+        return Ok(unsafe { v.assume_init() });
     }
     if given > ours {
         // SAFETY: the caller promises struct_size readable bytes at p.

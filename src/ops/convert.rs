@@ -41,6 +41,8 @@ pub struct ConvertOptions {
     pub force_share: bool,
     /// `-l`: read this internal snapshot of the (single) source.
     pub snapshot: Option<String>,
+    /// Secret id unlocking the sources' top images when encrypted.
+    pub source_key_secret: Option<String>,
     /// Secret id unlocking an existing encrypted target (`-n`); a created
     /// one uses `encrypt.key-secret` from `out_options`.
     pub target_key_secret: Option<String>,
@@ -66,6 +68,7 @@ impl Default for ConvertOptions {
             source_cache: CacheMode::Writeback,
             force_share: false,
             snapshot: None,
+            source_key_secret: None,
             target_key_secret: None,
             keep_on_error: false,
         }
@@ -89,6 +92,7 @@ pub fn open_sources(srcs: &[String], opts: &ConvertOptions) -> Result<Vec<Image>
         cache: opts.source_cache,
         force_share: opts.force_share,
         snapshot: opts.snapshot.clone(),
+        key_secret: opts.source_key_secret.clone(),
         ..OpenOptions::default()
     };
     if opts.snapshot.is_some() && srcs.len() > 1 {
