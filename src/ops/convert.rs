@@ -6,7 +6,7 @@ use std::sync::mpsc;
 use crate::error::{Error, Result};
 use crate::format::{self, CreateOptions};
 use crate::image::{Image, OpenOptions};
-use crate::io::CacheMode;
+use crate::io::{AlignedBuf, CacheMode};
 use crate::ops::create::{self, CreateRequest};
 
 /// Options of `qemu-img convert`.
@@ -184,22 +184,23 @@ enum Op {
 
 /// A planned chunk: its data buffer (recycled) and the ops over it.
 struct Plan {
-    buf: Vec<u8>,
+    buf: AlignedBuf,
     ops: Vec<Op>,
 }
 
 /// Chunk buffers are recycled: a fresh 2 MiB allocation per chunk costs
 /// page faults and zeroing, which showed up as sys time against qemu-img.
+/// They are page-aligned (see [`AlignedBuf`]).
 #[derive(Default)]
-struct BufPool(parking_lot::Mutex<Vec<Vec<u8>>>);
+struct BufPool(parking_lot::Mutex<Vec<AlignedBuf>>);
 
 impl BufPool {
-    fn get(&self, len: usize) -> Vec<u8> {
+    fn get(&self, len: usize) -> AlignedBuf {
         let mut b = self.0.lock().pop().unwrap_or_default();
-        b.resize(len, 0);
+        b.resize(len);
         b
     }
-    fn put(&self, b: Vec<u8>) {
+    fn put(&self, b: AlignedBuf) {
         self.0.lock().push(b);
     }
 }
@@ -459,7 +460,7 @@ fn read_error(e: Error, off: u64) -> Error {
 /// Compressed copy of one chunk: block status first (so holes cost
 /// nothing, however large the image), then each cluster holding data is
 /// compressed on this worker thread.
-fn plan_compressed(ctx: &Ctx<'_>, start: u64, mut buf: Vec<u8>, cs: u64) -> Result<Plan> {
+fn plan_compressed(ctx: &Ctx<'_>, start: u64, mut buf: AlignedBuf, cs: u64) -> Result<Plan> {
     let len = buf.len() as u64;
     let nclusters = len.div_ceil(cs) as usize;
     let mut has_data = vec![false; nclusters];
