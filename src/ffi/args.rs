@@ -2,7 +2,7 @@
 //! versioned options structs. Every message names the function and the
 //! argument, e.g. `imgtool_open: 'out' must not be NULL`.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 
 use crate::error::{Error, Result};
 
@@ -131,6 +131,56 @@ pub(crate) unsafe fn read_options<T: SizedOptions>(p: *const T, what: &str) -> R
     // SAFETY: at least size_of::<T>() readable bytes, aligned for T (it is a
     // T pointer from C), and any bit pattern is a valid T (SizedOptions).
     Ok(unsafe { std::ptr::read(p) })
+}
+
+/// Check a `(buf, len)` pair from C: NULL is allowed only with `len` 0, and
+/// no object is larger than `isize::MAX` (from_raw_parts would be UB).
+/// `what` is "function: buf".
+fn check_buffer(buf: *const c_void, len: usize, what: &str) -> Result<bool> {
+    if len == 0 {
+        return Ok(false);
+    }
+    if buf.is_null() {
+        return Err(null_error(what));
+    }
+    if len > isize::MAX as usize {
+        let fname = what.split_once(": ").map_or(what, |(f, _)| f);
+        return Err(Error::invalid(format!(
+            "{fname}: 'len' is larger than any buffer can be"
+        )));
+    }
+    Ok(true)
+}
+
+/// A caller's input buffer of `len` bytes.
+///
+/// # Safety
+/// `buf` is NULL or readable for `len` bytes during `'a`.
+pub(crate) unsafe fn arg_bytes<'a>(buf: *const c_void, len: usize, what: &str) -> Result<&'a [u8]> {
+    if !check_buffer(buf, len, what)? {
+        return Ok(&[]);
+    }
+    // SAFETY: non-null, readable for len <= isize::MAX bytes per the
+    // contract; u8 has no alignment or validity requirement.
+    Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
+}
+
+/// A caller's output buffer of `len` bytes.
+///
+/// # Safety
+/// `buf` is NULL or writable for `len` bytes during `'a`, and nothing else
+/// accesses it meanwhile.
+pub(crate) unsafe fn arg_bytes_mut<'a>(
+    buf: *mut c_void,
+    len: usize,
+    what: &str,
+) -> Result<&'a mut [u8]> {
+    if !check_buffer(buf, len, what)? {
+        return Ok(&mut []);
+    }
+    // SAFETY: non-null, writable and unaliased for len <= isize::MAX bytes
+    // per the contract; u8 has no alignment or validity requirement.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) })
 }
 
 /// Reject flag bits this version does not define.

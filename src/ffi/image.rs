@@ -259,21 +259,9 @@ pub unsafe extern "C" fn imgtool_read(
     guard(move || {
         // SAFETY: img is a live handle per the contract.
         let img = unsafe { handle(img, "imgtool_read: img") }?;
-        let b: &mut [u8] = if len == 0 {
-            &mut []
-        } else if buf.is_null() {
-            return Err(super::args::null_error("imgtool_read: buf"));
-        } else if len > isize::MAX as usize {
-            // No object is that large; from_raw_parts would be UB.
-            return Err(Error::invalid(
-                "imgtool_read: 'len' is larger than any buffer can be",
-            ));
-        } else {
-            // SAFETY: non-null, writable for len bytes per the contract; u8
-            // has no alignment or validity requirement. The slice lives
-            // only for this call.
-            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
-        };
+        // SAFETY: buf is NULL or writable for len bytes per the contract;
+        // the slice lives only for this call.
+        let b = unsafe { super::args::arg_bytes_mut(buf, len, "imgtool_read: buf") }?;
         img.read_at(b, offset)
     })
 }
@@ -303,19 +291,8 @@ pub unsafe extern "C" fn imgtool_write(
     guard(move || {
         // SAFETY: img is a live handle per the contract.
         let img = unsafe { handle(img, "imgtool_write: img") }?;
-        let b: &[u8] = if len == 0 {
-            &[]
-        } else if buf.is_null() {
-            return Err(super::args::null_error("imgtool_write: buf"));
-        } else if len > isize::MAX as usize {
-            // No object is that large; from_raw_parts would be UB.
-            return Err(Error::invalid(
-                "imgtool_write: 'len' is larger than any buffer can be",
-            ));
-        } else {
-            // SAFETY: non-null, readable for len bytes per the contract.
-            unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
-        };
+        // SAFETY: buf is NULL or readable for len bytes per the contract.
+        let b = unsafe { super::args::arg_bytes(buf, len, "imgtool_write: buf") }?;
         super::args::check_writable(img)?;
         img.write_at(b, offset)
     })

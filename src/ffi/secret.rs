@@ -36,18 +36,8 @@ pub unsafe extern "C" fn imgtool_secret_set(
         if id.is_empty() {
             return Err(Error::invalid("imgtool_secret_set: 'id' is empty"));
         }
-        let bytes: &[u8] = if len == 0 {
-            &[]
-        } else if data.is_null() {
-            return Err(super::args::null_error("imgtool_secret_set: data"));
-        } else if len > isize::MAX as usize {
-            return Err(Error::invalid(
-                "imgtool_secret_set: 'len' is larger than any buffer can be",
-            ));
-        } else {
-            // SAFETY: data is readable for len bytes per the contract.
-            unsafe { std::slice::from_raw_parts(data.cast::<u8>(), len) }
-        };
+        // SAFETY: data is NULL or readable for len bytes per the contract.
+        let bytes = unsafe { super::args::arg_bytes(data, len, "imgtool_secret_set: data") }?;
         crate::crypto::secret::add(id, bytes);
         Ok(())
     })
