@@ -449,6 +449,52 @@ if "$QEMU_IMG" convert -O raw "$work/src.raw" "$work/src.qcow2" "$work/cat-oracl
     fi
 fi
 
+# --- encrypted images: secrets by id ---------------------------------------------
+# A LUKS qcow2 and an AES qcow2 made by qemu-img with data written by qemu-io;
+# imgsecret reads them with imgtool_secret_set + key_secret, converts one into
+# a new LUKS qcow2 and writes into it; qemu-img (given the same secret) judges.
+enc=$work/enc && mkdir -p "$enc"
+sec=(--object secret,id=sec0,data=s3cr3t)
+encimg() { # NAME OPTIONS
+    "$QEMU_IMG" create "${sec[@]}" -q -f qcow2 -o "$2" "$enc/$1.qcow2" 4M &&
+        "$QEMU_IO" "${sec[@]}" --image-opts -c 'write -P 0x6b 64k 192k' -c 'write -P 0x11 3M 4k' \
+            "driver=qcow2,file.filename=$enc/$1.qcow2,encrypt.key-secret=sec0" >/dev/null
+}
+if encimg luks encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10 2>"$log" &&
+    encimg aes encrypt.format=aes,encrypt.key-secret=sec0 2>>"$log"; then
+    for e in luks aes; do
+        img=$enc/$e.qcow2
+        "$QEMU_IMG" convert "${sec[@]}" --image-opts -O raw \
+            "driver=qcow2,file.filename=$img,encrypt.key-secret=sec0" "$enc/$e-oracle.raw"
+        if run "imgsecret read $e.qcow2 (key_secret; an older struct_size cannot unlock it)" \
+            "$BIN/imgsecret" read s3cr3t "$img" "$enc/$e.raw"; then
+            run "imgsecret read $e.qcow2 equals qemu-img convert" cmp "$enc/$e.raw" "$enc/$e-oracle.raw"
+        fi
+    done
+    # LUKS checks the password; legacy AES cannot (any key decrypts, to garbage).
+    run_rc "imgsecret read luks.qcow2 with a wrong password fails" 1 \
+        "$BIN/imgsecret" read wrong "$enc/luks.qcow2" "$enc/luks-wrong.raw"
+    run "imgsecret nosecret luks.qcow2 fails to read" "$BIN/imgsecret" nosecret "$enc/luks.qcow2"
+    if run "imgsecret convert luks.qcow2 -> new LUKS qcow2" \
+        "$BIN/imgsecret" convert s3cr3t "$enc/luks.qcow2" "$enc/conv.qcow2"; then
+        run "qemu-img info conv.qcow2 says LUKS" grep -q '"format": "luks"' \
+            <("$QEMU_IMG" info --output=json "$enc/conv.qcow2")
+        run "qemu-img check conv.qcow2" "$QEMU_IMG" check -q "${sec[@]}" --image-opts \
+            "driver=qcow2,file.filename=$enc/conv.qcow2,encrypt.key-secret=sec0"
+        run "qemu-img compare conv.qcow2 with its source" "$QEMU_IMG" compare -q "${sec[@]}" \
+            --image-opts "driver=qcow2,file.filename=$enc/luks.qcow2,encrypt.key-secret=sec0" \
+            "driver=qcow2,file.filename=$enc/conv.qcow2,encrypt.key-secret=sec0"
+        if run "imgsecret write 64k at 1M into conv.qcow2" \
+            "$BIN/imgsecret" write s3cr3t "$enc/conv.qcow2" 1048576; then
+            run "qemu-io reads the write back" "$QEMU_IO" "${sec[@]}" --image-opts \
+                -c 'read -P 0x5a 1M 64k' -c 'read -P 0x6b 64k 192k' \
+                "driver=qcow2,file.filename=$enc/conv.qcow2,encrypt.key-secret=sec0"
+        fi
+    fi
+else
+    fail "qemu-img create of encrypted qcow2 images"
+fi
+
 # --- static linking -------------------------------------------------------------
 if run "imgrw linked statically (raw)" "$BIN/imgrw-static" -f raw -n 50 \
     "$work/src.raw" "$work/static.raw" "$work/static.shadow"; then
@@ -483,6 +529,8 @@ if ((${#vg[@]})); then
     run_rc "valgrind imgcheck --json leaked qcow2" 3 "${vg[@]}" "$BIN/imgcheck" --json \
         "$work/vgchk.qcow2"
     run "valgrind imgcheck -r leaks" "${vg[@]}" "$BIN/imgcheck" -r leaks "$work/vgchk.qcow2"
+    [[ -e $enc/luks.qcow2 ]] && run "valgrind imgsecret read luks.qcow2" "${vg[@]}" \
+        "$BIN/imgsecret" read s3cr3t "$enc/luks.qcow2" "$enc/vg.raw"
 else
     echo "(valgrind not used: VALGRIND=$VALGRIND, installed: $(command -v valgrind || echo no))"
 fi
@@ -526,6 +574,8 @@ if [[ -n $ASAN_BIN ]]; then
     cp "$work/chk-orig.qcow2" "$work/asanchk.qcow2"
     run_rc "asan imgcheck --json leaked qcow2" 3 "$ASAN_BIN/imgcheck" --json "$work/asanchk.qcow2"
     run "asan imgcheck -r leaks" "$ASAN_BIN/imgcheck" -r leaks "$work/asanchk.qcow2"
+    [[ -e $enc/luks.qcow2 ]] && run "asan imgsecret read luks.qcow2" \
+        "$ASAN_BIN/imgsecret" read s3cr3t "$enc/luks.qcow2" "$enc/asan.raw"
     unset ASAN_OPTIONS UBSAN_OPTIONS LSAN_OPTIONS
 else
     echo "(AddressSanitizer builds not used: SANITIZE=no or $CC cannot build them)"

@@ -28,6 +28,10 @@ type OpenOptions struct {
 	// "snapshot.id=ID" / "snapshot.name=NAME") read-only instead of the
 	// current state, as qemu-img's -l.
 	Snapshot string
+	// KeySecret is the id of a secret (see SetSecret) unlocking an
+	// encrypted image, as qemu-img's encrypt.key-secret=ID. Without it an
+	// encrypted image opens for its metadata only.
+	KeySecret string
 }
 
 // Image is an open disk image with its backing chain. It is safe for
@@ -69,6 +73,7 @@ func Open(path string, opts *OpenOptions) (*Image, error) {
 	o.format = cs.str(opts.Format)
 	o.cache = cs.str(opts.Cache)
 	o.snapshot = cs.str(opts.Snapshot)
+	o.key_secret = cs.str(opts.KeySecret)
 	cpath := cs.str(path)
 	if cpath == nil {
 		return nil, errorf("imgtool_open", CodeInvalid, "imgtool: empty path")

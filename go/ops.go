@@ -32,6 +32,11 @@ type ConvertOptions struct {
 	SparseSize int64
 	Workers    int    // -m, 1..16; 0 = the default (8)
 	Snapshot   string // -l: convert this internal snapshot (ID or name) of the single source
+	// Secret ids (see SetSecret): SourceKeySecret unlocks encrypted
+	// sources; TargetKeySecret an existing encrypted target (NoCreate). A
+	// created target takes its secret from Options["encrypt.key-secret"].
+	SourceKeySecret string
+	TargetKeySecret string
 }
 
 // Convert copies the sources, concatenated, into a new image dst, as
@@ -66,6 +71,8 @@ func Convert(ctx context.Context, srcs []string, dst string, opts ConvertOptions
 	o.target_cache = cs.str(opts.TargetCache)
 	o.source_cache = cs.str(opts.SourceCache)
 	o.snapshot = cs.str(opts.Snapshot)
+	o.source_key_secret = cs.str(opts.SourceKeySecret)
+	o.target_key_secret = cs.str(opts.TargetKeySecret)
 	if opts.Compress {
 		o.flags |= C.IMGTOOL_CONVERT_COMPRESS
 	}
@@ -157,6 +164,9 @@ type CheckOptions struct {
 	// Log, when set, gets each finding as qemu-img prints it on stderr
 	// (e.g. "Leaked cluster 10 refcount=1 reference=0").
 	Log func(line string)
+	// KeySecret is the id of a secret (see SetSecret) unlocking an
+	// encrypted image.
+	KeySecret string
 }
 
 // CheckReport is the outcome of Check: QAPI ImageCheck as
@@ -200,6 +210,7 @@ func Check(path string, opts CheckOptions) (CheckReport, error) {
 	}
 	o.format = cs.str(opts.Format)
 	o.cache = cs.str(opts.Cache)
+	o.key_secret = cs.str(opts.KeySecret)
 	o.repair = C.uint32_t(opts.Repair)
 	if opts.ForceShare {
 		o.flags |= C.IMGTOOL_CHECK_FORCE_SHARE

@@ -318,6 +318,14 @@ typedef struct imgtool_open_options {
      * state. Not with `IMGTOOL_OPEN_WRITABLE`.
      */
     const char *snapshot;
+    /**
+     * Id of the secret (see `imgtool_secret_set`) unlocking an encrypted
+     * image (qcow2 LUKS or AES, qcow AES, luks), as qemu-img's
+     * `encrypt.key-secret=ID`; NULL or "" for none. Without it an encrypted
+     * image opens for metadata only: reads and writes fail. Added after the
+     * first release: a struct from an older header ends before it (NULL).
+     */
+    const char *key_secret;
 } imgtool_open_options;
 
 /**
@@ -636,6 +644,19 @@ typedef struct imgtool_convert_options {
      * current state.
      */
     const char *snapshot;
+    /**
+     * Id of the secret (`imgtool_secret_set`) unlocking encrypted sources
+     * (the top image of each); NULL or "" for none. Added after the first
+     * release, as is `target_key_secret`: a struct from an older header
+     * ends before them (NULL).
+     */
+    const char *source_key_secret;
+    /**
+     * Id of the secret unlocking an existing encrypted target
+     * (`IMGTOOL_CONVERT_NO_CREATE`). A created target takes its secret
+     * from `options` ("encrypt.key-secret=ID"). NULL or "" for none.
+     */
+    const char *target_key_secret;
 } imgtool_convert_options;
 
 /**
@@ -695,6 +716,12 @@ typedef struct imgtool_check_options {
      * Passed to `log` unchanged.
      */
     void *log_user;
+    /**
+     * Id of the secret (`imgtool_secret_set`) unlocking an encrypted
+     * image; NULL or "" for none. Added after the first release: a struct
+     * from an older header ends before it (NULL).
+     */
+    const char *key_secret;
 } imgtool_check_options;
 
 /**
@@ -1184,6 +1211,39 @@ int imgtool_block_status(struct imgtool_image *img,
                          uint64_t offset,
                          uint64_t bytes,
                          struct imgtool_extent *out);
+
+/**
+ * Define secret `id` as the `len` bytes at `data` (a passphrase: it ends
+ * at its first NUL byte, as in QEMU), replacing any secret of that id. The
+ * library keeps its own copy, wiped when replaced or removed; the caller
+ * may clear its buffer after the call.
+ *
+ * Secrets are process-wide: an options struct's `key_secret` (or
+ * `encrypt.key-secret=ID` in creation options) refers to one by id.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL or empty `id`, NULL `data` with `len`
+ * non-zero).
+ *
+ * Thread safety: any thread.
+ *
+ * # Safety
+ * `id` is NULL or a NUL-terminated string; `data` is NULL or readable for
+ * `len` bytes.
+ */
+int imgtool_secret_set(const char *id, const void *data, size_t len);
+
+/**
+ * Forget secret `id` (its copy is wiped). Images already opened with it
+ * stay usable.
+ *
+ * Errors: `IMGTOOL_EINVAL` (NULL `id`), `IMGTOOL_ENOENT` (no such secret).
+ *
+ * Thread safety: any thread.
+ *
+ * # Safety
+ * `id` is NULL or a NUL-terminated string.
+ */
+int imgtool_secret_remove(const char *id);
 
 /**
  * Make `len` guest bytes at `offset` read as zeros, without passing a

@@ -388,6 +388,8 @@ fn convert(
         source_cache: src_cache,
         force_share: a.force_share,
         snapshot: a.snapshot.as_ref().map(|(_, p)| p.clone()),
+        // The sources are opened above, each with its own secret.
+        source_key_secret: None,
         target_key_secret: target_spec.key_secret.clone(),
         // qemu-img leaves a target it failed to fill (a vmdk's extent
         // files included).

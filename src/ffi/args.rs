@@ -2,7 +2,7 @@
 //! versioned options structs. Every message names the function and the
 //! argument, e.g. `imgtool_open: 'out' must not be NULL`.
 
-use std::ffi::c_char;
+use std::ffi::{c_char, c_void};
 
 use crate::error::{Error, Result};
 
@@ -54,10 +54,15 @@ pub(crate) unsafe fn arg_out<T: Copy>(p: *mut T, what: &str) -> Result<Out<T>> {
 ///
 /// # Safety
 /// Implementors are `#[repr(C)]`, start with a `u32` size field, and every
-/// bit pattern of their fields is a valid value (integers and raw pointers).
+/// bit pattern of their fields is a valid value (integers and raw pointers);
+/// fields added after the first release have all-zero bytes as their
+/// default, so a struct from an older caller can be extended with zeros.
 pub(crate) unsafe trait SizedOptions: Copy {
     /// Type name for messages.
     const NAME: &'static str;
+    /// The struct's size in the first release that had it: callers built
+    /// against that header pass this `struct_size`.
+    const MIN_SIZE: usize = std::mem::size_of::<Self>();
 }
 
 /// Larger than any options struct will ever be; a `struct_size` above this
@@ -66,8 +71,11 @@ const MAX_STRUCT_SIZE: usize = 4096;
 
 /// Copy a caller's options struct after checking `struct_size`.
 ///
-/// - smaller than this library's struct: `IMGTOOL_EINVAL` (not initialised
-///   with `_init`, or built against a header older than any released one);
+/// - the size of the struct's first release (`MIN_SIZE`, a caller built
+///   against an older header): the fields it knows are used, later ones
+///   are zero (their defaults);
+/// - any other size below ours: `IMGTOOL_EINVAL` (not initialised with
+///   `_init`);
 /// - larger (a caller built against a newer header): accepted when every
 ///   byte beyond the fields this library knows is zero, so an unknown option
 ///   is never silently ignored (`IMGTOOL_ENOTSUP` otherwise).
@@ -82,7 +90,9 @@ pub(crate) unsafe fn read_options<T: SizedOptions>(p: *const T, what: &str) -> R
     // SAFETY: non-null and, per SizedOptions, starts with an aligned u32.
     let given = unsafe { std::ptr::read(p.cast::<u32>()) } as usize;
     let fname = what.split_once(": ").map_or(what, |(f, _)| f);
-    if given < ours {
+    // Below our size only the first release's size is a real caller; any
+    // other value would cut a field in two.
+    if given < ours && given != T::MIN_SIZE {
         return Err(Error::invalid(format!(
             "{fname}: {}.struct_size is {given}, expected at least {ours}; initialise the struct with {}_init()",
             T::NAME,
@@ -95,6 +105,17 @@ pub(crate) unsafe fn read_options<T: SizedOptions>(p: *const T, what: &str) -> R
             T::NAME,
             T::NAME
         )));
+    }
+    if given < ours {
+        let mut v = std::mem::MaybeUninit::<T>::zeroed();
+        // SAFETY: the caller promises `given` readable bytes at p; the
+        // destination has size_of::<T>() > given bytes; they do not overlap.
+        unsafe {
+            std::ptr::copy_nonoverlapping(p.cast::<u8>(), v.as_mut_ptr().cast::<u8>(), given)
+        };
+        // SAFETY: every byte is initialised (zeroed, then partly copied) and
+        // any bit pattern is a valid T (SizedOptions).
+        return Ok(unsafe { v.assume_init() });
     }
     if given > ours {
         // SAFETY: the caller promises struct_size readable bytes at p.
@@ -110,6 +131,56 @@ pub(crate) unsafe fn read_options<T: SizedOptions>(p: *const T, what: &str) -> R
     // SAFETY: at least size_of::<T>() readable bytes, aligned for T (it is a
     // T pointer from C), and any bit pattern is a valid T (SizedOptions).
     Ok(unsafe { std::ptr::read(p) })
+}
+
+/// Check a `(buf, len)` pair from C: NULL is allowed only with `len` 0, and
+/// no object is larger than `isize::MAX` (from_raw_parts would be UB).
+/// `what` is "function: buf".
+fn check_buffer(buf: *const c_void, len: usize, what: &str) -> Result<bool> {
+    if len == 0 {
+        return Ok(false);
+    }
+    if buf.is_null() {
+        return Err(null_error(what));
+    }
+    if len > isize::MAX as usize {
+        let fname = what.split_once(": ").map_or(what, |(f, _)| f);
+        return Err(Error::invalid(format!(
+            "{fname}: 'len' is larger than any buffer can be"
+        )));
+    }
+    Ok(true)
+}
+
+/// A caller's input buffer of `len` bytes.
+///
+/// # Safety
+/// `buf` is NULL or readable for `len` bytes during `'a`.
+pub(crate) unsafe fn arg_bytes<'a>(buf: *const c_void, len: usize, what: &str) -> Result<&'a [u8]> {
+    if !check_buffer(buf, len, what)? {
+        return Ok(&[]);
+    }
+    // SAFETY: non-null, readable for len <= isize::MAX bytes per the
+    // contract; u8 has no alignment or validity requirement.
+    Ok(unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) })
+}
+
+/// A caller's output buffer of `len` bytes.
+///
+/// # Safety
+/// `buf` is NULL or writable for `len` bytes during `'a`, and nothing else
+/// accesses it meanwhile.
+pub(crate) unsafe fn arg_bytes_mut<'a>(
+    buf: *mut c_void,
+    len: usize,
+    what: &str,
+) -> Result<&'a mut [u8]> {
+    if !check_buffer(buf, len, what)? {
+        return Ok(&mut []);
+    }
+    // SAFETY: non-null, writable and unaliased for len <= isize::MAX bytes
+    // per the contract; u8 has no alignment or validity requirement.
+    Ok(unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) })
 }
 
 /// Reject flag bits this version does not define.

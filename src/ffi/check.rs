@@ -57,6 +57,10 @@ pub struct imgtool_check_options {
     pub log: imgtool_log_fn,
     /// Passed to `log` unchanged.
     pub log_user: *mut c_void,
+    /// Id of the secret (`imgtool_secret_set`) unlocking an encrypted
+    /// image; NULL or "" for none. Added after the first release: a struct
+    /// from an older header ends before it (NULL).
+    pub key_secret: *const c_char,
 }
 
 // SAFETY: repr(C), starts with u32 struct_size, fields are integers, raw
@@ -64,6 +68,7 @@ pub struct imgtool_check_options {
 // C can only store NULL or a function there).
 unsafe impl SizedOptions for imgtool_check_options {
     const NAME: &'static str = "imgtool_check_options";
+    const MIN_SIZE: usize = std::mem::offset_of!(imgtool_check_options, key_secret);
 }
 
 /// Fill `opts` with defaults (check only, probe the format, writeback
@@ -87,6 +92,7 @@ pub unsafe extern "C" fn imgtool_check_options_init(opts: *mut imgtool_check_opt
             cache: std::ptr::null(),
             log: None,
             log_user: std::ptr::null_mut(),
+            key_secret: std::ptr::null(),
         });
         Ok(())
     })
@@ -236,12 +242,14 @@ pub unsafe extern "C" fn imgtool_check(
         let format = unsafe { opt_nonempty(o.format, "imgtool_check: opts->format") }?;
         // SAFETY: as for format.
         let cache = unsafe { opt_nonempty(o.cache, "imgtool_check: opts->cache") }?;
+        // SAFETY: as for format.
+        let key_secret = unsafe { opt_nonempty(o.key_secret, "imgtool_check: opts->key_secret") }?;
         let co = CheckOptions {
             format: format.map(str::to_string),
             repair,
             force_share: o.flags & IMGTOOL_CHECK_FORCE_SHARE != 0,
             cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
-            key_secret: None,
+            key_secret: key_secret.map(str::to_string),
             data_file: None,
         };
         let mut progress = progress.map(|f| Callback::new(f, user));

@@ -78,12 +78,22 @@ pub struct imgtool_convert_options {
     /// "snapshot.name=NAME". Only with a single source. NULL or "" for the
     /// current state.
     pub snapshot: *const c_char,
+    /// Id of the secret (`imgtool_secret_set`) unlocking encrypted sources
+    /// (the top image of each); NULL or "" for none. Added after the first
+    /// release, as is `target_key_secret`: a struct from an older header
+    /// ends before them (NULL).
+    pub source_key_secret: *const c_char,
+    /// Id of the secret unlocking an existing encrypted target
+    /// (`IMGTOOL_CONVERT_NO_CREATE`). A created target takes its secret
+    /// from `options` ("encrypt.key-secret=ID"). NULL or "" for none.
+    pub target_key_secret: *const c_char,
 }
 
 // SAFETY: repr(C), starts with u32 struct_size, fields are integers and raw
 // pointers (any bit pattern is valid).
 unsafe impl SizedOptions for imgtool_convert_options {
     const NAME: &'static str = "imgtool_convert_options";
+    const MIN_SIZE: usize = std::mem::offset_of!(imgtool_convert_options, source_key_secret);
 }
 
 impl imgtool_convert_options {
@@ -102,6 +112,8 @@ impl imgtool_convert_options {
             sparse_size: d.sparse_size,
             num_workers: u32::try_from(d.num_workers).unwrap_or(8),
             snapshot: std::ptr::null(),
+            source_key_secret: std::ptr::null(),
+            target_key_secret: std::ptr::null(),
         }
     }
 }
@@ -215,6 +227,20 @@ pub unsafe extern "C" fn imgtool_convert(
             unsafe { opt_nonempty(o.source_cache, "imgtool_convert: opts->source_cache") }?;
         // SAFETY: as for src_format.
         let snapshot = unsafe { opt_nonempty(o.snapshot, "imgtool_convert: opts->snapshot") }?;
+        // SAFETY: as for src_format.
+        let source_key_secret = unsafe {
+            opt_nonempty(
+                o.source_key_secret,
+                "imgtool_convert: opts->source_key_secret",
+            )
+        }?;
+        // SAFETY: as for src_format.
+        let target_key_secret = unsafe {
+            opt_nonempty(
+                o.target_key_secret,
+                "imgtool_convert: opts->target_key_secret",
+            )
+        }?;
         let d = ConvertOptions::default();
         let co = ConvertOptions {
             src_format: src_format.map(str::to_string),
@@ -231,7 +257,8 @@ pub unsafe extern "C" fn imgtool_convert(
             source_cache: source_cache.map_or(Ok(d.source_cache), CacheMode::parse)?,
             force_share: o.flags & IMGTOOL_CONVERT_FORCE_SHARE != 0,
             snapshot: snapshot.map(str::to_string),
-            target_key_secret: None,
+            source_key_secret: source_key_secret.map(str::to_string),
+            target_key_secret: target_key_secret.map(str::to_string),
             keep_on_error: false,
         };
         match progress {

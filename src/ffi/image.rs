@@ -94,12 +94,19 @@ pub struct imgtool_open_options {
     /// "snapshot.id=ID" / "snapshot.name=NAME". NULL or "" for the current
     /// state. Not with `IMGTOOL_OPEN_WRITABLE`.
     pub snapshot: *const c_char,
+    /// Id of the secret (see `imgtool_secret_set`) unlocking an encrypted
+    /// image (qcow2 LUKS or AES, qcow AES, luks), as qemu-img's
+    /// `encrypt.key-secret=ID`; NULL or "" for none. Without it an encrypted
+    /// image opens for metadata only: reads and writes fail. Added after the
+    /// first release: a struct from an older header ends before it (NULL).
+    pub key_secret: *const c_char,
 }
 
 // SAFETY: repr(C), starts with u32 struct_size, fields are integers and raw
 // pointers (any bit pattern is valid).
 unsafe impl SizedOptions for imgtool_open_options {
     const NAME: &'static str = "imgtool_open_options";
+    const MIN_SIZE: usize = std::mem::offset_of!(imgtool_open_options, key_secret);
 }
 
 impl imgtool_open_options {
@@ -110,6 +117,7 @@ impl imgtool_open_options {
             format: std::ptr::null(),
             cache: std::ptr::null(),
             snapshot: std::ptr::null(),
+            key_secret: std::ptr::null(),
         }
     }
 }
@@ -177,6 +185,8 @@ pub unsafe extern "C" fn imgtool_open(
         let cache = unsafe { opt_nonempty(o.cache, "imgtool_open: opts->cache") }?;
         // SAFETY: as for format.
         let snapshot = unsafe { opt_nonempty(o.snapshot, "imgtool_open: opts->snapshot") }?;
+        // SAFETY: as for format.
+        let key_secret = unsafe { opt_nonempty(o.key_secret, "imgtool_open: opts->key_secret") }?;
         let oo = OpenOptions {
             format: format.map(str::to_string),
             writable: o.flags & IMGTOOL_OPEN_WRITABLE != 0,
@@ -184,6 +194,7 @@ pub unsafe extern "C" fn imgtool_open(
             force_share: o.flags & IMGTOOL_OPEN_FORCE_SHARE != 0,
             no_backing: o.flags & IMGTOOL_OPEN_NO_BACKING != 0,
             snapshot: snapshot.map(str::to_string),
+            key_secret: key_secret.map(str::to_string),
             ..OpenOptions::default()
         };
         let img = Image::open(path, &oo)?;
@@ -248,21 +259,9 @@ pub unsafe extern "C" fn imgtool_read(
     guard(move || {
         // SAFETY: img is a live handle per the contract.
         let img = unsafe { handle(img, "imgtool_read: img") }?;
-        let b: &mut [u8] = if len == 0 {
-            &mut []
-        } else if buf.is_null() {
-            return Err(super::args::null_error("imgtool_read: buf"));
-        } else if len > isize::MAX as usize {
-            // No object is that large; from_raw_parts would be UB.
-            return Err(Error::invalid(
-                "imgtool_read: 'len' is larger than any buffer can be",
-            ));
-        } else {
-            // SAFETY: non-null, writable for len bytes per the contract; u8
-            // has no alignment or validity requirement. The slice lives
-            // only for this call.
-            unsafe { std::slice::from_raw_parts_mut(buf.cast::<u8>(), len) }
-        };
+        // SAFETY: buf is NULL or writable for len bytes per the contract;
+        // the slice lives only for this call.
+        let b = unsafe { super::args::arg_bytes_mut(buf, len, "imgtool_read: buf") }?;
         img.read_at(b, offset)
     })
 }
@@ -292,19 +291,8 @@ pub unsafe extern "C" fn imgtool_write(
     guard(move || {
         // SAFETY: img is a live handle per the contract.
         let img = unsafe { handle(img, "imgtool_write: img") }?;
-        let b: &[u8] = if len == 0 {
-            &[]
-        } else if buf.is_null() {
-            return Err(super::args::null_error("imgtool_write: buf"));
-        } else if len > isize::MAX as usize {
-            // No object is that large; from_raw_parts would be UB.
-            return Err(Error::invalid(
-                "imgtool_write: 'len' is larger than any buffer can be",
-            ));
-        } else {
-            // SAFETY: non-null, readable for len bytes per the contract.
-            unsafe { std::slice::from_raw_parts(buf.cast::<u8>(), len) }
-        };
+        // SAFETY: buf is NULL or readable for len bytes per the contract.
+        let b = unsafe { super::args::arg_bytes(buf, len, "imgtool_write: buf") }?;
         super::args::check_writable(img)?;
         img.write_at(b, offset)
     })

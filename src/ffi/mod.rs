@@ -30,6 +30,8 @@ pub mod strings;
 
 pub mod image;
 
+pub mod secret;
+
 pub mod zeroes;
 
 pub mod info;
@@ -79,6 +81,7 @@ pub use measure::*;
 pub use notice::*;
 pub use rebase::*;
 pub use resize::*;
+pub use secret::*;
 pub use snapshot::*;
 pub use strings::*;
 pub use zeroes::*;

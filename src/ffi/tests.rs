@@ -238,6 +238,34 @@ fn struct_size_is_checked() {
     let r = unsafe { imgtool_convert(srcs.as_ptr(), 1, dst.as_ptr(), &v, None, null_mut()) };
     assert_eq!(r, IMGTOOL_EINVAL);
 
+    // A caller built against the first header, which ended before
+    // key_secret: accepted, and the bytes beyond its struct are not read.
+    #[repr(C)]
+    struct Older {
+        base: imgtool_open_options,
+    }
+    let mut old = Older {
+        base: open_options(0),
+    };
+    old.base.struct_size = std::mem::offset_of!(imgtool_open_options, key_secret) as u32;
+    old.base.key_secret = c"garbage-beyond-the-struct".as_ptr();
+    // SAFETY: the struct is larger than it claims.
+    assert_eq!(
+        unsafe { imgtool_open(path.as_ptr(), &old.base, &mut img) },
+        IMGTOOL_OK,
+        "{}",
+        last_error()
+    );
+    // SAFETY: img is a live handle.
+    assert_eq!(unsafe { imgtool_close(img) }, IMGTOOL_OK);
+    let mut v = convert_options();
+    v.struct_size = std::mem::offset_of!(imgtool_convert_options, source_key_secret) as u32;
+    v.source_key_secret = c"no-such-secret".as_ptr();
+    let dst_old = dir.path("old.raw");
+    // SAFETY: valid pointers.
+    let r = unsafe { imgtool_convert(srcs.as_ptr(), 1, dst_old.as_ptr(), &v, None, null_mut()) };
+    assert_eq!(r, IMGTOOL_OK, "{}", last_error());
+
     // Implausibly large: garbage.
     let mut o = open_options(0);
     o.struct_size = u32::MAX;
@@ -784,3 +812,25 @@ mod more;
 mod ops;
 
 mod read;
+
+#[test]
+fn secrets_are_checked_and_removable() {
+    // SAFETY: NULL and valid C strings, data readable for its length.
+    unsafe {
+        assert_eq!(imgtool_secret_set(null(), null(), 0), IMGTOOL_EINVAL);
+        assert_eq!(imgtool_secret_set(c"".as_ptr(), null(), 0), IMGTOOL_EINVAL);
+        assert_eq!(
+            imgtool_secret_set(c"t-sec".as_ptr(), null(), 3),
+            IMGTOOL_EINVAL
+        );
+        let pw = b"pw";
+        assert_eq!(
+            imgtool_secret_set(c"t-sec".as_ptr(), pw.as_ptr().cast(), pw.len()),
+            IMGTOOL_OK
+        );
+        assert!(crate::crypto::secret::exists("t-sec"));
+        assert_eq!(imgtool_secret_remove(c"t-sec".as_ptr()), IMGTOOL_OK);
+        assert_eq!(imgtool_secret_remove(c"t-sec".as_ptr()), IMGTOOL_ENOENT);
+        assert_eq!(last_error(), "No secret with id 't-sec'");
+    }
+}

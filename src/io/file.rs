@@ -286,14 +286,19 @@ impl HostFile {
 
     /// Sparseness at `off`: `(is_data, bytes)` for the run starting at `off`,
     /// limited to `max`. Hosts without SEEK_DATA report everything as data.
+    ///
+    /// No fstat on the common path (convert asks once per extent): SEEK_DATA
+    /// at or past EOF fails with ENXIO, which is the hole answer anyway.
     pub fn data_status(&self, off: u64, max: u64) -> Result<(bool, u64)> {
-        let flen = self.len()?;
-        if off >= flen {
-            return Ok((false, max));
-        }
         let data = match self.lseek(off, libc::SEEK_DATA) {
             Ok(d) => d,
-            Err(_) => return Ok((true, max.min(flen - off))),
+            Err(_) => {
+                let flen = self.len()?;
+                if off >= flen {
+                    return Ok((false, max));
+                }
+                return Ok((true, max.min(flen - off)));
+            }
         };
         match data {
             None => Ok((false, max)),
@@ -301,7 +306,7 @@ impl HostFile {
             Some(_) => {
                 let hole = match self.lseek(off, libc::SEEK_HOLE) {
                     Ok(Some(h)) => h,
-                    _ => flen,
+                    _ => self.len()?,
                 };
                 Ok((true, (hole.max(off + 1) - off).min(max)))
             }

@@ -1,10 +1,12 @@
 //! Host files: positional I/O, allocation control, sparseness queries and
 //! locks. The only place (besides `ffi`) that talks to libc directly.
 
+mod buf;
 mod cputime;
 mod file;
 mod lock;
 
+pub use buf::AlignedBuf;
 pub use cputime::thread_cpu_time;
 pub use file::{CacheMode, HostFile};
 pub use lock::LockMode;

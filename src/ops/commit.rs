@@ -160,7 +160,7 @@ pub fn commit(
     if base.size() < size {
         crate::ops::resize::truncate(&base, size, crate::format::Prealloc::Off)?;
     }
-    let mut buf = Vec::new();
+    let mut buf = crate::io::AlignedBuf::new();
     let mut off = 0u64;
     while off < size {
         let (len, what) = status_above(&above, off, CHUNK.min(size - off))?;
@@ -168,7 +168,7 @@ pub fn commit(
             Above::Nothing => {}
             Above::Zero => base.write_zeroes(off, len, true)?,
             Above::Data(d) => {
-                buf.resize(len as usize, 0);
+                buf.resize(len as usize);
                 above[d].read_at(&mut buf, off)?;
                 base.write_at(&buf, off)?;
             }

@@ -5,6 +5,7 @@
 
 use crate::error::Error;
 use crate::image::Image;
+use crate::io::AlignedBuf;
 use crate::json::Json;
 
 pub(crate) mod status;
@@ -145,8 +146,8 @@ pub fn compare(
         sb: ChainStatus::new(b),
         a,
         b,
-        buf1: vec![0u8; CHUNK as usize],
-        buf2: vec![0u8; CHUNK as usize],
+        buf1: AlignedBuf::with_len(CHUNK as usize),
+        buf2: AlignedBuf::with_len(CHUNK as usize),
         base: a.size().max(b.size()),
         done: 0.0,
         events,
@@ -159,8 +160,8 @@ struct Comparison<'a, 'e> {
     b: &'a Image,
     sa: ChainStatus<'a>,
     sb: ChainStatus<'a>,
-    buf1: Vec<u8>,
-    buf2: Vec<u8>,
+    buf1: AlignedBuf,
+    buf2: AlignedBuf,
     base: u64,
     done: f32,
     events: &'e mut dyn FnMut(CompareEvent),

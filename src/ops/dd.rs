@@ -168,7 +168,7 @@ pub fn dd(input: &Image, output: &str, o: &DdOptions) -> std::result::Result<DdP
     .map_err(DdError::Open)?;
     let bs = o.block_size.max(1);
     let step = (BATCH / bs).max(1) * bs;
-    let mut buf = vec![0u8; step.min(p.in_end - p.in_start) as usize];
+    let mut buf = crate::io::AlignedBuf::with_len(step.min(p.in_end - p.in_start) as usize);
     let mut pos = p.in_start;
     while pos < p.in_end {
         let n = (p.in_end - pos).min(step) as usize;

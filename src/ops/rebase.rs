@@ -200,8 +200,8 @@ fn copy_differences(
         .unwrap_or(512)
         .max(512);
     let zero_flag = has_zero_flag(img);
-    let mut buf_old = Vec::new();
-    let mut buf_new = Vec::new();
+    let mut buf_old = crate::io::AlignedBuf::new();
+    let mut buf_new = crate::io::AlignedBuf::new();
     let mut off = 0u64;
     while off < size {
         let max = CHUNK.min(size - off);
@@ -229,10 +229,11 @@ fn copy_differences(
             off = start;
             len = end - start;
         }
-        buf_old.clear();
-        buf_old.resize(len as usize, 0);
-        buf_new.clear();
-        buf_new.resize(len as usize, 0);
+        // Shrinking to 0 first makes every byte zero again.
+        buf_old.resize(0);
+        buf_old.resize(len as usize);
+        buf_new.resize(0);
+        buf_new.resize(len as usize);
         if let Some(o) = old {
             o.read_backing(&mut buf_old, off)?;
         }
