@@ -14,6 +14,9 @@ pub enum Fail {
     Getopt(String),
     /// Exit with this code; anything to say was already said.
     Exit(i32),
+    /// `error_report` followed by this exit code (qemu-img paths that
+    /// report an error but leave `ret` at 0).
+    ReportCode(String, i32),
 }
 
 impl Fail {
@@ -75,6 +78,10 @@ impl Prog {
                 1
             }
             Err(Fail::Exit(c)) => c,
+            Err(Fail::ReportCode(m, c)) => {
+                self.error(&m);
+                c
+            }
         }
     }
 

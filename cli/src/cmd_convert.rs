@@ -394,6 +394,7 @@ fn convert(
         // qemu-img leaves a target it failed to fill (a vmdk's extent
         // files included).
         keep_on_error: true,
+        target_is_zero: a.target_is_zero,
     };
     if progress.is_enabled() {
         let walk = Walk {
@@ -481,8 +482,10 @@ fn check_target(
     fmt: &str,
 ) -> CmdResult {
     if a.target_is_zero && has_backing {
-        return Err(Fail::report(
-            "Cannot use --target-is-zero when the destination image has a backing file",
+        // qemu-img jumps out here with ret still 0: it exits successfully.
+        return Err(Fail::ReportCode(
+            "Cannot use --target-is-zero when the destination image has a backing file".into(),
+            0,
         ));
     }
     if images.len() > 1 && has_backing {
