@@ -42,9 +42,19 @@ pub struct Prog {
     pub argv0: String,
 }
 
+/// The program name prefix, for warnings printed far from a `Prog`.
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `prog: warning: msg` on stderr (QEMU's warn_report).
+pub fn warn(msg: &str) {
+    let name = NAME.get().map_or("qemu-img", String::as_str);
+    err_line(&format!("{name}: warning: {msg}"));
+}
+
 impl Prog {
     pub fn from_argv0(argv0: &str) -> Self {
         let name = argv0.rsplit('/').next().unwrap_or(argv0);
+        let _ = NAME.set(if name.is_empty() { argv0 } else { name }.to_string());
         Prog {
             name: if name.is_empty() { argv0 } else { name }.to_string(),
             argv0: argv0.to_string(),

@@ -227,6 +227,9 @@ fn has_protocol(path: &str) -> bool {
         .is_some_and(|i| path.as_bytes()[i] == b':')
 }
 
+const EMPTY_BACKING_WARNING: &str =
+    "Use of \"backing\": \"\" is deprecated; use \"backing\": null instead";
+
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -237,6 +240,9 @@ pub struct ImageSpec {
     /// `encrypt.key-secret` (qcow2) or `key-secret` (luks).
     pub key_secret: Option<String>,
     pub encrypt_format: Option<String>,
+    /// The `backing` option: None when absent, Some("") for null/"" (no
+    /// backing file), else a node name (which we never have).
+    pub backing: Option<String>,
 }
 
 impl ImageSpec {
@@ -254,6 +260,7 @@ impl ImageSpec {
             format: format.map(str::to_string),
             key_secret: None,
             encrypt_format: None,
+            backing: None,
         }
     }
 
@@ -268,6 +275,9 @@ impl ImageSpec {
         } else {
             Some(first.to_string())
         };
+        if opts.get("backing") == Some("") {
+            crate::app::warn(EMPTY_BACKING_WARNING);
+        }
         Self::from_options(optstr, opts.items(), node)
     }
 
@@ -281,6 +291,11 @@ impl ImageSpec {
             return Err(fail("Invalid JSON object given"));
         }
         let items = imgtool::json::parse::flatten(&v);
+        if let Some(imgtool::json::Json::Str(b)) = v.get("backing") {
+            if b.is_empty() {
+                crate::app::warn(EMPTY_BACKING_WARNING);
+            }
+        }
         // A string `file` names another node, as `file=x` does in options.
         let node = v.get("file").and_then(|f| match f {
             imgtool::json::Json::Str(s) => Some(s.clone()),
@@ -337,6 +352,7 @@ impl ImageSpec {
             format: driver,
             key_secret,
             encrypt_format: get("encrypt.format"),
+            backing: get("backing"),
         })
     }
 
@@ -365,7 +381,24 @@ impl ImageSpec {
     /// Open as qemu-img's `img_open` does, reporting failures as
     /// `Could not open 'ARG': ...`.
     pub fn open(&self, opts: &OpenOptions) -> Result<Image, Fail> {
+        if let Some(node) = self.backing.as_deref().filter(|b| !b.is_empty()) {
+            // A node name: opened without its backing file (info), the
+            // option is left over; otherwise the lookup of the node fails.
+            let driver = self.format.as_deref().unwrap_or("raw");
+            return Err(Fail::Report(format!(
+                "Could not open '{}': {}",
+                self.arg,
+                if opts.no_backing || driver == "raw" {
+                    format!("Block format '{driver}' does not support the option 'backing'")
+                } else {
+                    format!(
+                        "Could not open backing file: Cannot find device='{node}' nor node-name='{node}'"
+                    )
+                }
+            )));
+        }
         let opts = OpenOptions {
+            no_backing: opts.no_backing || self.backing.is_some(),
             format: self.format.clone(),
             key_secret: self.key_secret.clone().or_else(|| opts.key_secret.clone()),
             encrypt_format: self.encrypt_format.clone(),

@@ -202,6 +202,12 @@ fn copy_differences(
     let zero_flag = has_zero_flag(img);
     let mut buf_old = Vec::new();
     let mut buf_new = Vec::new();
+    let step_pct = if size == 0 {
+        0.0
+    } else {
+        100.0 / (size / size.min(CHUNK)) as f64
+    };
+    let mut done_pct = 0.0;
     let mut off = 0u64;
     while off < size {
         let max = CHUNK.min(size - off);
@@ -275,8 +281,11 @@ fn copy_differences(
         }
         flush_run(img, old, zero_flag, &buf_old, off, run.take())?;
         off += len;
+        // qemu-img advances by one buffer's share for each run it had to
+        // look at (skipped allocated runs add nothing), not by offset.
+        done_pct += step_pct;
         if let Some(p) = progress.as_mut() {
-            if !p(off as f64 * 100.0 / size as f64) {
+            if !p(done_pct.min(100.0)) {
                 return Err(Error::cancelled());
             }
         }
