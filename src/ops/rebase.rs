@@ -217,12 +217,20 @@ fn copy_differences(
             off += len;
             continue;
         }
+        if off < old_size && old_size < off + len {
+            // QEMU's block status ends an unallocated run where the backing
+            // file ends (beyond it reads as zeros): one more step of -p.
+            len = old_size - off;
+        }
         if let Some(p) = prefix {
             // Runs that come from the new backing file (or below) in the
             // old chain already read the same afterwards.
             let c = img.block_status(off, len)?;
             len = len.min(c.len.max(1));
-            if c.present && c.depth >= p {
+            // Nothing allocated anywhere in the chain (within the old
+            // backing's length) reads as zeros both ways, as qemu-img's
+            // is_allocated_above sees it.
+            if (c.present && c.depth >= p) || (!c.present && off + len <= old_size) {
                 off += len;
                 continue;
             }
