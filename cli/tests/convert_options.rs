@@ -446,3 +446,13 @@ fn existing_target_backing_option_source_without_backing() {
         Some(&["convert", "-O", "qcow2", "top.qcow2", "out.img"]),
     );
 }
+
+#[test]
+fn existing_target_compressed_over_data() {
+    // A compressed write cannot replace an allocated qcow2 cluster: EIO.
+    check(
+        &["convert", "-n", "-c", "-O", "qcow2", "plain.raw", "out.img"],
+        "qcow2",
+        Some(&["convert", "-O", "qcow2", "top.qcow2", "out.img"]),
+    );
+}

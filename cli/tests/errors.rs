@@ -293,4 +293,8 @@ leftover_cases! {
     create_fail_qcow2_over_existing: ["create", "-f", "qcow2", "-o", "cluster_size=3k", "old.qcow2", "1M"];
     create_fail_qcow2_data_file: ["create", "-f", "qcow2", "-o", "data_file=d.raw,cluster_size=3k", "x.qcow2", "1M"];
     create_fail_raw_past_int64: ["create", "-f", "raw", "x.raw", "9223372036854775807"];
+    convert_unknown_backing_fmt_qcow2: ["convert", "-O", "qcow2", "-B", "good.qcow2", "-F", "bogus", "good.qcow2", "out.qcow2"];
+    convert_unknown_backing_fmt_qed: ["convert", "-O", "qed", "-B", "good.qcow2", "-F", "bogus", "good.qcow2", "out.qed"];
+    convert_unknown_backing_fmt_qcow: ["convert", "-O", "qcow", "-B", "good.qcow2", "-F", "bogus", "good.qcow2", "out.qcow"];
+    convert_backing_fmt_not_vmdk: ["convert", "-O", "vmdk", "-B", "good.qcow2", "-F", "qcow2", "good.qcow2", "out.vmdk"];
 }
