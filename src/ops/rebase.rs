@@ -93,28 +93,29 @@ pub fn rebase(img: Image, opts: &RebaseOptions, mut progress: Option<Progress<'_
             "Could not change the backing file to '{shown}': {why}"
         ))
     };
-    let target = match &opts.backing {
-        Some(b) if !b.is_empty() => {
-            if opts.backing_format.is_none() {
-                return Err(fail("backing format must be specified".into()));
-            }
-            Some(BackingRef {
+    let changed = match &opts.backing {
+        Some(b) if !b.is_empty() && opts.backing_format.is_none() => {
+            Err(fail("backing format must be specified".into()))
+        }
+        b => {
+            let target = b.as_ref().filter(|b| !b.is_empty()).map(|b| BackingRef {
                 filename: b.clone(),
                 format: opts.backing_format.clone(),
+            });
+            img.driver().set_backing(target.as_ref()).map_err(|e| {
+                if e.kind() == ErrorKind::NoSpace || e.errno() == Some(libc::ENOSPC) {
+                    fail("No space left in the file header".into())
+                } else {
+                    fail(errno_text(&e))
+                }
             })
         }
-        _ => None,
     };
-    img.driver().set_backing(target.as_ref()).map_err(|e| {
-        if e.kind() == ErrorKind::NoSpace || e.errno() == Some(libc::ENOSPC) {
-            fail("No space left in the file header".into())
-        } else {
-            fail(errno_text(&e))
-        }
-    })?;
+    // qemu-img reports 100% even when changing the header failed.
     if let Some(p) = progress.as_mut() {
         p(100.0);
     }
+    changed?;
     img.close()
 }
 
