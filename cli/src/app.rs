@@ -14,6 +14,9 @@ pub enum Fail {
     Getopt(String),
     /// Exit with this code; anything to say was already said.
     Exit(i32),
+    /// `error_report` followed by this exit code (qemu-img paths that
+    /// report an error but leave `ret` at 0).
+    ReportCode(String, i32),
 }
 
 impl Fail {
@@ -39,9 +42,19 @@ pub struct Prog {
     pub argv0: String,
 }
 
+/// The program name prefix, for warnings printed far from a `Prog`.
+static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// `prog: warning: msg` on stderr (QEMU's warn_report).
+pub fn warn(msg: &str) {
+    let name = NAME.get().map_or("qemu-img", String::as_str);
+    err_line(&format!("{name}: warning: {msg}"));
+}
+
 impl Prog {
     pub fn from_argv0(argv0: &str) -> Self {
         let name = argv0.rsplit('/').next().unwrap_or(argv0);
+        let _ = NAME.set(if name.is_empty() { argv0 } else { name }.to_string());
         Prog {
             name: if name.is_empty() { argv0 } else { name }.to_string(),
             argv0: argv0.to_string(),
@@ -75,6 +88,10 @@ impl Prog {
                 1
             }
             Err(Fail::Exit(c)) => c,
+            Err(Fail::ReportCode(m, c)) => {
+                self.error(&m);
+                c
+            }
         }
     }
 

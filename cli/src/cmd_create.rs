@@ -10,7 +10,7 @@ use imgtool::ops::create::{create, CreateRequest};
 use imgtool::{Image, OpenOptions};
 
 use crate::app::{out, CmdResult, Fail, Prog};
-use crate::common::{ch, parse_object, OPT_OBJECT};
+use crate::common::{ch, parse_object, ImageSpec, OPT_OBJECT};
 use crate::createopts;
 use crate::getopt::{Getopt, HasArg::*, LongOpt};
 use crate::num::cvtnum;
@@ -158,6 +158,28 @@ fn check_backing(a: &Args, filename: &str, opts: &CreateOptions) -> Result<Optio
         metadata_only: true,
         ..OpenOptions::default()
     };
+    if bf.starts_with("json:") {
+        // A JSON backing name is an options tree, opened as such (its file
+        // names are relative to the working directory).
+        let strip = |f: Fail| match f {
+            Fail::Report(m) => {
+                let p = format!("Could not open '{bf}': ");
+                let inner = m.strip_prefix(&p).unwrap_or(&m).to_string();
+                Fail::Report(format!("{inner}\nCould not open backing image."))
+            }
+            other => other,
+        };
+        let spec = ImageSpec::parse(bf, false, bfmt).map_err(strip)?;
+        let img = spec.open(&oo).map_err(strip)?;
+        // A driver inside the JSON does not count as backing_fmt.
+        if bfmt.is_none() {
+            return Err(Fail::Report(format!(
+                "Backing file specified without backing format\nDetected format of {}.",
+                img.format()
+            )));
+        }
+        return Ok(Some(img.size()));
+    }
     // Relative to the host file (`file:NAME` names NAME).
     let host = filename.strip_prefix("file:").unwrap_or(filename);
     let bpath = combine_backing_path(host, bf);

@@ -58,15 +58,29 @@ fn operand_value(a: &mut Args, operand: &str) -> CmdResult {
     let (name, value) = operand.split_once('=').ok_or_else(unknown)?;
     match name {
         "bs" => a.opts.block_size = cvtnum_full("bs", value, 1, i32::MAX as i64)? as u64,
-        "count" => a.opts.count = Some(cvtnum("count", value)?),
+        "count" => a.opts.count = Some(cvtnum("count", no_suffix("count", value)?)?),
         "if" => a.input = Some(value.to_string()),
         "of" => a.output = Some(value.to_string()),
-        "skip" => a.opts.skip = Some(cvtnum("skip", value)?),
+        "skip" => a.opts.skip = Some(cvtnum("skip", no_suffix("skip", value)?)?),
         _ => {
             return Err(Fail::Report(format!("unrecognized operand {name}")));
         }
     }
     Ok(())
+}
+
+/// qemu-img 10.0.2 counts `count` and `skip` in blocks and takes no size
+/// suffix for them (`count=1k` is refused; hex such as `0x1b` is fine).
+fn no_suffix<'a>(name: &str, value: &'a str) -> Result<&'a str, Fail> {
+    let v = value.trim_start();
+    let hex = v.trim_start_matches(['+', '-']);
+    let hex = hex.starts_with("0x") || hex.starts_with("0X");
+    match v.chars().last() {
+        Some(c) if c.is_ascii_alphabetic() && !(hex && c.is_ascii_hexdigit()) => Err(Fail::Report(
+            format!("Invalid {name} specified: '{value}'."),
+        )),
+        _ => Ok(value),
+    }
 }
 
 pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {

@@ -134,7 +134,14 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
             }
         },
         Action::Apply => match name {
-            Some(n) => snapshot::apply(&img, n)?,
+            Some(n) => {
+                // QEMU's goto falls back to the raw node's file child and
+                // reopens it, which probes (and warns) a second time.
+                if img.format() == "raw" {
+                    warn_if_probed_raw(&img);
+                }
+                snapshot::apply(&img, n)?
+            }
             None => {
                 return Err(Fail::Report(format!(
                     "Could not apply snapshot '{shown}': Failed to load snapshot: No such file or directory"

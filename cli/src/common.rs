@@ -241,6 +241,9 @@ fn absolute(name: &str) -> String {
     }
 }
 
+const EMPTY_BACKING_WARNING: &str =
+    "Use of \"backing\": \"\" is deprecated; use \"backing\": null instead";
+
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -256,6 +259,9 @@ pub struct ImageSpec {
     /// `backing.*`: the backing image given as options instead of by the
     /// name in the header.
     pub backing: Option<Box<ImageSpec>>,
+    /// The `backing` option itself: None when absent, Some("") for null/""
+    /// (no backing file), else a node name (which we never have).
+    pub backing_ref: Option<String>,
 }
 
 impl ImageSpec {
@@ -275,6 +281,7 @@ impl ImageSpec {
             encrypt_format: None,
             data_file: None,
             backing: None,
+            backing_ref: None,
         }
     }
 
@@ -289,6 +296,9 @@ impl ImageSpec {
         } else {
             Some(first.to_string())
         };
+        if opts.get("backing") == Some("") {
+            crate::app::warn(EMPTY_BACKING_WARNING);
+        }
         Self::from_options(optstr, opts.items(), node)
     }
 
@@ -302,6 +312,11 @@ impl ImageSpec {
             return Err(fail("Invalid JSON object given"));
         }
         let items = imgtool::json::parse::flatten(&v);
+        if let Some(imgtool::json::Json::Str(b)) = v.get("backing") {
+            if b.is_empty() {
+                crate::app::warn(EMPTY_BACKING_WARNING);
+            }
+        }
         // A string `file` names another node, as `file=x` does in options.
         let node = v.get("file").and_then(|f| match f {
             imgtool::json::Json::Str(s) => Some(s.clone()),
@@ -393,6 +408,7 @@ impl ImageSpec {
             encrypt_format: get("encrypt.format"),
             data_file: get("data-file.filename"),
             backing,
+            backing_ref: get("backing"),
         })
     }
 
@@ -421,7 +437,24 @@ impl ImageSpec {
     /// Open as qemu-img's `img_open` does, reporting failures as
     /// `Could not open 'ARG': ...`.
     pub fn open(&self, opts: &OpenOptions) -> Result<Image, Fail> {
+        if let Some(node) = self.backing_ref.as_deref().filter(|b| !b.is_empty()) {
+            // A node name: opened without its backing file (info), the
+            // option is left over; otherwise the lookup of the node fails.
+            let driver = self.format.as_deref().unwrap_or("raw");
+            return Err(Fail::Report(format!(
+                "Could not open '{}': {}",
+                self.arg,
+                if opts.no_backing || driver == "raw" {
+                    format!("Block format '{driver}' does not support the option 'backing'")
+                } else {
+                    format!(
+                        "Could not open backing file: Cannot find device='{node}' nor node-name='{node}'"
+                    )
+                }
+            )));
+        }
         let opts = OpenOptions {
+            no_backing: opts.no_backing || self.backing_ref.is_some(),
             format: self.format.clone(),
             key_secret: self.key_secret.clone().or_else(|| opts.key_secret.clone()),
             encrypt_format: self.encrypt_format.clone(),

@@ -387,3 +387,72 @@ fn data_file_name_is_relative_to_cwd() {
     let v = read(&dir.join("out.raw"));
     assert!(v[..65536].iter().all(|&b| b == 7), "data file contents");
 }
+
+#[test]
+fn existing_target_trusted_zero() {
+    // -n --target-is-zero: zero areas of the source are not written, even
+    // where the (lying) target holds data.
+    check(
+        &[
+            "convert",
+            "-n",
+            "--target-is-zero",
+            "-O",
+            "raw",
+            "base.qcow2",
+            "out.img",
+        ],
+        "raw",
+        Some(&["convert", "-O", "raw", "top.qcow2", "out.img"]),
+    );
+}
+
+#[test]
+fn existing_target_zero_with_backing_exits_0() {
+    // qemu-img reports the clash but exits 0, leaving the target alone.
+    check(
+        &[
+            "convert",
+            "-n",
+            "--target-is-zero",
+            "-B",
+            "base.qcow2",
+            "-O",
+            "qcow2",
+            "top.qcow2",
+            "out.img",
+        ],
+        "qcow2",
+        Some(&["create", "-q", "-f", "qcow2", "out.img", "4M"]),
+    );
+}
+
+#[test]
+fn existing_target_backing_option_source_without_backing() {
+    // -n -B: unallocated areas of a source that has no backing file read
+    // as zeros, so they are written, not left to the target.
+    check(
+        &[
+            "convert",
+            "-n",
+            "-B",
+            "base.qcow2",
+            "-O",
+            "qcow2",
+            "base.qcow2",
+            "out.img",
+        ],
+        "qcow2",
+        Some(&["convert", "-O", "qcow2", "top.qcow2", "out.img"]),
+    );
+}
+
+#[test]
+fn existing_target_compressed_over_data() {
+    // A compressed write cannot replace an allocated qcow2 cluster: EIO.
+    check(
+        &["convert", "-n", "-c", "-O", "qcow2", "plain.raw", "out.img"],
+        "qcow2",
+        Some(&["convert", "-O", "qcow2", "top.qcow2", "out.img"]),
+    );
+}

@@ -220,3 +220,34 @@ cases! {
     err_raw_qcow2_option: "raw", ["-o", "cluster_size=4k"], Some("1M");
     err_encryption_without_secret: "qcow2", ["-o", "encryption=on"], Some("1M");
 }
+
+#[test]
+fn json_backing_file() {
+    // `-b json:{...}` opens the options tree as the backing image; a
+    // driver inside it does not replace -F.
+    let j = r#"json:{"driver":"qcow2","file":{"filename":"base.qcow2"}}"#;
+    let missing = r#"json:{"driver":"qcow2","file":{"filename":"nonexist"}}"#;
+    for args in [
+        vec!["create", "-f", "qcow2", "-b", j, "-F", "qcow2", "x.qcow2"],
+        vec!["create", "-f", "qcow2", "-b", j, "x.qcow2"],
+        vec![
+            "create", "-f", "qcow2", "-b", missing, "-F", "qcow2", "x.qcow2",
+        ],
+    ] {
+        let dir = TempDir::new("create_json_backing");
+        let qd = dir.sub("q");
+        let od = dir.sub("o");
+        prepare(&qd);
+        prepare(&od);
+        let q = qemu_img(&qd, &args);
+        let o = imgtool(&od, &args);
+        assert_outcome_matches(&q, &o);
+        if q.ok() {
+            assert_eq!(
+                info_json_normalized(&od, "x.qcow2"),
+                info_json_normalized(&qd, "x.qcow2"),
+                "{args:?}: info"
+            );
+        }
+    }
+}

@@ -97,6 +97,18 @@ cases! {
     create_backing_format_twice: ["create", "-f", "qcow2", "-b", "good.qcow2", "-F", "raw", "-o", "backing_fmt=qcow2", "x.qcow2"];
     create_unsafe_backing_without_format: ["create", "-f", "qcow2", "-u", "-b", "nonexist", "x.qcow2"];
     info_options_after_filename: ["info", "good.qcow2", "--output", "json", "-U"];
+    info_empty_filename: ["info", ""];
+    map_empty_filename: ["map", ""];
+    dd_empty_input: ["dd", "if=", "of=out.raw"];
+    dd_count_with_suffix: ["dd", "if=good.qcow2", "of=out.raw", "bs=4k", "count=1k"];
+    dd_skip_with_suffix: ["dd", "if=good.qcow2", "of=out.raw", "skip=1b"];
+    dd_count_hex: ["dd", "if=good.qcow2", "of=out.raw", "bs=512", "count=0x1b"];
+    snapshot_apply_probed_raw: ["snapshot", "-a", "s1", "plain.raw"];
+    create_raw_bad_preallocation: ["create", "-f", "raw", "-o", "preallocation=bogus", "x.raw", "1M"];
+    create_raw_size_rounds_past_int64: ["create", "-f", "raw", "x.raw", "9223372036854775807"];
+    image_opts_backing_node_info: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
+    image_opts_backing_node_map: ["map", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
+    image_opts_backing_empty: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing="];
 }
 
 /// Converting an image onto itself is refused (the source holds a lock the
@@ -231,4 +243,58 @@ fn global_help() {
         &body(&q.stdout.replace("qemu-img", "imgtool")),
         &body(&o.stdout),
     );
+}
+
+/// A create that fails in the format layer still leaves what QEMU's driver
+/// made first: qcow, qed, vdi, vhdx and vpc an empty file, qcow2 nothing
+/// (it deletes its file, even one that existed before).
+fn check_leftovers(args: &[&str]) {
+    let dir = TempDir::new("errors");
+    let qd = dir.sub("q");
+    let od = dir.sub("o");
+    for d in [&qd, &od] {
+        prepare(d);
+        std::fs::write(d.join("old.qcow2"), b"old contents").unwrap();
+    }
+    let q = qemu_img(&qd, args);
+    let o = imgtool(&od, args);
+    assert_outcome_matches(&q, &o);
+    let listing = |d: &Path| {
+        let mut v: Vec<(String, u64)> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.file_name().into_string().unwrap(),
+                    e.metadata().unwrap().len(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(listing(&od), listing(&qd), "{args:?}: files left behind");
+}
+
+macro_rules! leftover_cases {
+    ($($name:ident: [$($a:literal),*];)*) => {
+        $( #[test] fn $name() { check_leftovers(&[$($a),*]); } )*
+    };
+}
+
+leftover_cases! {
+    create_fail_qcow_zero_size: ["create", "-f", "qcow", "x.qcow", "0"];
+    create_fail_qed_cluster_size: ["create", "-f", "qed", "-o", "cluster_size=3k", "x.qed", "1M"];
+    create_fail_vpc_subformat: ["create", "-f", "vpc", "-o", "subformat=bogus", "x.vpc", "1M"];
+    create_fail_vhdx_block_size: ["create", "-f", "vhdx", "-o", "block_size=3M", "x.vhdx", "1M"];
+    create_fail_vdi_too_big: ["create", "-f", "vdi", "x.vdi", "100P"];
+    create_fail_vdi_preallocation: ["create", "-f", "vdi", "-o", "preallocation=bogus", "x.vdi", "1M"];
+    create_fail_qcow2_too_big: ["create", "-f", "qcow2", "x.qcow2", "1E"];
+    create_fail_qcow2_over_existing: ["create", "-f", "qcow2", "-o", "cluster_size=3k", "old.qcow2", "1M"];
+    create_fail_qcow2_data_file: ["create", "-f", "qcow2", "-o", "data_file=d.raw,cluster_size=3k", "x.qcow2", "1M"];
+    create_fail_raw_past_int64: ["create", "-f", "raw", "x.raw", "9223372036854775807"];
+    convert_unknown_backing_fmt_qcow2: ["convert", "-O", "qcow2", "-B", "good.qcow2", "-F", "bogus", "good.qcow2", "out.qcow2"];
+    convert_unknown_backing_fmt_qed: ["convert", "-O", "qed", "-B", "good.qcow2", "-F", "bogus", "good.qcow2", "out.qed"];
+    convert_unknown_backing_fmt_qcow: ["convert", "-O", "qcow", "-B", "good.qcow2", "-F", "bogus", "good.qcow2", "out.qcow"];
+    convert_backing_fmt_not_vmdk: ["convert", "-O", "vmdk", "-B", "good.qcow2", "-F", "qcow2", "good.qcow2", "out.vmdk"];
 }

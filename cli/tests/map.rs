@@ -385,3 +385,39 @@ fn map_random_images() {
         );
     }
 }
+
+#[test]
+fn map_without_backing_by_option() {
+    // `backing: null` (JSON) or `backing=` (options, deprecated, warned
+    // about) opens no backing file: the chain below reads as zeros.
+    let dir = TempDir::new("map_nobacking");
+    let d = dir.path();
+    qemu_img_ok(d, &["create", "-q", "-f", "qcow2", "b.qcow2", "1M"]);
+    qemu_io(d, "qcow2", "b.qcow2", &["write -P 1 0 512k".into()]);
+    qemu_img_ok(
+        d,
+        &[
+            "create", "-q", "-f", "qcow2", "-b", "b.qcow2", "-F", "qcow2", "t.qcow2",
+        ],
+    );
+    qemu_io(d, "qcow2", "t.qcow2", &["write -P 2 256k 64k".into()]);
+    for out in ["--output=json", "--output=human"] {
+        same(
+            d,
+            &[
+                "map",
+                out,
+                r#"json:{"driver":"qcow2","file":{"filename":"t.qcow2"},"backing":null}"#,
+            ],
+        );
+        same(
+            d,
+            &[
+                "map",
+                out,
+                "--image-opts",
+                "driver=qcow2,file.filename=t.qcow2,backing=",
+            ],
+        );
+    }
+}

@@ -106,6 +106,8 @@ fn rebase_cases(p_of: impl Fn() -> Pair, top: &'static str) {
         vec!["rebase", "-b", "base.qcow2", "-F", "qcow2", top],
         vec!["rebase", "-b", "mid.qcow2", "-F", "qcow2", top],
         vec!["rebase", "-b", "", top],
+        // -p: qemu-img's steps (one buffer's share per examined run).
+        vec!["rebase", "-p", "-b", "base.qcow2", "-F", "qcow2", top],
         vec!["rebase", "-b", "other.qcow2", "-F", "qcow2", top],
         vec!["rebase", "-b", "other.raw", "-F", "raw", top],
         vec!["rebase", "-c", "-b", "other.qcow2", "-F", "qcow2", top],

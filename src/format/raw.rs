@@ -77,17 +77,20 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
         None => Prealloc::Off,
         Some(p @ ("off" | "falloc" | "full")) => Prealloc::parse(p)?,
         Some("metadata") => return Err(Error::invalid("Unsupported preallocation mode: metadata")),
-        Some(p) => {
-            return Err(Error::invalid(format!(
-                "Parameter 'preallocation' does not accept value '{p}'"
-            )))
-        }
+        // file-posix parses the mode with qemu_opt_get's enum lookup, whose
+        // failure text is this (not the QAPI "does not accept value").
+        Some(p) => return Err(Error::invalid(format!("invalid parameter value: {p}"))),
     };
     // The file layer works in whole sectors.
     let size = size
         .checked_next_multiple_of(512)
         .ok_or_else(|| Error::invalid("Image size too large"))?;
     let file = HostFile::create(path)?;
+    if size > i64::MAX as u64 {
+        // Rounding up a size just below 2^63 leaves ftruncate a negative
+        // length; QEMU reports its EINVAL after creating the file.
+        return Err(Error::invalid("Could not resize file: Invalid argument"));
+    }
     preallocate(&file, 0, size, prealloc)?;
     if prealloc == Prealloc::Off && size > 0 {
         // As QEMU does: allocate the first block so later alignment probing

@@ -55,6 +55,12 @@ fn open_error(path: &Path, e: std::io::Error) -> Error {
 impl HostFile {
     /// Open an existing file. Errors read `Could not open 'path': <strerror>`.
     pub fn open(path: &Path, writable: bool, cache: CacheMode) -> Result<Self> {
+        // file-posix refuses an empty name before trying to open anything.
+        if path.as_os_str().is_empty() {
+            return Err(Error::invalid(
+                "The 'file' block driver requires a file name",
+            ));
+        }
         let mut oo = OpenOptions::new();
         oo.read(true).write(writable);
         // QEMU's cache=none means O_DIRECT with aligned bounce buffers. Our

@@ -49,6 +49,9 @@ pub struct ConvertOptions {
     /// Leave a target this call created in place when the copy fails, as
     /// qemu-img does (the default removes it).
     pub keep_on_error: bool,
+    /// `--target-is-zero` (with `-n`): trust that the existing target reads
+    /// as zeros, so zero areas are not written.
+    pub target_is_zero: bool,
 }
 
 impl Default for ConvertOptions {
@@ -71,6 +74,7 @@ impl Default for ConvertOptions {
             source_key_secret: None,
             target_key_secret: None,
             keep_on_error: false,
+            target_is_zero: false,
         }
     }
 }
@@ -269,10 +273,11 @@ fn copy_into(
         total,
         // A fresh target without backing reads as zeros already; otherwise
         // zeros must be written explicitly.
-        target_is_zero: created
-            && out.driver().has_zero_init()
-            && out.backing().is_none()
-            && opts.backing_file.is_none(),
+        target_is_zero: opts.target_is_zero
+            || created
+                && out.driver().has_zero_init()
+                && out.backing().is_none()
+                && opts.backing_file.is_none(),
         copy_top_only: opts.backing_file.is_some(),
         sparse: if opts.sparse_size == 0 {
             0
@@ -542,9 +547,11 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
                 .img
                 .layer_status(local, want)
                 .map_err(|e| status_error(e, pos))?;
+            // Unallocated in a source without a backing file reads as zeros
+            // (QEMU's block status says ZERO there), so it is written as such.
             (
                 e.len.clamp(1, want),
-                e.status != format::Status::Unallocated,
+                e.status != format::Status::Unallocated || src.img.backing().is_none(),
                 e.status != format::Status::Data,
             )
         } else {

@@ -95,11 +95,43 @@ fn host_path(filename: &str) -> &str {
 /// Create the image file.
 pub fn create(req: &CreateRequest) -> Result<CreatePlan> {
     let plan = plan(req)?;
-    format::create(
-        &req.format,
-        Path::new(host_path(&req.filename)),
-        plan.size,
-        &plan.options,
-    )?;
+    let path = Path::new(host_path(&req.filename));
+    if let Err(e) = format::create(&req.format, path, plan.size, &plan.options) {
+        leave_files_as_qemu_does(&req.format, path, &plan.options, &e);
+        return Err(e);
+    }
     Ok(plan)
+}
+
+/// QEMU's drivers create the (empty) host file before the format layer
+/// checks its options, so a failed create still changes the disk: qcow2
+/// deletes what it created (image and data file); qcow, qed, vdi, vhdx
+/// and vpc leave an empty file behind. Scripts see either, so do the same.
+fn leave_files_as_qemu_does(format: &str, path: &Path, opts: &CreateOptions, e: &Error) {
+    use crate::error::ErrorKind;
+    let msg = e.message();
+    // Failures of the file layer itself, which happen before any file exists.
+    if e.kind() == ErrorKind::Locked
+        || msg.starts_with("invalid parameter value")
+        || msg.starts_with("unrecognized backing format")
+    {
+        return;
+    }
+    match format {
+        "qcow2" => {
+            let _ = std::fs::remove_file(path);
+            if let Some(df) = opts.get("data_file") {
+                // Named relative to the working directory, as QEMU creates it.
+                let _ = std::fs::remove_file(df);
+            }
+        }
+        "qcow" | "qed" | "vdi" | "vhdx" | "vpc" => {
+            let _ = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(path);
+        }
+        _ => {}
+    }
 }

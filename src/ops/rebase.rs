@@ -93,28 +93,29 @@ pub fn rebase(img: Image, opts: &RebaseOptions, mut progress: Option<Progress<'_
             "Could not change the backing file to '{shown}': {why}"
         ))
     };
-    let target = match &opts.backing {
-        Some(b) if !b.is_empty() => {
-            if opts.backing_format.is_none() {
-                return Err(fail("backing format must be specified".into()));
-            }
-            Some(BackingRef {
+    let changed = match &opts.backing {
+        Some(b) if !b.is_empty() && opts.backing_format.is_none() => {
+            Err(fail("backing format must be specified".into()))
+        }
+        b => {
+            let target = b.as_ref().filter(|b| !b.is_empty()).map(|b| BackingRef {
                 filename: b.clone(),
                 format: opts.backing_format.clone(),
+            });
+            img.driver().set_backing(target.as_ref()).map_err(|e| {
+                if e.kind() == ErrorKind::NoSpace || e.errno() == Some(libc::ENOSPC) {
+                    fail("No space left in the file header".into())
+                } else {
+                    fail(errno_text(&e))
+                }
             })
         }
-        _ => None,
     };
-    img.driver().set_backing(target.as_ref()).map_err(|e| {
-        if e.kind() == ErrorKind::NoSpace || e.errno() == Some(libc::ENOSPC) {
-            fail("No space left in the file header".into())
-        } else {
-            fail(errno_text(&e))
-        }
-    })?;
+    // qemu-img reports 100% even when changing the header failed.
     if let Some(p) = progress.as_mut() {
         p(100.0);
     }
+    changed?;
     img.close()
 }
 
@@ -202,6 +203,12 @@ fn copy_differences(
     let zero_flag = has_zero_flag(img);
     let mut buf_old = crate::io::AlignedBuf::new();
     let mut buf_new = crate::io::AlignedBuf::new();
+    let step_pct = if size == 0 {
+        0.0
+    } else {
+        100.0 / (size / size.min(CHUNK)) as f64
+    };
+    let mut done_pct = 0.0;
     let mut off = 0u64;
     while off < size {
         let max = CHUNK.min(size - off);
@@ -211,12 +218,20 @@ fn copy_differences(
             off += len;
             continue;
         }
+        if off < old_size && old_size < off + len {
+            // QEMU's block status ends an unallocated run where the backing
+            // file ends (beyond it reads as zeros): one more step of -p.
+            len = old_size - off;
+        }
         if let Some(p) = prefix {
             // Runs that come from the new backing file (or below) in the
             // old chain already read the same afterwards.
             let c = img.block_status(off, len)?;
             len = len.min(c.len.max(1));
-            if c.present && c.depth >= p {
+            // Nothing allocated anywhere in the chain (within the old
+            // backing's length) reads as zeros both ways, as qemu-img's
+            // is_allocated_above sees it.
+            if (c.present && c.depth >= p) || (!c.present && off + len <= old_size) {
                 off += len;
                 continue;
             }
@@ -276,8 +291,11 @@ fn copy_differences(
         }
         flush_run(img, old, zero_flag, &buf_old, off, run.take())?;
         off += len;
+        // qemu-img advances by one buffer's share for each run it had to
+        // look at (skipped allocated runs add nothing), not by offset.
+        done_pct += step_pct;
         if let Some(p) = progress.as_mut() {
-            if !p(off as f64 * 100.0 / size as f64) {
+            if !p(done_pct.min(100.0)) {
                 return Err(Error::cancelled());
             }
         }

@@ -538,6 +538,11 @@ impl Qcow2 {
         let ci = off >> self.geo.cluster_bits;
         let mut m = self.meta.lock();
         let l2off = self.l2_for_write(&mut m, ci / self.epl())?;
+        // As QEMU: a compressed write cannot replace an allocated cluster
+        // (`convert -n -c` onto data fails with EIO).
+        if self.geo.has_host(&self.slot(&mut m, ci)?) {
+            return Err(Error::from_errno(libc::EIO));
+        }
         let coff = self.alloc_compressed(&mut m, data.len() as u64)?;
         drop(m);
         self.file.write_at(data, coff)?;
