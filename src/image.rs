@@ -37,6 +37,8 @@ pub struct OpenOptions {
     pub key_secret: Option<String>,
     /// `encrypt.format` the top image must have.
     pub encrypt_format: Option<String>,
+    /// A blkdebug node between the top image's format and its file.
+    pub blkdebug: Option<crate::io::BlkdebugOptions>,
 }
 
 impl OpenOptions {
@@ -70,6 +72,8 @@ pub struct Image {
     driver: Box<dyn Driver>,
     backing: Option<Box<Image>>,
     filename: String,
+    /// The blkdebug node the top file was opened under, if any.
+    blkdebug: Option<crate::io::BlkdebugOptions>,
     format: &'static str,
     /// Whether the format was given or guessed (guessed raw restricts block 0 writes).
     probed: bool,
@@ -116,7 +120,15 @@ impl Image {
                 "Backing chain of '{path}' is too deep"
             )));
         }
-        let file = HostFile::open(Path::new(path), opts.writable, opts.cache)?;
+        // blkdebug reads its rules before it opens the image below it.
+        let injector = match &opts.blkdebug {
+            Some(b) => Some(std::sync::Arc::new(crate::io::Injector::new(b)?)),
+            None => None,
+        };
+        let mut file = HostFile::open(Path::new(path), opts.writable, opts.cache)?;
+        if let Some(inj) = injector {
+            file.set_injector(inj);
+        }
         if let Some(id) = file_id(Path::new(path)) {
             if seen.contains(&id) {
                 return Err(Error::invalid(format!(
@@ -133,7 +145,11 @@ impl Image {
                     .ok_or_else(|| Error::invalid(format!("Unknown driver '{f}'")))?;
                 (*f, false)
             }
-            None => (format::probe(&file)?, true),
+            None => (
+                format::probe(&file)
+                    .map_err(|e| e.context("Could not read image for determining its format"))?,
+                true,
+            ),
         };
         if !opts.force_share {
             file.lock(if opts.writable {
@@ -198,6 +214,7 @@ impl Image {
             driver,
             backing,
             filename: path.to_string(),
+            blkdebug: opts.blkdebug.clone(),
             format,
             probed,
         })
@@ -205,6 +222,17 @@ impl Image {
 
     pub fn filename(&self) -> &str {
         &self.filename
+    }
+    /// The name QEMU gives this image: its filename, or the name of the
+    /// blkdebug node it was opened through.
+    pub fn display_name(&self) -> &str {
+        match &self.blkdebug {
+            Some(b) if !b.name.is_empty() => &b.name,
+            _ => &self.filename,
+        }
+    }
+    pub fn blkdebug(&self) -> Option<&crate::io::BlkdebugOptions> {
+        self.blkdebug.as_ref()
     }
     pub fn format(&self) -> &'static str {
         self.format

@@ -48,7 +48,7 @@ impl ImageInfo {
         }
         let backing = d.backing();
         ImageInfo {
-            filename: img.filename().to_string(),
+            filename: img.display_name().to_string(),
             format: img.format().to_string(),
             dirty_flag: di.dirty,
             actual_size: actual,

@@ -2,6 +2,7 @@
 //! and opening an image with qemu-img's error text.
 
 use imgtool::format::CreateOptions;
+use imgtool::io::BlkdebugOptions;
 use imgtool::{Image, OpenOptions};
 
 use crate::app::Fail;
@@ -227,6 +228,74 @@ fn has_protocol(path: &str) -> bool {
         .is_some_and(|i| path.as_bytes()[i] == b':')
 }
 
+/// blkdebug's own keys below `prefix` (`file.` for `file.driver=blkdebug`):
+/// its options and the filename of the image it sits on.
+fn blkdebug_options(
+    items: &[(String, String)],
+    prefix: &str,
+) -> Result<(BlkdebugOptions, String), String> {
+    let get = |key: &str| {
+        items
+            .iter()
+            .rev()
+            .find(|(k, _)| k.strip_prefix(prefix) == Some(key))
+            .map(|(_, v)| v.clone())
+    };
+    let mut b = BlkdebugOptions {
+        config: get("config"),
+        ..Default::default()
+    };
+    for (k, v) in items {
+        let Some(k) = k.strip_prefix(prefix) else {
+            continue;
+        };
+        if k.starts_with("inject-error.") || k.starts_with("set-state.") {
+            b.rules.push((k.to_string(), v.clone()));
+        } else if !matches!(
+            k,
+            "driver"
+                | "config"
+                | "x-image"
+                | "image"
+                | "image.driver"
+                | "image.filename"
+                | "image.locking"
+                | "image.aio"
+                | "align"
+                | "max-transfer"
+                | "opt-write-zero"
+                | "max-write-zero"
+                | "opt-discard"
+                | "max-discard"
+                | "take-child-perms"
+                | "unshare-child-perms"
+        ) && !k.starts_with("take-child-perms.")
+            && !k.starts_with("unshare-child-perms.")
+        {
+            return Err(format!("Invalid parameter '{k}'"));
+        }
+    }
+    if let Some(a) = get("align") {
+        b.align = imgtool::size::parse_size(&a).ok_or_else(|| {
+            "Parameter 'align' expects a non-negative number below 2^64".to_string()
+        })?;
+    }
+    if let Some(d) = get("image.driver").filter(|d| d != "file") {
+        return Err(format!("Unknown protocol driver '{d}'"));
+    }
+    let image = match (get("image.filename"), get("x-image"), get("image")) {
+        (Some(f), _, _) => f,
+        (None, Some(f), _) => f.strip_prefix("file:").unwrap_or(&f).to_string(),
+        (None, None, Some(node)) => {
+            return Err(format!(
+                "Cannot find device='{node}' nor node-name='{node}'"
+            ))
+        }
+        (None, None, None) => return Err("A block device must be specified for \"image\"".into()),
+    };
+    Ok((b, image))
+}
+
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -237,10 +306,27 @@ pub struct ImageSpec {
     /// `encrypt.key-secret` (qcow2) or `key-secret` (luks).
     pub key_secret: Option<String>,
     pub encrypt_format: Option<String>,
+    /// A blkdebug node between the format and the file.
+    pub blkdebug: Option<BlkdebugOptions>,
 }
 
 impl ImageSpec {
     pub fn plain(filename: &str, format: Option<&str>) -> Self {
+        if let Some(rest) = filename.strip_prefix("blkdebug:") {
+            // blkdebug:CONFIG:IMAGE; the syntax error shows when opening.
+            let (config, image) = rest.split_once(':').unwrap_or(("", ""));
+            let mut s = Self::plain(image, format);
+            s.arg = filename.to_string();
+            s.blkdebug = Some(BlkdebugOptions {
+                config: Some(config.to_string()),
+                name: filename.to_string(),
+                ..Default::default()
+            });
+            if !rest.contains(':') {
+                s.filename = String::new();
+            }
+            return s;
+        }
         // `file:NAME` names a host file explicitly; a NAME that itself looks
         // like it has a protocol prefix is shown as `./NAME`, as QEMU does.
         let name = match filename.strip_prefix("file:") {
@@ -254,6 +340,7 @@ impl ImageSpec {
             format: format.map(str::to_string),
             key_secret: None,
             encrypt_format: None,
+            blkdebug: None,
         }
     }
 
@@ -308,19 +395,28 @@ impl ImageSpec {
             )));
         }
         let driver = get("driver");
+        let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
         if let (Some(d), Some((k, _))) = (
             &driver,
-            items
-                .iter()
-                .find(|(k, _)| !key_known(driver.as_deref().unwrap_or_default(), k.as_str())),
+            items.iter().find(|(k, _)| {
+                !key_known(driver.as_deref().unwrap_or_default(), k.as_str())
+                    && !(blkdebug_below && k.starts_with("file."))
+            }),
         ) {
             return Err(fail(format!(
                 "Block format '{d}' does not support the option '{k}'"
             )));
         }
-        let filename = get("file.filename");
+        let mut filename = get("file.filename");
+        let mut blkdebug = None;
         match get("file.driver").as_deref() {
             None | Some("file") => {}
+            Some("blkdebug") => {
+                let (mut b, image) = blkdebug_options(items, "file.").map_err(fail)?;
+                b.name = arg.to_string();
+                filename = Some(image);
+                blkdebug = Some(b);
+            }
             Some(d) => return Err(fail(format!("Unknown protocol driver '{d}'"))),
         }
         let Some(filename) = filename else {
@@ -337,6 +433,7 @@ impl ImageSpec {
             format: driver,
             key_secret,
             encrypt_format: get("encrypt.format"),
+            blkdebug,
         })
     }
 
@@ -365,10 +462,26 @@ impl ImageSpec {
     /// Open as qemu-img's `img_open` does, reporting failures as
     /// `Could not open 'ARG': ...`.
     pub fn open(&self, opts: &OpenOptions) -> Result<Image, Fail> {
+        if self.blkdebug.is_some() && self.filename.is_empty() {
+            let both = self
+                .arg
+                .strip_prefix("blkdebug:")
+                .is_some_and(|r| !r.contains(':'));
+            return Err(Fail::Report(format!(
+                "Could not open '{}': {}",
+                self.arg,
+                if both {
+                    "blkdebug requires both config file and image path"
+                } else {
+                    "The 'file' block driver requires a file name"
+                }
+            )));
+        }
         let opts = OpenOptions {
             format: self.format.clone(),
             key_secret: self.key_secret.clone().or_else(|| opts.key_secret.clone()),
             encrypt_format: self.encrypt_format.clone(),
+            blkdebug: self.blkdebug.clone(),
             ..opts.clone()
         };
         Image::open(&self.filename, &opts).map_err(|e| {

@@ -37,6 +37,8 @@ pub struct Layer {
     pub format: &'static str,
     /// The backing file name as recorded in this layer's header.
     pub backing_name: Option<String>,
+    /// The blkdebug node the layer's file sits under, reopened with it.
+    pub blkdebug: Option<crate::io::BlkdebugOptions>,
 }
 
 /// The layers of an opened image, top first.
@@ -48,6 +50,7 @@ pub fn chain_layers(img: &Image) -> Vec<Layer> {
             filename: i.filename().to_string(),
             format: i.format(),
             backing_name: i.driver().backing().map(|b| b.filename),
+            blkdebug: i.blkdebug().cloned(),
         });
         cur = i.backing();
     }
@@ -136,6 +139,7 @@ pub fn commit(
                 writable: d == 0,
                 cache: opts.cache,
                 no_backing: true,
+                blkdebug: l.blkdebug.clone(),
                 ..OpenOptions::default()
             },
         )?);
@@ -147,6 +151,7 @@ pub fn commit(
             format: Some(base_layer.format.to_string()),
             writable: true,
             cache: opts.cache,
+            blkdebug: base_layer.blkdebug.clone(),
             ..OpenOptions::default()
         },
     )?;
@@ -179,7 +184,7 @@ pub fn commit(
     if !drop_top {
         above[0].driver().make_empty().map_err(|e| {
             let t = crate::format::errno_text(&e);
-            e.with_message(format!("Could not empty {name}: {t}"))
+            e.with_message(format!("Failed to empty {name}: {t}"))
         })?;
         above[0].flush()?;
     }

@@ -64,7 +64,7 @@ impl Qcow2 {
             *e = 0;
         }
         for off in freed {
-            m.rc.add(&self.file, off >> cb, 1, -1)?;
+            m.rc.free(&self.file, off >> cb, 1)?;
         }
         // Freed tables may come back as data clusters: forget them.
         m.l2 = L2Cache::new(self.cs());
