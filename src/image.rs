@@ -86,13 +86,51 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 /// Resolve a backing filename relative to the image that names it, as
 /// QEMU's path_combine does.
 pub fn combine_backing_path(image: &str, backing: &str) -> String {
-    if backing.starts_with('/') || backing.contains("://") {
+    if backing.starts_with('/') || backing.contains("://") || backing.starts_with("json:") {
         return backing.to_string();
     }
     match image.rfind('/') {
         Some(i) => format!("{}{}", &image[..=i], backing),
         None => backing.to_string(),
     }
+}
+
+/// What a `json:{...}` filename opens: the host file, the format (None:
+/// probe) and a blkdebug node between them.
+fn json_target(text: &str) -> Result<(String, Option<String>, Option<crate::io::BlkdebugOptions>)> {
+    let v = crate::json::parse::parse_detailed(text)
+        .map_err(|e| Error::invalid(format!("Could not parse the JSON options: {e}")))?;
+    if !matches!(v, crate::json::Json::Object(_)) {
+        return Err(Error::invalid("Invalid JSON object given"));
+    }
+    let items = crate::json::parse::flatten(&v);
+    let get = |key: &str| {
+        items
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let format = get("driver");
+    let (file, blkdebug) = match get("file.driver").as_deref() {
+        Some("blkdebug") => {
+            let (b, f) =
+                crate::io::BlkdebugOptions::from_flat(&items, "file.").map_err(Error::invalid)?;
+            (Some(f), Some(b))
+        }
+        None | Some("file") => (get("file.filename"), None),
+        Some(d) => return Err(Error::invalid(format!("Unknown protocol driver '{d}'"))),
+    };
+    let file = match file {
+        Some(f) => f,
+        None if format.is_some() => {
+            return Err(Error::invalid(
+                "A block device must be specified for \"file\"",
+            ))
+        }
+        None => return Err(Error::invalid("Must specify either driver or file")),
+    };
+    Ok((file, format, blkdebug))
 }
 
 impl Image {
@@ -119,6 +157,20 @@ impl Image {
             return Err(Error::invalid(format!(
                 "Backing chain of '{path}' is too deep"
             )));
+        }
+        if let Some(text) = path.strip_prefix("json:") {
+            // A json: name (typically a backing file): the node tree names
+            // the format and the file, maybe through blkdebug.
+            let (file, format, mut blkdebug) = json_target(text)?;
+            if let Some(b) = blkdebug.as_mut() {
+                b.name = path.to_string();
+            }
+            let inner = OpenOptions {
+                format: format.or_else(|| opts.format.clone()),
+                blkdebug: blkdebug.or_else(|| opts.blkdebug.clone()),
+                ..opts.clone()
+            };
+            return Self::open_inner(&file, &inner, seen, depth);
         }
         // blkdebug reads its rules before it opens the image below it.
         let injector = match &opts.blkdebug {

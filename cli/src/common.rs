@@ -228,74 +228,6 @@ fn has_protocol(path: &str) -> bool {
         .is_some_and(|i| path.as_bytes()[i] == b':')
 }
 
-/// blkdebug's own keys below `prefix` (`file.` for `file.driver=blkdebug`):
-/// its options and the filename of the image it sits on.
-fn blkdebug_options(
-    items: &[(String, String)],
-    prefix: &str,
-) -> Result<(BlkdebugOptions, String), String> {
-    let get = |key: &str| {
-        items
-            .iter()
-            .rev()
-            .find(|(k, _)| k.strip_prefix(prefix) == Some(key))
-            .map(|(_, v)| v.clone())
-    };
-    let mut b = BlkdebugOptions {
-        config: get("config"),
-        ..Default::default()
-    };
-    for (k, v) in items {
-        let Some(k) = k.strip_prefix(prefix) else {
-            continue;
-        };
-        if k.starts_with("inject-error.") || k.starts_with("set-state.") {
-            b.rules.push((k.to_string(), v.clone()));
-        } else if !matches!(
-            k,
-            "driver"
-                | "config"
-                | "x-image"
-                | "image"
-                | "image.driver"
-                | "image.filename"
-                | "image.locking"
-                | "image.aio"
-                | "align"
-                | "max-transfer"
-                | "opt-write-zero"
-                | "max-write-zero"
-                | "opt-discard"
-                | "max-discard"
-                | "take-child-perms"
-                | "unshare-child-perms"
-        ) && !k.starts_with("take-child-perms.")
-            && !k.starts_with("unshare-child-perms.")
-        {
-            return Err(format!("Invalid parameter '{k}'"));
-        }
-    }
-    if let Some(a) = get("align") {
-        b.align = imgtool::size::parse_size(&a).ok_or_else(|| {
-            "Parameter 'align' expects a non-negative number below 2^64".to_string()
-        })?;
-    }
-    if let Some(d) = get("image.driver").filter(|d| d != "file") {
-        return Err(format!("Unknown protocol driver '{d}'"));
-    }
-    let image = match (get("image.filename"), get("x-image"), get("image")) {
-        (Some(f), _, _) => f,
-        (None, Some(f), _) => f.strip_prefix("file:").unwrap_or(&f).to_string(),
-        (None, None, Some(node)) => {
-            return Err(format!(
-                "Cannot find device='{node}' nor node-name='{node}'"
-            ))
-        }
-        (None, None, None) => return Err("A block device must be specified for \"image\"".into()),
-    };
-    Ok((b, image))
-}
-
 /// What an image argument names: a file and maybe a format.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageSpec {
@@ -412,7 +344,7 @@ impl ImageSpec {
         match get("file.driver").as_deref() {
             None | Some("file") => {}
             Some("blkdebug") => {
-                let (mut b, image) = blkdebug_options(items, "file.").map_err(fail)?;
+                let (mut b, image) = BlkdebugOptions::from_flat(items, "file.").map_err(fail)?;
                 b.name = arg.to_string();
                 filename = Some(image);
                 blkdebug = Some(b);

@@ -98,6 +98,78 @@ pub struct BlkdebugOptions {
     pub name: String,
 }
 
+impl BlkdebugOptions {
+    /// blkdebug's own keys below `prefix` (`file.` for `file.driver=blkdebug`):
+    /// its options and the filename of the image it sits on.
+    pub fn from_flat(
+        items: &[(String, String)],
+        prefix: &str,
+    ) -> std::result::Result<(BlkdebugOptions, String), String> {
+        let get = |key: &str| {
+            items
+                .iter()
+                .rev()
+                .find(|(k, _)| k.strip_prefix(prefix) == Some(key))
+                .map(|(_, v)| v.clone())
+        };
+        let mut b = BlkdebugOptions {
+            config: get("config"),
+            ..Default::default()
+        };
+        for (k, v) in items {
+            let Some(k) = k.strip_prefix(prefix) else {
+                continue;
+            };
+            if k.starts_with("inject-error.") || k.starts_with("set-state.") {
+                b.rules.push((k.to_string(), v.clone()));
+            } else if !matches!(
+                k,
+                "driver"
+                    | "config"
+                    | "x-image"
+                    | "image"
+                    | "image.driver"
+                    | "image.filename"
+                    | "image.locking"
+                    | "image.aio"
+                    | "align"
+                    | "max-transfer"
+                    | "opt-write-zero"
+                    | "max-write-zero"
+                    | "opt-discard"
+                    | "max-discard"
+                    | "take-child-perms"
+                    | "unshare-child-perms"
+            ) && !k.starts_with("take-child-perms.")
+                && !k.starts_with("unshare-child-perms.")
+            {
+                return Err(format!("Invalid parameter '{k}'"));
+            }
+        }
+        if let Some(a) = get("align") {
+            b.align = crate::size::parse_size(&a).ok_or_else(|| {
+                "Parameter 'align' expects a non-negative number below 2^64".to_string()
+            })?;
+        }
+        if let Some(d) = get("image.driver").filter(|d| d != "file") {
+            return Err(format!("Unknown protocol driver '{d}'"));
+        }
+        let image = match (get("image.filename"), get("x-image"), get("image")) {
+            (Some(f), _, _) => f,
+            (None, Some(f), _) => f.strip_prefix("file:").unwrap_or(&f).to_string(),
+            (None, None, Some(node)) => {
+                return Err(format!(
+                    "Cannot find device='{node}' nor node-name='{node}'"
+                ))
+            }
+            (None, None, None) => {
+                return Err("A block device must be specified for \"image\"".into())
+            }
+        };
+        Ok((b, image))
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Action {
     Inject {

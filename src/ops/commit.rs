@@ -162,15 +162,23 @@ pub fn commit(
     }
     let mut buf = Vec::new();
     let mut off = 0u64;
+    // I/O errors of the copy are the commit block job's.
+    let job = |e: Error| match e.errno() {
+        Some(_) => {
+            let t = crate::format::errno_text(&e);
+            e.with_message(format!("Block job failed: {t}"))
+        }
+        None => e,
+    };
     while off < size {
-        let (len, what) = status_above(&above, off, CHUNK.min(size - off))?;
+        let (len, what) = status_above(&above, off, CHUNK.min(size - off)).map_err(job)?;
         match what {
             Above::Nothing => {}
-            Above::Zero => base.write_zeroes(off, len, true)?,
+            Above::Zero => base.write_zeroes(off, len, true).map_err(job)?,
             Above::Data(d) => {
                 buf.resize(len as usize, 0);
-                above[d].read_at(&mut buf, off)?;
-                base.write_at(&buf, off)?;
+                above[d].read_at(&mut buf, off).map_err(job)?;
+                base.write_at(&buf, off).map_err(job)?;
             }
         }
         off += len;
@@ -180,7 +188,7 @@ pub fn commit(
             }
         }
     }
-    base.flush()?;
+    base.flush().map_err(job)?;
     if !drop_top {
         above[0].driver().make_empty().map_err(|e| {
             let t = crate::format::errno_text(&e);

@@ -192,6 +192,9 @@ pub struct Qcow2 {
     corruption_reported: std::sync::atomic::AtomicBool,
     /// Data cipher of an encrypted image opened for I/O.
     crypto: Option<std::sync::Arc<crypto::DataCrypto>>,
+    /// A reset of the whole file failed midway: QEMU ejects such a node, so
+    /// nothing more is written (the dirty flag stays for the next open).
+    broken: std::sync::atomic::AtomicBool,
 }
 
 /// Largest first cluster we read to parse the header (2 MiB clusters).
@@ -268,6 +271,7 @@ impl Qcow2 {
             write_lock: Mutex::new(()),
             file,
             corruption_reported: Default::default(),
+            broken: Default::default(),
         };
         if writable {
             // Autoclear bits of features QEMU does not know are cleared as
@@ -365,6 +369,7 @@ impl Qcow2 {
             file,
             corruption_reported: Default::default(),
             crypto: self.crypto.clone(),
+            broken: Default::default(),
         })
     }
 
@@ -570,6 +575,9 @@ impl Driver for Qcow2 {
         }
     }
     fn flush(&self) -> Result<()> {
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::from_errno(libc::ENOMEDIUM));
+        }
         if let Some(d) = &self.data_file {
             d.flush()?;
         }
@@ -628,7 +636,7 @@ impl Driver for Qcow2 {
         self.cs()
     }
     fn close(&self) -> Result<()> {
-        if !self.writable {
+        if !self.writable || self.broken.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
         self.flush()?;
