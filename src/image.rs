@@ -112,6 +112,10 @@ fn json_target(text: &str) -> Result<(String, Option<String>, Option<crate::io::
             .map(|(_, v)| v.clone())
     };
     let format = get("driver");
+    if format.as_deref() == Some("blkdebug") {
+        let (b, f) = crate::io::BlkdebugOptions::from_flat(&items, "").map_err(Error::invalid)?;
+        return Ok((f, b.above.clone(), Some(b)));
+    }
     let (file, blkdebug) = match get("file.driver").as_deref() {
         Some("blkdebug") => {
             let (b, f) =
@@ -178,8 +182,13 @@ impl Image {
             None => None,
         };
         let mut file = HostFile::open(Path::new(path), opts.writable, opts.cache)?;
-        if let Some(inj) = injector {
-            file.set_injector(inj);
+        // Above a format, blkdebug wraps the driver instead (below).
+        let above = opts.blkdebug.as_ref().is_some_and(|b| b.above.is_some());
+        let mut filter = None;
+        match injector {
+            Some(inj) if above => filter = Some(inj),
+            Some(inj) => file.set_injector(inj),
+            None => {}
         }
         if let Some(id) = file_id(Path::new(path)) {
             if seen.contains(&id) {
@@ -221,6 +230,9 @@ impl Image {
                 encrypt_format: opts.encrypt_format.clone(),
             },
         )?;
+        if let Some(inj) = filter {
+            driver = Box::new(format::blkdebug::Filter::new(driver, inj));
+        }
         if let Some(snap) = &opts.snapshot {
             if opts.writable {
                 return Err(Error::invalid("Snapshots can only be opened read-only"));

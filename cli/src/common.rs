@@ -327,6 +327,18 @@ impl ImageSpec {
             )));
         }
         let driver = get("driver");
+        if driver.as_deref() == Some("blkdebug") {
+            let (mut b, image) = BlkdebugOptions::from_flat(items, "").map_err(fail)?;
+            b.name = arg.to_string();
+            return Ok(ImageSpec {
+                arg: arg.to_string(),
+                filename: image,
+                format: b.above.clone(),
+                key_secret: None,
+                encrypt_format: None,
+                blkdebug: Some(b),
+            });
+        }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
         if let (Some(d), Some((k, _))) = (
             &driver,

@@ -96,6 +96,10 @@ pub struct BlkdebugOptions {
     pub align: u64,
     /// The node's filename as QEMU shows it (`blkdebug:CONF:FILE`).
     pub name: String,
+    /// blkdebug sits above a format node (`image.driver=qcow2`) instead of
+    /// between a format and its file: the format's name. Requests are then
+    /// checked at guest offsets.
+    pub above: Option<String>,
 }
 
 impl BlkdebugOptions {
@@ -114,12 +118,17 @@ impl BlkdebugOptions {
         };
         let mut b = BlkdebugOptions {
             config: get("config"),
+            above: get("image.driver").filter(|d| d != "file"),
             ..Default::default()
         };
         for (k, v) in items {
             let Some(k) = k.strip_prefix(prefix) else {
                 continue;
             };
+            if b.above.is_some() && k.starts_with("image.") {
+                // The format node's own options: its opener judges them.
+                continue;
+            }
             if k.starts_with("inject-error.") || k.starts_with("set-state.") {
                 b.rules.push((k.to_string(), v.clone()));
             } else if !matches!(
@@ -151,8 +160,17 @@ impl BlkdebugOptions {
                 "Parameter 'align' expects a non-negative number below 2^64".to_string()
             })?;
         }
-        if let Some(d) = get("image.driver").filter(|d| d != "file") {
-            return Err(format!("Unknown protocol driver '{d}'"));
+        if b.above.is_some() {
+            return match (
+                get("image.file.driver").as_deref(),
+                get("image.file.filename"),
+            ) {
+                (None | Some("file"), Some(f)) => Ok((b, f)),
+                (None | Some("file"), None) => {
+                    Err("A block device must be specified for \"file\"".into())
+                }
+                (Some(d), _) => Err(format!("Unknown protocol driver '{d}'")),
+            };
         }
         let image = match (get("image.filename"), get("x-image"), get("image")) {
             (Some(f), _, _) => f,
