@@ -406,6 +406,24 @@ impl ImageSpec {
     /// Open as qemu-img's `img_open` does, reporting failures as
     /// `Could not open 'ARG': ...`.
     pub fn open(&self, opts: &OpenOptions) -> Result<Image, Fail> {
+        self.check_blkdebug_syntax()?;
+        let opts = OpenOptions {
+            format: self.format.clone(),
+            key_secret: self.key_secret.clone().or_else(|| opts.key_secret.clone()),
+            encrypt_format: self.encrypt_format.clone(),
+            blkdebug: self.blkdebug.clone(),
+            ..opts.clone()
+        };
+        Image::open(&self.filename, &opts).map_err(|e| {
+            let inner_prefix = format!("Could not open '{}': ", self.filename);
+            let msg = e.message();
+            let inner = msg.strip_prefix(&inner_prefix).unwrap_or(msg);
+            Fail::Report(format!("Could not open '{}': {inner}", self.arg))
+        })
+    }
+
+    /// A `blkdebug:` name without an image: qemu-img's words for it.
+    pub fn check_blkdebug_syntax(&self) -> Result<(), Fail> {
         if self.blkdebug.is_some() && self.filename.is_empty() {
             let both = self
                 .arg
@@ -421,19 +439,7 @@ impl ImageSpec {
                 }
             )));
         }
-        let opts = OpenOptions {
-            format: self.format.clone(),
-            key_secret: self.key_secret.clone().or_else(|| opts.key_secret.clone()),
-            encrypt_format: self.encrypt_format.clone(),
-            blkdebug: self.blkdebug.clone(),
-            ..opts.clone()
-        };
-        Image::open(&self.filename, &opts).map_err(|e| {
-            let inner_prefix = format!("Could not open '{}': ", self.filename);
-            let msg = e.message();
-            let inner = msg.strip_prefix(&inner_prefix).unwrap_or(msg);
-            Fail::Report(format!("Could not open '{}': {inner}", self.arg))
-        })
+        Ok(())
     }
 }
 

@@ -250,6 +250,7 @@ pub unsafe extern "C" fn imgtool_check(
             force_share: o.flags & IMGTOOL_CHECK_FORCE_SHARE != 0,
             cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
             key_secret: key_secret.map(str::to_string),
+            blkdebug: None,
         };
         let mut progress = progress.map(|f| Callback::new(f, user));
         if let Some(cb) = progress.as_mut() {

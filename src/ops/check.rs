@@ -14,6 +14,8 @@ pub struct CheckOptions {
     pub cache: CacheMode,
     /// Secret id unlocking an encrypted image.
     pub key_secret: Option<String>,
+    /// A blkdebug node the image is opened through.
+    pub blkdebug: Option<crate::io::BlkdebugOptions>,
 }
 
 /// QAPI ImageCheck: the final pass's counts plus what the repair fixed.
@@ -94,6 +96,7 @@ pub fn check(
         no_backing: false,
         for_check: true,
         key_secret: opts.key_secret.clone(),
+        blkdebug: opts.blkdebug.clone(),
         ..OpenOptions::default()
     };
     let img = Image::open(path, &oo)?;

@@ -205,7 +205,8 @@ impl Qcow2 {
         let file_len = file.len()?;
         // Bytes past EOF read as zeros, as QEMU's header read sees them.
         let mut head = vec![0u8; file_len.clamp(4096, MAX_HEADER_READ) as usize];
-        file.read_at(&mut head, 0)?;
+        file.read_at(&mut head, 0)
+            .map_err(|e| e.context("Could not read qcow2 header"))?;
         let hdr = Header::parse(&head)?;
         let writable = opts.writable;
         let crypto = crypto::open(&hdr, &file, opts)?.map(std::sync::Arc::new);
