@@ -190,10 +190,15 @@ pub fn commit(
     }
     base.flush().map_err(job)?;
     if !drop_top {
-        above[0].driver().make_empty().map_err(|e| {
-            let t = crate::format::errno_text(&e);
-            e.with_message(format!("Failed to empty {name}: {t}"))
-        })?;
+        // qemu-img ignores ENOTSUP: a format that cannot empty itself
+        // keeps its data and the commit still succeeds.
+        match above[0].driver().make_empty() {
+            Err(e) if e.kind() == crate::error::ErrorKind::Unsupported => {}
+            r => r.map_err(|e| {
+                let t = crate::format::errno_text(&e);
+                e.with_message(format!("Failed to empty {name}: {t}"))
+            })?,
+        }
         above[0].flush()?;
     }
     base.close()?;
