@@ -394,6 +394,7 @@ fn convert(
         // qemu-img leaves a target it failed to fill (a vmdk's extent
         // files included).
         keep_on_error: true,
+        salvage: a.salvage,
     };
     if progress.is_enabled() {
         let walk = Walk {

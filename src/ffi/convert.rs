@@ -260,6 +260,7 @@ pub unsafe extern "C" fn imgtool_convert(
             source_key_secret: source_key_secret.map(str::to_string),
             target_key_secret: target_key_secret.map(str::to_string),
             keep_on_error: false,
+            salvage: false,
         };
         match progress {
             Some(f) => {
