@@ -111,8 +111,9 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
     let mut progress = Progress::start(a.progress, 2.0);
     let quiet = a.quiet;
     // qemu-img's stdout is fully buffered on a pipe, so there the warning
-    // comes out after any error printed on stderr meanwhile.
-    let defer = !std::io::stdout().is_terminal();
+    // comes out after any error printed on stderr meanwhile (with -p it
+    // stays among the progress lines, as there).
+    let defer = !a.progress && !std::io::stdout().is_terminal();
     let mut mismatch = false;
     let mut on_event = |e: CompareEvent| match e {
         CompareEvent::Progress(p) => progress.set(p),

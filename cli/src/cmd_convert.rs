@@ -395,6 +395,7 @@ fn convert(
         // files included).
         keep_on_error: true,
         salvage: a.salvage,
+        quiet: a.quiet,
     };
     if progress.is_enabled() {
         let walk = Walk {

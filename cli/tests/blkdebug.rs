@@ -304,3 +304,38 @@ fn hostile_config_files() {
         }
     }
 }
+
+/// `convert --salvage` through blkdebug above qcow2 (iotest 251's shape):
+/// block status and reads failing at single sectors and a run of them.
+#[test]
+fn convert_salvage_above_qcow2() {
+    let mut rules = Vec::new();
+    for s in [32784u64, 67585] {
+        rules.push(format!(
+            "{{\"event\": \"none\", \"iotype\": \"block-status\", \"errno\": 5, \"sector\": {s}}}"
+        ));
+    }
+    for s in [65408u64, 67585, 69632, 69633, 69634] {
+        rules.push(format!(
+            "{{\"event\": \"none\", \"iotype\": \"read\", \"errno\": 5, \"sector\": {s}}}"
+        ));
+    }
+    let src = format!(
+        "json:{{\"driver\": \"blkdebug\", \"image\": {{\"driver\": \"qcow2\", \
+         \"file\": {{\"driver\": \"file\", \"filename\": \"t.qcow2\"}}}}, \
+         \"inject-error\": [{}]}}",
+        rules.join(", ")
+    );
+    let dir = TempDir::new("blkdebug-salvage");
+    let d = dir.path();
+    qemu_img_ok(d, &["create", "-q", "-f", "qcow2", "t.qcow2", "64M"]);
+    qemu_io(d, "qcow2", "t.qcow2", &["write -P 42 0 64M".into()]);
+    let q = qemu_img(d, &["convert", "--salvage", &src, "q.raw"]);
+    let o = imgtool(d, &["convert", "--salvage", &src, "o.raw"]);
+    assert_outcome_matches(&q, &o);
+    assert_bytes_eq(
+        "salvaged copy",
+        &read(&d.join("q.raw")),
+        &read(&d.join("o.raw")),
+    );
+}

@@ -52,6 +52,8 @@ pub struct ConvertOptions {
     /// `--salvage`: a failed block-status query counts as data, and a
     /// sector that cannot be read is written as zeros, each with a warning.
     pub salvage: bool,
+    /// `-q`: no salvage warnings.
+    pub quiet: bool,
 }
 
 impl Default for ConvertOptions {
@@ -67,6 +69,7 @@ impl Default for ConvertOptions {
             skip_create: false,
             num_workers: 8,
             salvage: false,
+            quiet: false,
             out_of_order: false,
             target_cache: CacheMode::Unsafe,
             source_cache: CacheMode::Writeback,
@@ -221,6 +224,7 @@ struct Ctx<'a> {
     compress: Option<u64>,
     pool: BufPool,
     salvage: bool,
+    quiet: bool,
 }
 
 fn copy_into(
@@ -286,6 +290,7 @@ fn copy_into(
         compress: if opts.compress { cluster } else { None },
         pool: BufPool::default(),
         salvage: opts.salvage,
+        quiet: opts.quiet,
     };
     if opts.salvage {
         // qemu-img walks the source's block status once to count what it
@@ -294,7 +299,7 @@ fn copy_into(
             let size = src.img.size();
             let mut off = 0;
             while off < size {
-                let (n, _) = salvaged_status(&src.img, off, size - off)?;
+                let (n, _) = salvaged_status(&src.img, off, size - off, opts.quiet)?;
                 off += n;
             }
         }
@@ -469,7 +474,7 @@ const SECTOR: u64 = 512;
 /// Block status under --salvage, as qemu-img retries it: a failed query is
 /// repeated over a quarter of the range until one sector is left, which is
 /// then reported and taken as data. Returns (bytes, reads as zero).
-fn salvaged_status(img: &Image, off: u64, max: u64) -> Result<(u64, bool)> {
+fn salvaged_status(img: &Image, off: u64, max: u64, quiet: bool) -> Result<(u64, bool)> {
     let mut sectors = max.div_ceil(SECTOR);
     loop {
         let want = (sectors * SECTOR).min(max);
@@ -477,10 +482,12 @@ fn salvaged_status(img: &Image, off: u64, max: u64) -> Result<(u64, bool)> {
             Ok(e) => return Ok((e.len.clamp(1, want), e.zero)),
             Err(e) if e.kind() == crate::error::ErrorKind::Cancelled => return Err(e),
             Err(e) if sectors <= 1 => {
-                crate::events::warning(&format!(
-                    "error while reading block status at offset {off}: {}",
-                    crate::format::errno_text(&e)
-                ));
+                if !quiet {
+                    crate::events::warning(&format!(
+                        "error while reading block status at offset {off}: {}",
+                        crate::format::errno_text(&e)
+                    ));
+                }
                 return Ok((SECTOR.min(max), false));
             }
             Err(_) => sectors = sectors.div_ceil(4),
@@ -490,17 +497,19 @@ fn salvaged_status(img: &Image, off: u64, max: u64) -> Result<(u64, bool)> {
 
 /// A read under --salvage: after a failure the range is read sector by
 /// sector, and sectors that still fail are reported and read as zeros.
-fn salvaged_read(img: &Image, buf: &mut [u8], off: u64) {
+fn salvaged_read(img: &Image, buf: &mut [u8], off: u64, quiet: bool) {
     if img.read_at(buf, off).is_ok() {
         return;
     }
     for (i, s) in buf.chunks_mut(SECTOR as usize).enumerate() {
         let o = off + i as u64 * SECTOR;
         if let Err(e) = img.read_at(s, o) {
-            crate::events::warning(&format!(
-                "error while reading offset {o}: {}",
-                crate::format::errno_text(&e)
-            ));
+            if !quiet {
+                crate::events::warning(&format!(
+                    "error while reading offset {o}: {}",
+                    crate::format::errno_text(&e)
+                ));
+            }
             s.fill(0);
         }
     }
@@ -612,7 +621,7 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
                 e.status != format::Status::Data,
             )
         } else if ctx.salvage {
-            let (n, zero) = salvaged_status(&src.img, local, want)?;
+            let (n, zero) = salvaged_status(&src.img, local, want, ctx.quiet)?;
             (n, true, zero)
         } else {
             let e = src
@@ -640,7 +649,7 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
             let a = (pos - start) as usize;
             let b = a + n as usize;
             if ctx.salvage {
-                salvaged_read(&src.img, &mut buf[a..b], local);
+                salvaged_read(&src.img, &mut buf[a..b], local, ctx.quiet);
             } else {
                 src.img
                     .read_at(&mut buf[a..b], local)
