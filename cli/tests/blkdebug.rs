@@ -239,6 +239,8 @@ fn filename_forms() {
         "blkdebug::nonexist.qcow2",
         "blkdebug:nonexist.conf:t.qcow2",
         "blkdebug:blkdebug.conf:t.qcow2",
+        "blkdebug:.:t.qcow2",
+        "blkdebug:/dev/null:t.qcow2",
     ] {
         run(single, CONF_EIO_READ, &["check", arg], &[]);
     }
@@ -276,6 +278,8 @@ fn hostile_config_files() {
         b"[]\n".to_vec(),
         b"   \n".to_vec(),
         b"\xff\xfe\x00\x01[\x80]\n".to_vec(),
+        b"[inject-error]\nevent = \"none\"\x00garbage\nerrno = \"28\"\n".to_vec(),
+        vec![0u8; 5000],
         long_key.into_bytes(),
         long_value.into_bytes(),
         Vec::new(),

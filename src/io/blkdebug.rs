@@ -291,6 +291,8 @@ fn parse_config(text: &str) -> Result<Vec<Section>> {
         lines.push(l);
     }
     for line in lines {
+        // fgets hands C strings on: a NUL ends the line.
+        let line = &line[..line.find('\0').unwrap_or(line.len())];
         if line.starts_with('\n') || line.starts_with('#') {
             continue;
         }
@@ -584,14 +586,17 @@ impl Injector {
 
 fn read_config(path: &str) -> Result<String> {
     use std::io::Read;
-    let fail = |e: std::io::Error| {
+    let fail = |what: &str, e: std::io::Error| {
         let err = Error::from(e);
-        let m = format!("Could not read blkdebug config file: {}", err.message());
+        let m = format!("{what}: {}", err.message());
         err.with_message(m)
     };
-    let f = std::fs::File::open(path).map_err(fail)?;
+    let f =
+        std::fs::File::open(path).map_err(|e| fail("Could not read blkdebug config file", e))?;
     let mut buf = Vec::new();
-    f.take(MAX_CONFIG).read_to_end(&mut buf).map_err(fail)?;
+    f.take(MAX_CONFIG)
+        .read_to_end(&mut buf)
+        .map_err(|e| fail("Cannot read config file", e))?;
     Ok(String::from_utf8_lossy(&buf).into_owned())
 }
 
