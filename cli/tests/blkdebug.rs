@@ -343,3 +343,13 @@ fn convert_salvage_above_qcow2() {
         &read(&d.join("o.raw")),
     );
 }
+
+/// `info` shows the blkdebug node between the format and its file.
+#[test]
+fn info_through_blkdebug() {
+    for arg in ["blkdebug:blkdebug.conf:t.qcow2", "blkdebug::t.qcow2"] {
+        for out in ["--output=human", "--output=json"] {
+            run(chain, CONF_EIO_READ, &["info", out, arg], &[]);
+        }
+    }
+}
