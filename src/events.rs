@@ -14,6 +14,21 @@ pub fn set_sink(sink: Option<Sink>) {
     *SINK.write() = sink;
 }
 
+/// A warning as QEMU's warn_report prints it: `PROG: warning: MSG`, PROG
+/// being this program's name (the sink, when installed, gets the line).
+pub fn warning(msg: &str) {
+    let prog = std::env::args_os()
+        .next()
+        .map(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    notice(&format!("{prog}: warning: {msg}"));
+}
+
 /// Emit one notice line.
 pub fn notice(line: &str) {
     match &*SINK.read() {

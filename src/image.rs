@@ -41,6 +41,8 @@ pub struct OpenOptions {
     pub data_file: Option<String>,
     /// Secret id unlocking the first backing image (`backing.encrypt.key-secret`).
     pub backing_key_secret: Option<String>,
+    /// A blkdebug node between the top image's format and its file.
+    pub blkdebug: Option<crate::io::BlkdebugOptions>,
 }
 
 impl OpenOptions {
@@ -74,6 +76,8 @@ pub struct Image {
     driver: Box<dyn Driver>,
     backing: Option<Box<Image>>,
     filename: String,
+    /// The blkdebug node the top file was opened under, if any.
+    blkdebug: Option<crate::io::BlkdebugOptions>,
     format: &'static str,
     /// Whether the format was given or guessed (guessed raw restricts block 0 writes).
     probed: bool,
@@ -88,13 +92,55 @@ fn file_id(path: &Path) -> Option<(u64, u64)> {
 /// Resolve a backing filename relative to the image that names it, as
 /// QEMU's path_combine does.
 pub fn combine_backing_path(image: &str, backing: &str) -> String {
-    if backing.starts_with('/') || backing.contains("://") {
+    if backing.starts_with('/') || backing.contains("://") || backing.starts_with("json:") {
         return backing.to_string();
     }
     match image.rfind('/') {
         Some(i) => format!("{}{}", &image[..=i], backing),
         None => backing.to_string(),
     }
+}
+
+/// What a `json:{...}` filename opens: the host file, the format (None:
+/// probe) and a blkdebug node between them.
+fn json_target(text: &str) -> Result<(String, Option<String>, Option<crate::io::BlkdebugOptions>)> {
+    let v = crate::json::parse::parse_detailed(text)
+        .map_err(|e| Error::invalid(format!("Could not parse the JSON options: {e}")))?;
+    if !matches!(v, crate::json::Json::Object(_)) {
+        return Err(Error::invalid("Invalid JSON object given"));
+    }
+    let items = crate::json::parse::flatten(&v);
+    let get = |key: &str| {
+        items
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let format = get("driver");
+    if format.as_deref() == Some("blkdebug") {
+        let (b, f) = crate::io::BlkdebugOptions::from_flat(&items, "").map_err(Error::invalid)?;
+        return Ok((f, b.above.clone(), Some(b)));
+    }
+    let (file, blkdebug) = match get("file.driver").as_deref() {
+        Some("blkdebug") => {
+            let (b, f) =
+                crate::io::BlkdebugOptions::from_flat(&items, "file.").map_err(Error::invalid)?;
+            (Some(f), Some(b))
+        }
+        None | Some("file") => (get("file.filename"), None),
+        Some(d) => return Err(Error::invalid(format!("Unknown protocol driver '{d}'"))),
+    };
+    let file = match file {
+        Some(f) => f,
+        None if format.is_some() => {
+            return Err(Error::invalid(
+                "A block device must be specified for \"file\"",
+            ))
+        }
+        None => return Err(Error::invalid("Must specify either driver or file")),
+    };
+    Ok((file, format, blkdebug))
 }
 
 impl Image {
@@ -122,7 +168,34 @@ impl Image {
                 "Backing chain of '{path}' is too deep"
             )));
         }
-        let file = HostFile::open(Path::new(path), opts.writable, opts.cache)?;
+        if let Some(text) = path.strip_prefix("json:") {
+            // A json: name (typically a backing file): the node tree names
+            // the format and the file, maybe through blkdebug.
+            let (file, format, mut blkdebug) = json_target(text)?;
+            if let Some(b) = blkdebug.as_mut() {
+                b.name = path.to_string();
+            }
+            let inner = OpenOptions {
+                format: format.or_else(|| opts.format.clone()),
+                blkdebug: blkdebug.or_else(|| opts.blkdebug.clone()),
+                ..opts.clone()
+            };
+            return Self::open_inner(&file, &inner, seen, depth);
+        }
+        // blkdebug reads its rules before it opens the image below it.
+        let injector = match &opts.blkdebug {
+            Some(b) => Some(std::sync::Arc::new(crate::io::Injector::new(b)?)),
+            None => None,
+        };
+        let mut file = HostFile::open(Path::new(path), opts.writable, opts.cache)?;
+        // Above a format, blkdebug wraps the driver instead (below).
+        let above = opts.blkdebug.as_ref().is_some_and(|b| b.above.is_some());
+        let mut filter = None;
+        match injector {
+            Some(inj) if above => filter = Some(inj),
+            Some(inj) => file.set_injector(inj),
+            None => {}
+        }
         if let Some(id) = file_id(Path::new(path)) {
             if seen.contains(&id) {
                 return Err(Error::invalid(format!(
@@ -139,7 +212,11 @@ impl Image {
                     .ok_or_else(|| Error::invalid(format!("Unknown driver '{f}'")))?;
                 (*f, false)
             }
-            None => (format::probe(&file)?, true),
+            None => (
+                format::probe(&file)
+                    .map_err(|e| e.context("Could not read image for determining its format"))?,
+                true,
+            ),
         };
         if !opts.force_share {
             file.lock(if opts.writable {
@@ -160,6 +237,9 @@ impl Image {
                 data_file: opts.data_file.clone(),
             },
         )?;
+        if let Some(inj) = filter {
+            driver = Box::new(format::blkdebug::Filter::new(driver, inj));
+        }
         if let Some(snap) = &opts.snapshot {
             if opts.writable {
                 return Err(Error::invalid("Snapshots can only be opened read-only"));
@@ -206,6 +286,7 @@ impl Image {
             driver,
             backing,
             filename: path.to_string(),
+            blkdebug: opts.blkdebug.clone(),
             format,
             probed,
             key_secret: opts.key_secret.clone(),
@@ -219,6 +300,17 @@ impl Image {
 
     pub fn filename(&self) -> &str {
         &self.filename
+    }
+    /// The name QEMU gives this image: its filename, or the name of the
+    /// blkdebug node it was opened through.
+    pub fn display_name(&self) -> &str {
+        match &self.blkdebug {
+            Some(b) if !b.name.is_empty() => &b.name,
+            _ => &self.filename,
+        }
+    }
+    pub fn blkdebug(&self) -> Option<&crate::io::BlkdebugOptions> {
+        self.blkdebug.as_ref()
     }
     pub fn format(&self) -> &'static str {
         self.format

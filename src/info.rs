@@ -32,7 +32,20 @@ impl ImageInfo {
     pub fn of(img: &Image) -> ImageInfo {
         let d = img.driver();
         let di = d.info();
-        let child = Self::protocol(img.filename(), d.host_file());
+        let mut child = Self::protocol(img.filename(), d.host_file());
+        if img.blkdebug().is_some_and(|b| b.above.is_none()) {
+            // blkdebug between format and file: its own node (which knows
+            // no disk size), with the file as its `image` child.
+            child = ImageInfo {
+                filename: img.display_name().to_string(),
+                format: "blkdebug".into(),
+                actual_size: None,
+                format_specific: None,
+                file_child: None,
+                extent_children: vec![("image".into(), child.clone())],
+                ..child
+            };
+        }
         let extent_children: Vec<(String, ImageInfo)> = d
             .extent_files()
             .into_iter()
@@ -48,7 +61,7 @@ impl ImageInfo {
         }
         let backing = d.backing();
         ImageInfo {
-            filename: img.filename().to_string(),
+            filename: img.display_name().to_string(),
             format: img.format().to_string(),
             dirty_flag: di.dirty,
             actual_size: actual,

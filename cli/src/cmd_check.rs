@@ -96,7 +96,9 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         cache,
         key_secret: spec.key_secret.clone(),
         data_file: spec.data_file.clone(),
+        blkdebug: spec.blkdebug.clone(),
     };
+    spec.check_blkdebug_syntax()?;
     let human = a.output.unwrap_or(OutputFormat::Human) == OutputFormat::Human;
     let quiet = a.quiet;
     let mut log = |line: &str| eprintln!("{line}");

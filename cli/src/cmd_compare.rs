@@ -4,6 +4,8 @@
 //! Exit codes as qemu-img: 0 identical, 1 different, 2 open error,
 //! 3 block status error, 4 read error.
 
+use std::io::IsTerminal;
+
 use imgtool::io::CacheMode;
 use imgtool::ops::compare::{compare, CompareEvent, CompareOptions};
 use imgtool::OpenOptions;
@@ -108,15 +110,27 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
     };
     let mut progress = Progress::start(a.progress, 2.0);
     let quiet = a.quiet;
+    // qemu-img's stdout is fully buffered on a pipe, so there the warning
+    // comes out after any error printed on stderr meanwhile (with -p it
+    // stays among the progress lines, as there).
+    let defer = !a.progress && !std::io::stdout().is_terminal();
+    let mut mismatch = false;
     let mut on_event = |e: CompareEvent| match e {
         CompareEvent::Progress(p) => progress.set(p),
+        CompareEvent::SizeMismatch if !quiet && defer => mismatch = true,
         CompareEvent::SizeMismatch if !quiet => out("Warning: Image size mismatch!\n"),
         CompareEvent::SizeMismatch => {}
     };
     let opts = CompareOptions { strict: a.strict };
     let r = compare(&img1, &img2, opts, &mut on_event);
+    let warn = || {
+        if mismatch {
+            out("Warning: Image size mismatch!\n");
+        }
+    };
     let code = match r {
         Ok(report) => {
+            warn();
             if !quiet {
                 out(&report.verdict.message());
             }
@@ -124,6 +138,7 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         }
         Err(e) => {
             prog.error(&e.message(&a.files[0], &a.files[1]));
+            warn();
             e.exit_code()
         }
     };

@@ -395,6 +395,8 @@ fn convert(
         // files included).
         keep_on_error: true,
         target_is_zero: a.target_is_zero,
+        salvage: a.salvage,
+        quiet: a.quiet,
     };
     if progress.is_enabled() {
         let walk = Walk {

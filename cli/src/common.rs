@@ -2,6 +2,7 @@
 //! and opening an image with qemu-img's error text.
 
 use imgtool::format::CreateOptions;
+use imgtool::io::BlkdebugOptions;
 use imgtool::{Image, OpenOptions};
 
 use crate::app::Fail;
@@ -262,10 +263,27 @@ pub struct ImageSpec {
     /// The `backing` option itself: None when absent, Some("") for null/""
     /// (no backing file), else a node name (which we never have).
     pub backing_ref: Option<String>,
+    /// A blkdebug node between the format and the file.
+    pub blkdebug: Option<BlkdebugOptions>,
 }
 
 impl ImageSpec {
     pub fn plain(filename: &str, format: Option<&str>) -> Self {
+        if let Some(rest) = filename.strip_prefix("blkdebug:") {
+            // blkdebug:CONFIG:IMAGE; the syntax error shows when opening.
+            let (config, image) = rest.split_once(':').unwrap_or(("", ""));
+            let mut s = Self::plain(image, format);
+            s.arg = filename.to_string();
+            s.blkdebug = Some(BlkdebugOptions {
+                config: Some(config.to_string()),
+                name: filename.to_string(),
+                ..Default::default()
+            });
+            if !rest.contains(':') {
+                s.filename = String::new();
+            }
+            return s;
+        }
         // `file:NAME` names a host file explicitly; a NAME that itself looks
         // like it has a protocol prefix is shown as `./NAME`, as QEMU does.
         let name = match filename.strip_prefix("file:") {
@@ -282,6 +300,7 @@ impl ImageSpec {
             data_file: None,
             backing: None,
             backing_ref: None,
+            blkdebug: None,
         }
     }
 
@@ -373,19 +392,43 @@ impl ImageSpec {
             )));
         }
         let driver = get("driver");
+        if driver.as_deref() == Some("blkdebug") {
+            let (mut b, image) = BlkdebugOptions::from_flat(items, "").map_err(fail)?;
+            b.name = arg.to_string();
+            return Ok(ImageSpec {
+                arg: arg.to_string(),
+                filename: image,
+                format: b.above.clone(),
+                key_secret: None,
+                encrypt_format: None,
+                data_file: None,
+                backing: None,
+                backing_ref: None,
+                blkdebug: Some(b),
+            });
+        }
+        let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
         if let (Some(d), Some((k, _))) = (
             &driver,
-            items
-                .iter()
-                .find(|(k, _)| !key_known(driver.as_deref().unwrap_or_default(), k.as_str())),
+            items.iter().find(|(k, _)| {
+                !key_known(driver.as_deref().unwrap_or_default(), k.as_str())
+                    && !(blkdebug_below && k.starts_with("file."))
+            }),
         ) {
             return Err(fail(format!(
                 "Block format '{d}' does not support the option '{k}'"
             )));
         }
-        let filename = get("file.filename");
+        let mut filename = get("file.filename");
+        let mut blkdebug = None;
         match get("file.driver").as_deref() {
             None | Some("file") => {}
+            Some("blkdebug") => {
+                let (mut b, image) = BlkdebugOptions::from_flat(items, "file.").map_err(fail)?;
+                b.name = arg.to_string();
+                filename = Some(image);
+                blkdebug = Some(b);
+            }
             Some(d) => return Err(fail(format!("Unknown protocol driver '{d}'"))),
         }
         let Some(filename) = filename else {
@@ -409,6 +452,7 @@ impl ImageSpec {
             data_file: get("data-file.filename"),
             backing,
             backing_ref: get("backing"),
+            blkdebug,
         })
     }
 
@@ -453,6 +497,7 @@ impl ImageSpec {
                 }
             )));
         }
+        self.check_blkdebug_syntax()?;
         let opts = OpenOptions {
             no_backing: opts.no_backing || self.backing_ref.is_some(),
             format: self.format.clone(),
@@ -466,6 +511,7 @@ impl ImageSpec {
                 .map(|b| (absolute(&b.filename), b.format.clone()))
                 .or_else(|| opts.backing_override.clone()),
             backing_key_secret: self.backing.as_ref().and_then(|b| b.key_secret.clone()),
+            blkdebug: self.blkdebug.clone(),
             ..opts.clone()
         };
         Image::open(&self.filename, &opts).map_err(|e| {
@@ -474,6 +520,26 @@ impl ImageSpec {
             let inner = msg.strip_prefix(&inner_prefix).unwrap_or(msg);
             Fail::Report(format!("Could not open '{}': {inner}", self.arg))
         })
+    }
+
+    /// A `blkdebug:` name without an image: qemu-img's words for it.
+    pub fn check_blkdebug_syntax(&self) -> Result<(), Fail> {
+        if self.blkdebug.is_some() && self.filename.is_empty() {
+            let both = self
+                .arg
+                .strip_prefix("blkdebug:")
+                .is_some_and(|r| !r.contains(':'));
+            return Err(Fail::Report(format!(
+                "Could not open '{}': {}",
+                self.arg,
+                if both {
+                    "blkdebug requires both config file and image path"
+                } else {
+                    "The 'file' block driver requires a file name"
+                }
+            )));
+        }
+        Ok(())
     }
 }
 

@@ -251,6 +251,7 @@ pub unsafe extern "C" fn imgtool_check(
             cache: cache.map_or(Ok(CacheMode::default()), CacheMode::parse)?,
             key_secret: key_secret.map(str::to_string),
             data_file: None,
+            blkdebug: None,
         };
         let mut progress = progress.map(|f| Callback::new(f, user));
         if let Some(cb) = progress.as_mut() {

@@ -261,6 +261,8 @@ pub unsafe extern "C" fn imgtool_convert(
             target_key_secret: target_key_secret.map(str::to_string),
             keep_on_error: false,
             target_is_zero: false,
+            salvage: false,
+            quiet: false,
         };
         match progress {
             Some(f) => {

@@ -1,6 +1,7 @@
 //! Format drivers. Each format owns its on-disk structures in its own module
 //! and is reached only through [`Driver`] and the registry functions here.
 
+pub mod blkdebug;
 pub(crate) mod bytes;
 pub mod luks;
 pub mod options;

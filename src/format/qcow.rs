@@ -514,6 +514,7 @@ impl Qcow {
     /// Guest bytes at `host` (guest offset `guest`), decrypted in whole
     /// sectors when encrypted (a cluster never splits a sector).
     fn read_host(&self, out: &mut [u8], host: u64, guest: u64) -> Result<()> {
+        self.file.event("read_aio");
         let Some(c) = &self.crypto else {
             return self.file.read_at(out, host);
         };
@@ -529,6 +530,7 @@ impl Qcow {
     /// Store guest bytes at `host`, encrypted when the image is; a range
     /// off sector boundaries is merged with the sectors' content first.
     fn write_host(&self, data: &[u8], host: u64, guest: u64) -> Result<()> {
+        self.file.event("write_aio");
         let Some(c) = &self.crypto else {
             return self.file.write_at(data, host);
         };

@@ -2,7 +2,9 @@ use std::fs::{File, OpenOptions};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use super::blkdebug::{Injector, IoType};
 use crate::error::{Error, Result};
 
 /// QEMU's cache modes (`-t` / `-T`): they decide O_DIRECT and whether
@@ -44,6 +46,8 @@ pub struct HostFile {
     path: PathBuf,
     writable: bool,
     cache: CacheMode,
+    /// A blkdebug node between the format and this file (error injection).
+    injector: Option<Arc<Injector>>,
 }
 
 fn open_error(path: &Path, e: std::io::Error) -> Error {
@@ -88,6 +92,7 @@ impl HostFile {
             path: path.to_path_buf(),
             writable,
             cache,
+            injector: None,
         })
     }
 
@@ -116,6 +121,7 @@ impl HostFile {
             path: path.to_path_buf(),
             writable: true,
             cache: CacheMode::Writeback,
+            injector: None,
         };
         // Truncate only under the write lock, so an image in use (e.g. the
         // source of the same convert) is refused instead of destroyed.
@@ -131,7 +137,32 @@ impl HostFile {
             path: self.path.clone(),
             writable: false,
             cache: self.cache,
+            injector: self.injector.clone(),
         })
+    }
+
+    /// Put a blkdebug node in front of this file: its rules then see the
+    /// events drivers raise here and may fail requests.
+    pub fn set_injector(&mut self, inj: Arc<Injector>) {
+        self.injector = Some(inj);
+    }
+    pub fn has_injector(&self) -> bool {
+        self.injector.is_some()
+    }
+
+    /// A driver reached a named step (QEMU's BLKDBG_EVENT on bs->file);
+    /// nothing happens unless a blkdebug node sits here.
+    pub fn event(&self, name: &str) {
+        if let Some(i) = &self.injector {
+            i.event(name);
+        }
+    }
+
+    fn inject(&self, io: IoType, off: u64, len: u64) -> Result<()> {
+        match &self.injector {
+            Some(i) => i.check(io, off, len),
+            None => Ok(()),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -164,6 +195,7 @@ impl HostFile {
 
     /// Read exactly `buf.len()` bytes; bytes past end of file read as zero.
     pub fn read_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.inject(IoType::Read, off, buf.len() as u64)?;
         let mut done = 0usize;
         while done < buf.len() {
             match self.file.read_at(&mut buf[done..], off + done as u64) {
@@ -182,14 +214,28 @@ impl HostFile {
     /// Read exactly `buf.len()` bytes; a short read is an error (for
     /// metadata that must exist).
     pub fn read_exact_at(&self, buf: &mut [u8], off: u64) -> Result<()> {
+        self.inject(IoType::Read, off, buf.len() as u64)?;
         self.file.read_exact_at(buf, off).map_err(Error::from)
     }
 
     pub fn write_at(&self, buf: &[u8], off: u64) -> Result<()> {
+        if self.injector.is_some() {
+            // The block layer raises these around every write it passes down.
+            self.event("pwritev");
+            self.inject(IoType::Write, off, buf.len() as u64)?;
+            self.file.write_all_at(buf, off).map_err(Error::from)?;
+            self.event("pwritev_done");
+            return Ok(());
+        }
         self.file.write_all_at(buf, off).map_err(Error::from)
     }
 
     pub fn flush(&self) -> Result<()> {
+        if self.injector.is_some() {
+            self.event("flush_to_os");
+            self.event("flush_to_disk");
+            self.inject(IoType::Flush, 0, 0)?;
+        }
         if self.cache.ignores_flush() || !self.writable {
             return Ok(());
         }
@@ -225,6 +271,7 @@ impl HostFile {
     /// Deallocate a range, keeping the file size; reads then return zeros.
     /// Returns false when the host cannot punch holes.
     pub fn punch_hole(&self, off: u64, len: u64) -> Result<bool> {
+        self.inject(IoType::Discard, off, len)?;
         match self.fallocate_raw(
             libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
             off,
@@ -249,6 +296,7 @@ impl HostFile {
         if len == 0 {
             return Ok(());
         }
+        self.inject(IoType::WriteZeroes, off, len)?;
         let end = off + len;
         let flen = self.len()?;
         if may_unmap && end <= flen && self.punch_hole(off, len)? {
@@ -296,6 +344,7 @@ impl HostFile {
     /// No fstat on the common path (convert asks once per extent): SEEK_DATA
     /// at or past EOF fails with ENXIO, which is the hole answer anyway.
     pub fn data_status(&self, off: u64, max: u64) -> Result<(bool, u64)> {
+        self.inject(IoType::BlockStatus, off, max)?;
         let data = match self.lseek(off, libc::SEEK_DATA) {
             Ok(d) => d,
             Err(_) => {

@@ -16,6 +16,8 @@ pub struct CheckOptions {
     pub key_secret: Option<String>,
     /// qcow2's external data file, instead of the one the header names.
     pub data_file: Option<String>,
+    /// A blkdebug node the image is opened through.
+    pub blkdebug: Option<crate::io::BlkdebugOptions>,
 }
 
 /// QAPI ImageCheck: the final pass's counts plus what the repair fixed.
@@ -97,6 +99,7 @@ pub fn check(
         for_check: true,
         key_secret: opts.key_secret.clone(),
         data_file: opts.data_file.clone(),
+        blkdebug: opts.blkdebug.clone(),
         ..OpenOptions::default()
     };
     let img = Image::open(path, &oo)?;

@@ -39,6 +39,8 @@ pub struct Layer {
     pub backing_name: Option<String>,
     /// Secret id the layer was unlocked with.
     pub key_secret: Option<String>,
+    /// The blkdebug node the layer's file sits under, reopened with it.
+    pub blkdebug: Option<crate::io::BlkdebugOptions>,
 }
 
 /// The layers of an opened image, top first.
@@ -51,6 +53,7 @@ pub fn chain_layers(img: &Image) -> Vec<Layer> {
             format: i.format(),
             backing_name: i.driver().backing().map(|b| b.filename),
             key_secret: i.key_secret().map(str::to_string),
+            blkdebug: i.blkdebug().cloned(),
         });
         cur = i.backing();
     }
@@ -140,6 +143,7 @@ pub fn commit(
                 cache: opts.cache,
                 no_backing: true,
                 key_secret: l.key_secret.clone(),
+                blkdebug: l.blkdebug.clone(),
                 ..OpenOptions::default()
             },
         )?);
@@ -152,6 +156,7 @@ pub fn commit(
             writable: true,
             cache: opts.cache,
             key_secret: base_layer.key_secret.clone(),
+            blkdebug: base_layer.blkdebug.clone(),
             ..OpenOptions::default()
         },
     )?;
@@ -162,15 +167,23 @@ pub fn commit(
     }
     let mut buf = crate::io::AlignedBuf::new();
     let mut off = 0u64;
+    // I/O errors of the copy are the commit block job's.
+    let job = |e: Error| match e.errno() {
+        Some(_) => {
+            let t = crate::format::errno_text(&e);
+            e.with_message(format!("Block job failed: {t}"))
+        }
+        None => e,
+    };
     while off < size {
-        let (len, what) = status_above(&above, off, CHUNK.min(size - off))?;
+        let (len, what) = status_above(&above, off, CHUNK.min(size - off)).map_err(job)?;
         match what {
             Above::Nothing => {}
-            Above::Zero => base.write_zeroes(off, len, true)?,
+            Above::Zero => base.write_zeroes(off, len, true).map_err(job)?,
             Above::Data(d) => {
                 buf.resize(len as usize);
-                above[d].read_at(&mut buf, off)?;
-                base.write_at(&buf, off)?;
+                above[d].read_at(&mut buf, off).map_err(job)?;
+                base.write_at(&buf, off).map_err(job)?;
             }
         }
         off += len;
@@ -180,12 +193,17 @@ pub fn commit(
             }
         }
     }
-    base.flush()?;
+    base.flush().map_err(job)?;
     if !drop_top {
-        above[0].driver().make_empty().map_err(|e| {
-            let t = crate::format::errno_text(&e);
-            e.with_message(format!("Could not empty {name}: {t}"))
-        })?;
+        // qemu-img ignores ENOTSUP: a format that cannot empty itself
+        // keeps its data and the commit still succeeds.
+        match above[0].driver().make_empty() {
+            Err(e) if e.kind() == crate::error::ErrorKind::Unsupported => {}
+            r => r.map_err(|e| {
+                let t = crate::format::errno_text(&e);
+                e.with_message(format!("Failed to empty {name}: {t}"))
+            })?,
+        }
         above[0].flush()?;
     }
     base.close()?;

@@ -52,6 +52,11 @@ pub struct ConvertOptions {
     /// `--target-is-zero` (with `-n`): trust that the existing target reads
     /// as zeros, so zero areas are not written.
     pub target_is_zero: bool,
+    /// `--salvage`: a failed block-status query counts as data, and a
+    /// sector that cannot be read is written as zeros, each with a warning.
+    pub salvage: bool,
+    /// `-q`: no salvage warnings.
+    pub quiet: bool,
 }
 
 impl Default for ConvertOptions {
@@ -66,6 +71,8 @@ impl Default for ConvertOptions {
             backing_format: None,
             skip_create: false,
             num_workers: 8,
+            salvage: false,
+            quiet: false,
             out_of_order: false,
             target_cache: CacheMode::Unsafe,
             source_cache: CacheMode::Writeback,
@@ -221,6 +228,8 @@ struct Ctx<'a> {
     /// Target cluster size when compressing.
     compress: Option<u64>,
     pool: BufPool,
+    salvage: bool,
+    quiet: bool,
 }
 
 fn copy_into(
@@ -286,12 +295,31 @@ fn copy_into(
         },
         compress: if opts.compress { cluster } else { None },
         pool: BufPool::default(),
+        salvage: opts.salvage,
+        quiet: opts.quiet,
     };
+    if opts.salvage {
+        // qemu-img walks the source's block status once to count what it
+        // will copy; under --salvage that walk warns about failures too.
+        for src in sources {
+            let size = src.img.size();
+            let mut off = 0;
+            while off < size {
+                let (n, _) = salvaged_status(&src.img, off, size - off, opts.quiet)?;
+                off += n;
+            }
+        }
+    }
     // As many requests in flight as qemu-img's coroutines (-m, default
     // 8), not one per core: workers mostly wait for their turn to write,
     // and under load many briefly running threads finish sooner than a
     // few busy ones (measured with bench/convert-bench.sh).
-    let workers = opts.num_workers.clamp(1, 16);
+    // Salvage warnings come out in offset order, as qemu-img's do.
+    let workers = if opts.salvage {
+        1
+    } else {
+        opts.num_workers.clamp(1, 16)
+    };
     let ordered = !opts.out_of_order;
     let mut done = 0u64;
     run_pipeline(&ctx, workers, ordered, &mut |n| {
@@ -447,6 +475,52 @@ fn apply(ctx: &Ctx<'_>, plan: Plan) -> Result<()> {
     Ok(())
 }
 
+const SECTOR: u64 = 512;
+
+/// Block status under --salvage, as qemu-img retries it: a failed query is
+/// repeated over a quarter of the range until one sector is left, which is
+/// then reported and taken as data. Returns (bytes, reads as zero).
+fn salvaged_status(img: &Image, off: u64, max: u64, quiet: bool) -> Result<(u64, bool)> {
+    let mut sectors = max.div_ceil(SECTOR);
+    loop {
+        let want = (sectors * SECTOR).min(max);
+        match img.block_status(off, want) {
+            Ok(e) => return Ok((e.len.clamp(1, want), e.zero)),
+            Err(e) if e.kind() == crate::error::ErrorKind::Cancelled => return Err(e),
+            Err(e) if sectors <= 1 => {
+                if !quiet {
+                    crate::events::warning(&format!(
+                        "error while reading block status at offset {off}: {}",
+                        crate::format::errno_text(&e)
+                    ));
+                }
+                return Ok((SECTOR.min(max), false));
+            }
+            Err(_) => sectors = sectors.div_ceil(4),
+        }
+    }
+}
+
+/// A read under --salvage: after a failure the range is read sector by
+/// sector, and sectors that still fail are reported and read as zeros.
+fn salvaged_read(img: &Image, buf: &mut [u8], off: u64, quiet: bool) {
+    if img.read_at(buf, off).is_ok() {
+        return;
+    }
+    for (i, s) in buf.chunks_mut(SECTOR as usize).enumerate() {
+        let o = off + i as u64 * SECTOR;
+        if let Err(e) = img.read_at(s, o) {
+            if !quiet {
+                crate::events::warning(&format!(
+                    "error while reading offset {o}: {}",
+                    crate::format::errno_text(&e)
+                ));
+            }
+            s.fill(0);
+        }
+    }
+}
+
 /// qemu-img's wording for a failed block-status query during convert.
 fn status_error(e: Error, off: u64) -> Error {
     let m = format!(
@@ -554,6 +628,9 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
                 e.status != format::Status::Unallocated || src.img.backing().is_none(),
                 e.status != format::Status::Data,
             )
+        } else if ctx.salvage {
+            let (n, zero) = salvaged_status(&src.img, local, want, ctx.quiet)?;
+            (n, true, zero)
         } else {
             let e = src
                 .img
@@ -579,9 +656,13 @@ fn plan_chunk(ctx: &Ctx<'_>, start: u64, len: u64) -> Result<Plan> {
         } else {
             let a = (pos - start) as usize;
             let b = a + n as usize;
-            src.img
-                .read_at(&mut buf[a..b], local)
-                .map_err(|e| read_error(e, pos))?;
+            if ctx.salvage {
+                salvaged_read(&src.img, &mut buf[a..b], local, ctx.quiet);
+            } else {
+                src.img
+                    .read_at(&mut buf[a..b], local)
+                    .map_err(|e| read_error(e, pos))?;
+            }
             split_sparse(&mut ops, &buf, a, b, start, ctx.sparse, ctx.target_is_zero);
         }
         pos += n;

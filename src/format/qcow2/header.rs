@@ -17,6 +17,7 @@ pub const INCOMPAT_COMPRESSION: u64 = 1 << 3;
 pub const INCOMPAT_EXTL2: u64 = 1 << 4;
 const INCOMPAT_KNOWN: u64 = 0x1f;
 pub const COMPAT_LAZY_REFCOUNTS: u64 = 1 << 0;
+pub const AUTOCLEAR_BITMAPS: u64 = 1 << 0;
 pub const AUTOCLEAR_DATA_FILE_RAW: u64 = 1 << 1;
 /// Autoclear bits QEMU defines (bitmaps, data-file-raw).
 pub const AUTOCLEAR_KNOWN: u64 = 0b11;

@@ -166,6 +166,7 @@ impl L2Cache {
     pub fn get(&mut self, file: &HostFile, g: &Geometry, off: u64) -> Result<&mut Vec<Slot>> {
         if !self.tables.contains_key(&off) {
             let mut raw = vec![0u8; g.cs() as usize];
+            file.event("l2_load");
             file.read_at(&mut raw, off)?;
             self.insert(off, decode(&raw, g.extended));
         }

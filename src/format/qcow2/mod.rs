@@ -192,6 +192,9 @@ pub struct Qcow2 {
     corruption_reported: std::sync::atomic::AtomicBool,
     /// Data cipher of an encrypted image opened for I/O.
     crypto: Option<std::sync::Arc<crypto::DataCrypto>>,
+    /// A reset of the whole file failed midway: QEMU ejects such a node, so
+    /// nothing more is written (the dirty flag stays for the next open).
+    broken: std::sync::atomic::AtomicBool,
 }
 
 /// Largest first cluster we read to parse the header (2 MiB clusters).
@@ -202,7 +205,8 @@ impl Qcow2 {
         let file_len = file.len()?;
         // Bytes past EOF read as zeros, as QEMU's header read sees them.
         let mut head = vec![0u8; file_len.clamp(4096, MAX_HEADER_READ) as usize];
-        file.read_at(&mut head, 0)?;
+        file.read_at(&mut head, 0)
+            .map_err(|e| e.context("Could not read qcow2 header"))?;
         let hdr = Header::parse(&head)?;
         let writable = opts.writable;
         let crypto = crypto::open(&hdr, &file, opts)?.map(std::sync::Arc::new);
@@ -277,6 +281,7 @@ impl Qcow2 {
             write_lock: Mutex::new(()),
             file,
             corruption_reported: Default::default(),
+            broken: Default::default(),
         };
         if writable {
             // Autoclear bits of features QEMU does not know are cleared as
@@ -373,6 +378,7 @@ impl Qcow2 {
             file,
             corruption_reported: Default::default(),
             crypto: self.crypto.clone(),
+            broken: Default::default(),
         })
     }
 
@@ -601,6 +607,9 @@ impl Driver for Qcow2 {
         }
     }
     fn flush(&self) -> Result<()> {
+        if self.broken.load(std::sync::atomic::Ordering::Acquire) {
+            return Err(Error::from_errno(libc::ENOMEDIUM));
+        }
         if let Some(d) = &self.data_file {
             d.flush()?;
         }
@@ -659,7 +668,7 @@ impl Driver for Qcow2 {
         self.cs()
     }
     fn close(&self) -> Result<()> {
-        if !self.writable {
+        if !self.writable || self.broken.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
         self.flush()?;

@@ -96,9 +96,15 @@ impl Qcow2 {
             let n = seg.len() as usize;
             let out = &mut buf[pos..pos + n];
             match seg {
-                Seg::Host { host, .. } => self.read_host(out, host, off + pos as u64)?,
+                Seg::Host { host, .. } => {
+                    self.file.event("read_aio");
+                    self.read_host(out, host, off + pos as u64)?
+                }
                 Seg::Zero { .. } => out.fill(0),
-                Seg::Backing { .. } => backing.read_backing(out, off + pos as u64)?,
+                Seg::Backing { .. } => {
+                    self.file.event("read_backing_aio");
+                    backing.read_backing(out, off + pos as u64)?
+                }
                 Seg::Compressed {
                     coff,
                     clen,
@@ -148,6 +154,7 @@ impl Qcow2 {
         // sector of input; the field could claim more.
         let clen = clen.min(cs as u64 + 512) as usize;
         let mut input = vec![0u8; clen];
+        self.file.event("read_compressed");
         self.data().read_at(&mut input, coff)?;
         let mut out = vec![0u8; cs];
         compress::decompress(self.compression, &input, &mut out)?;

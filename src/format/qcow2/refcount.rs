@@ -112,6 +112,7 @@ impl Refcounts {
                 }
             }
             let mut b = vec![0u8; self.cs() as usize];
+            file.event("refblock_load");
             file.read_at(&mut b, off)?;
             self.blocks.insert(rb, b);
         }
@@ -199,10 +200,28 @@ impl Refcounts {
                 Self::entry_set(order, block, i, v);
             }
             let bytes = block[bs..be].to_vec();
+            file.event("refblock_update_part");
             file.write_at(&bytes, off + bs as u64)?;
             c += cnt as u64;
         }
         Ok(())
+    }
+
+    /// Drop one reference from `n` clusters (QEMU's qcow2_free_clusters).
+    pub fn free(&mut self, file: &HostFile, start: u64, n: u64) -> Result<()> {
+        file.event("cluster_free");
+        self.add(file, start, n, -1)
+    }
+
+    /// [`RcTable::free`] where QEMU cannot fail: a failure is reported on
+    /// stderr and the clusters leak.
+    pub fn free_or_leak(&mut self, file: &HostFile, start: u64, n: u64) {
+        if let Err(e) = self.free(file, start, n) {
+            crate::events::notice(&format!(
+                "qcow2_free_clusters failed: {}",
+                crate::format::errno_text(&e)
+            ));
+        }
     }
 
     /// Add `delta` to the refcounts of `n` clusters from `start`.
@@ -277,6 +296,7 @@ impl Refcounts {
         if n == 0 {
             return Err(Error::invalid("Cannot allocate zero clusters"));
         }
+        file.event("cluster_alloc");
         loop {
             let (c, first_free) = self.find_free(file, n)?;
             let first_rb = self.block_index(c);
@@ -364,6 +384,7 @@ impl Refcounts {
         let off = cluster << self.cluster_bits;
         let mut block = vec![0u8; self.cs() as usize];
         Self::entry_set(self.order, &mut block, 0, 1);
+        file.event("refblock_alloc");
         file.write_at(&block, off)?;
         self.set_table_entry(file, rb, off)?;
         self.blocks.insert(rb, block);
@@ -413,6 +434,7 @@ impl Refcounts {
     /// Move the refcount table to a bigger one at the end of the image,
     /// together with new refcount blocks covering the new area.
     fn grow_table(&mut self, file: &HostFile, need_entries: u64) -> Result<()> {
+        file.event("reftable_grow");
         let cs = self.cs();
         let old_entries = self.table.len() as u64;
         let want = need_entries

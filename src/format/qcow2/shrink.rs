@@ -10,7 +10,9 @@
 
 use std::sync::atomic::Ordering;
 
+use super::header;
 use super::l2::L2Cache;
+use super::refcount::Refcounts;
 use super::Qcow2;
 use crate::error::{Error, Result};
 use crate::format::{BackingRead, NoBacking, Prealloc};
@@ -64,7 +66,7 @@ impl Qcow2 {
             *e = 0;
         }
         for off in freed {
-            m.rc.add(&self.file, off >> cb, 1, -1)?;
+            m.rc.free(&self.file, off >> cb, 1)?;
         }
         // Freed tables may come back as data clusters: forget them.
         m.l2 = L2Cache::new(self.cs());
@@ -177,10 +179,98 @@ impl Qcow2 {
     /// that every read falls through to the backing file (commit's
     /// "make empty"), then cut the file.
     pub(super) fn make_empty(&self) -> Result<()> {
+        // Decided before the first write clears autoclear bits.
+        let bitmaps = self.hdr.lock().autoclear & header::AUTOCLEAR_BITMAPS != 0;
         self.prepare_write()?;
         let _w = self.write_lock.lock();
+        if self.can_reset(bitmaps) {
+            return self.make_completely_empty();
+        }
         self.deallocate_from(0)?;
         self.free_l2_from(0)?;
         self.truncate_tail()
+    }
+
+    /// QEMU resets the whole file instead of discarding cluster by cluster
+    /// when nothing but the active L1 holds clusters (v3, no snapshots,
+    /// bitmaps, LUKS or data file) and the new metadata fits one refblock.
+    fn can_reset(&self, bitmaps: bool) -> bool {
+        let h = self.hdr.lock();
+        let cs = self.cs();
+        let l1_clusters = (h.l1_size as u64 * 8).div_ceil(cs);
+        let rb_entries = (cs * 8) >> h.refcount_order;
+        h.version >= 3
+            && h.nb_snapshots == 0
+            && !bitmaps
+            && h.crypt_method != 2
+            && self.data_file.is_none()
+            && 3 + l1_clusters <= rb_entries
+    }
+
+    /// QEMU's make_completely_empty: header, one-cluster reftable at
+    /// cluster 1, its refblock at 2, the zeroed L1 table from cluster 3.
+    /// The image is marked dirty first; a failure midway leaves it dirty
+    /// and this handle unusable (QEMU ejects the node), so the open repair
+    /// fixes the refcounts later.
+    fn make_completely_empty(&self) -> Result<()> {
+        self.set_incompat_flag(header::INCOMPAT_DIRTY, true)?;
+        let r = self.reset_layout();
+        if r.is_err() {
+            self.broken.store(true, Ordering::Release);
+        }
+        r?;
+        self.set_incompat_flag(header::INCOMPAT_DIRTY, false)?;
+        let (cs, l1_clusters) = {
+            let h = self.hdr.lock();
+            (self.cs(), (h.l1_size as u64 * 8).div_ceil(self.cs()))
+        };
+        self.file.set_len((3 + l1_clusters) * cs)
+    }
+
+    fn reset_layout(&self) -> Result<()> {
+        let cs = self.cs();
+        let (l1_size, l1_offset, cb, order) = {
+            let h = self.hdr.lock();
+            (
+                h.l1_size as u64,
+                h.l1_table_offset,
+                h.cluster_bits,
+                h.refcount_order,
+            )
+        };
+        let l1_clusters = (l1_size * 8).div_ceil(cs);
+        let mut m = self.meta.lock();
+        self.file.event("l1_update");
+        self.file.write_zeroes(l1_offset, l1_clusters * cs, false)?;
+        m.l1.iter_mut().for_each(|e| *e = 0);
+        self.file.event("empty_image_prepare");
+        self.file.write_zeroes(cs, (2 + l1_clusters) * cs, false)?;
+        self.file.event("l1_update");
+        self.file.event("reftable_update");
+        let mut hb = [0u8; 20];
+        hb[..8].copy_from_slice(&(3 * cs).to_be_bytes());
+        hb[8..16].copy_from_slice(&cs.to_be_bytes());
+        hb[16..].copy_from_slice(&1u32.to_be_bytes());
+        self.file.write_at(&hb, 40)?;
+        self.file.flush()?;
+        {
+            let mut h = self.hdr.lock();
+            h.l1_table_offset = 3 * cs;
+            h.refcount_table_offset = cs;
+            h.refcount_table_clusters = 1;
+        }
+        m.l1_offset = 3 * cs;
+        m.l2 = L2Cache::new(cs);
+        m.comp_cursor = 0;
+        self.file.event("refblock_alloc");
+        self.file.write_at(&(2 * cs).to_be_bytes(), cs)?;
+        self.file.flush()?;
+        m.rc = Refcounts::load(&self.file, cb, order, cs, 1)?;
+        // Header, reftable, refblock and L1 table, allocated from cluster 0.
+        self.file.event("cluster_alloc");
+        for c in 0..3 + l1_clusters {
+            m.rc.set(&self.file, c, 1)?;
+        }
+        Ok(())
     }
 }

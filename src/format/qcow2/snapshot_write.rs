@@ -246,7 +246,7 @@ impl Qcow2 {
         if old_off != 0 && old_size > 0 {
             let first = old_off >> cb;
             let last = (old_off + old_size - 1) >> cb;
-            m.rc.add(&self.file, first, last - first + 1, -1)?;
+            m.rc.free_or_leak(&self.file, first, last - first + 1);
         }
         let list = if entries.is_empty() {
             Vec::new()
@@ -495,18 +495,30 @@ impl Qcow2 {
             .ok_or_else(|| Error::new(ErrorKind::NotFound, "Can't find the snapshot"))?;
         let sn = entries.remove(idx);
         let mut sn_l1 = self.read_snapshot_l1(&sn)?;
-        self.write_table(&mut m, &entries)?;
-        self.update_refcounts(&mut m, &mut sn_l1, -1)?;
+        // QEMU's words for each step; an I/O error says which one failed.
+        let step = |what: &'static str| {
+            move |e: Error| match e.errno() {
+                Some(_) => {
+                    let t = crate::format::errno_text(&e);
+                    e.with_message(format!("{what}: {t}"))
+                }
+                None => e,
+            }
+        };
+        self.write_table(&mut m, &entries)
+            .map_err(step("Failed to remove snapshot from snapshot list"))?;
+        self.update_refcounts(&mut m, &mut sn_l1, -1)
+            .map_err(step("Failed to free the cluster and L1 table"))?;
         if sn.l1_size > 0 {
             let cs = self.cs();
-            m.rc.add(
+            m.rc.free_or_leak(
                 &self.file,
                 sn.l1_table_offset >> self.geo.cluster_bits,
                 (sn.l1_size as u64 * 8).div_ceil(cs),
-                -1,
-            )?;
+            );
         }
-        self.refresh_copied(&mut m)?;
+        self.refresh_copied(&mut m)
+            .map_err(step("Failed to update snapshot status in disk"))?;
         m.l2 = L2Cache::new(self.cs());
         m.comp_cursor = 0;
         Ok(())

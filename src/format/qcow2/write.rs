@@ -20,6 +20,7 @@ impl Qcow2 {
             m.l1.get_mut(l1i as usize)
                 .ok_or_else(|| Error::out_of_range("L1 index beyond table"))?;
         *slot = v;
+        self.file.event("l1_update");
         self.file.write_at(&v.to_be_bytes(), m.l1_offset + l1i * 8)
     }
 
@@ -36,15 +37,17 @@ impl Qcow2 {
             Some(o) => {
                 let table = m.l2.get(&self.file, &self.geo, o)?.clone();
                 let new = m.rc.alloc(&self.file, 1)?;
+                self.file.event("l2_alloc_write");
                 self.file
                     .write_at(&l2::encode(&table, self.geo.extended), new)?;
                 m.l2.insert(new, table);
                 self.set_l1(m, l1i, new | OFLAG_COPIED)?;
-                m.rc.add(&self.file, o >> self.geo.cluster_bits, 1, -1)?;
+                m.rc.free(&self.file, o >> self.geo.cluster_bits, 1)?;
                 Ok(new)
             }
             None => {
                 let new = m.rc.alloc(&self.file, 1)?;
+                self.file.event("l2_alloc_write");
                 self.file.write_at(&vec![0u8; cs as usize], new)?;
                 m.l2.insert(new, vec![Slot::default(); self.epl() as usize]);
                 self.set_l1(m, l1i, new | OFLAG_COPIED)?;
@@ -62,6 +65,7 @@ impl Qcow2 {
         }
         t[idx as usize..end].copy_from_slice(slots);
         let esz = if self.geo.extended { 16 } else { 8 };
+        self.file.event("l2_update");
         self.file
             .write_at(&l2::encode(slots, self.geo.extended), l2off + idx * esz)
     }
@@ -80,11 +84,11 @@ impl Qcow2 {
     fn release(&self, m: &mut Meta, s: &Slot) -> Result<()> {
         if self.geo.is_compressed(s) {
             let (first, n) = self.geo.compressed_clusters(s);
-            return m.rc.add(&self.file, first, n, -1);
+            return m.rc.free(&self.file, first, n);
         }
         let off = self.geo.host_offset(s)?;
         if off != 0 && self.data_file.is_none() {
-            m.rc.add(&self.file, off >> self.geo.cluster_bits, 1, -1)?;
+            m.rc.free(&self.file, off >> self.geo.cluster_bits, 1)?;
         }
         Ok(())
     }
@@ -106,6 +110,7 @@ impl Qcow2 {
     /// the image is; a range not on sector boundaries is merged with the
     /// sectors' current content first.
     fn write_host(&self, data: &[u8], host: u64, guest: u64) -> Result<()> {
+        self.file.event("write_aio");
         let Some(c) = &self.crypto else {
             return self.data().write_at(data, host);
         };
@@ -545,6 +550,7 @@ impl Qcow2 {
         }
         let coff = self.alloc_compressed(&mut m, data.len() as u64)?;
         drop(m);
+        self.file.event("write_compressed");
         self.file.write_at(data, coff)?;
         let mut m = self.meta.lock();
         let old = self.slot(&mut m, ci)?;
@@ -582,7 +588,7 @@ impl Qcow2 {
                 // that the data does not reach.
                 let used = len.div_ceil(cs);
                 if used < k {
-                    m.rc.add(&self.file, (new >> cb) + used, k - used, -1)?;
+                    m.rc.free(&self.file, (new >> cb) + used, k - used)?;
                 }
                 m.comp_cursor = new + len;
                 return Ok(new);

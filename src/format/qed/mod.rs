@@ -427,9 +427,15 @@ impl Qed {
             let (kind, n) = self.run(g, (buf.len() - pos) as u64)?;
             let out = &mut buf[pos..pos + n as usize];
             match kind {
-                Kind::Data(h) => self.file.read_at(out, h)?,
+                Kind::Data(h) => {
+                    self.file.event("read_aio");
+                    self.file.read_at(out, h)?
+                }
                 Kind::Zero => out.fill(0),
-                Kind::Unallocated => backing.read_backing(out, g)?,
+                Kind::Unallocated => {
+                    self.file.event("read_backing_aio");
+                    backing.read_backing(out, g)?
+                }
             }
             pos += n as usize;
         }
@@ -524,6 +530,7 @@ impl Qed {
         // First cluster (with what surrounds the data), whole clusters in
         // the middle straight from the caller, and the last cluster.
         let first_n = (cs as usize).min(total);
+        self.file.event("write_aio");
         if in_c > 0 || data_end < first_n {
             let mut c = self.cow_base(head_kind, ci, backing)?;
             let n = data.len().min(first_n - in_c);
@@ -572,7 +579,10 @@ impl Qed {
             let (kind, n) = self.run(g, rest)?;
             let n = n as usize;
             match kind {
-                Kind::Data(h) => self.file.write_at(&buf[pos..pos + n], h)?,
+                Kind::Data(h) => {
+                    self.file.event("write_aio");
+                    self.file.write_at(&buf[pos..pos + n], h)?
+                }
                 Kind::Zero | Kind::Unallocated => {
                     // Allocate the whole run of not-data clusters the
                     // request touches (mixing zero and unallocated ones).

@@ -177,14 +177,31 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
     let mut parent_cid = 0xffff_ffffu32;
     if let Some(b) = backing {
         let full = crate::image::combine_backing_path(&filename, b);
-        let bf = HostFile::open(Path::new(&full), false, Default::default())?;
-        let fmt = crate::format::probe(&bf)?;
+        // A json: name opens its node tree (maybe through blkdebug).
+        let img;
+        let opened;
+        let bf: &HostFile = if full.starts_with("json:") {
+            img = crate::image::Image::open(
+                &full,
+                &crate::image::OpenOptions {
+                    force_share: true,
+                    no_backing: true,
+                    metadata_only: true,
+                    ..Default::default()
+                },
+            )?;
+            img.driver().host_file()
+        } else {
+            opened = HostFile::open(Path::new(&full), false, Default::default())?;
+            &opened
+        };
+        let fmt = crate::format::probe(bf)?;
         if fmt != "vmdk" {
             return Err(Error::invalid(format!(
                 "Invalid backing file format: {fmt}. Must be vmdk"
             )));
         }
-        parent_cid = read_cid_of(&bf).ok_or_else(|| Error::invalid("Failed to read parent CID"))?;
+        parent_cid = read_cid_of(bf).ok_or_else(|| Error::invalid("Failed to read parent CID"))?;
     }
     let extent_size = if split { SPLIT_SIZE } else { size };
     let mut idx = 1;

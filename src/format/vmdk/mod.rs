@@ -647,6 +647,7 @@ impl Vmdk {
         let f = &self.files[e.file];
         let cb = s.cluster_bytes();
         let in_cluster = rel % cb;
+        f.event("write_aio");
         match s.lookup(f, rel)? {
             Lookup::Allocated { offset, .. } => return f.write_at(data, offset + in_cluster),
             Lookup::Error => return Err(einval()),
@@ -986,6 +987,7 @@ impl Driver for Vmdk {
                                 let src = g.get(a..a + n).ok_or_else(einval)?;
                                 part.copy_from_slice(src);
                             } else {
+                                f.event("read_aio");
                                 f.read_at(part, offset + in_cluster)?;
                             }
                         }
