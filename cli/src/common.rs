@@ -411,8 +411,8 @@ impl ImageSpec {
         if let (Some(d), Some((k, _))) = (
             &driver,
             items.iter().find(|(k, _)| {
-                !key_known(driver.as_deref().unwrap_or_default(), k.as_str())
-                    && !(blkdebug_below && k.starts_with("file."))
+                let below = blkdebug_below && k.starts_with("file.");
+                !(key_known(driver.as_deref().unwrap_or_default(), k.as_str()) || below)
             }),
         ) {
             return Err(fail(format!(

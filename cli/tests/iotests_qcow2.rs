@@ -511,7 +511,7 @@ fn encrypted_chain_operations() {
                 "-F",
                 "qcow2",
                 "e.qcow2",
-                &format!("json:{{\"driver\":\"qcow2\",\"file.filename\":\"d.qcow2\",\"encrypt.key-secret\":\"sec0\"}}"),
+                r#"json:{"driver":"qcow2","file.filename":"d.qcow2","encrypt.key-secret":"sec0"}"#,
             ],
         );
     }
