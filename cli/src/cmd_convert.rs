@@ -558,11 +558,6 @@ fn check_compress(opts: Option<&CreateOptions>, fmt: &str, skip_create: bool) ->
     Ok(())
 }
 
-/// Create the target (bdrv_create) so creation errors get qemu-img's
-/// prefix and happen where qemu-img has them. The library recreates it
-/// for the copy, because ConvertOptions cannot say "target reads as
-/// zeros" (see the report); full preallocation is left to that second
-/// creation so it is paid once.
 /// Block drivers QEMU 10.0.2 knows besides ours (the BlockdevDriver enum),
 /// which its drivers accept as a backing format without opening it.
 const QEMU_ONLY_DRIVERS: &[&str] = &[
@@ -630,6 +625,11 @@ fn check_backing_fmt(target: &str, fmt: &str, o: &CreateOptions) -> CmdResult {
     )))
 }
 
+/// Create the target (bdrv_create) so creation errors get qemu-img's
+/// prefix and happen where qemu-img has them. The library recreates it
+/// for the copy, because ConvertOptions cannot say "target reads as
+/// zeros" (see the report); full preallocation is left to that second
+/// creation so it is paid once.
 fn create_target(target: &str, fmt: &str, o: &CreateOptions, total: u64) -> CmdResult {
     check_backing_fmt(target, fmt, o)?;
     let mut options = o.clone();

@@ -14,13 +14,9 @@ pub type Secret = Zeroizing<Vec<u8>>;
 /// reports as "possibly lost" in C programs that exit with secrets set.)
 static STORE: Mutex<Vec<(String, Secret)>> = Mutex::new(Vec::new());
 
-fn store() -> &'static Mutex<Vec<(String, Secret)>> {
-    &STORE
-}
-
 /// Define (or replace) secret `id`.
 pub fn add(id: &str, data: &[u8]) {
-    let mut s = store().lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = STORE.lock().unwrap_or_else(|e| e.into_inner());
     let v = Zeroizing::new(data.to_vec());
     match s.iter_mut().find(|(k, _)| k == id) {
         Some((_, old)) => *old = v,
@@ -30,13 +26,13 @@ pub fn add(id: &str, data: &[u8]) {
 
 /// True when secret `id` exists.
 pub fn exists(id: &str) -> bool {
-    let s = store().lock().unwrap_or_else(|e| e.into_inner());
+    let s = STORE.lock().unwrap_or_else(|e| e.into_inner());
     s.iter().any(|(k, _)| k == id)
 }
 
 /// Secret `id`'s bytes, or QEMU's error for an unknown id.
 pub fn get(id: &str) -> Result<Secret> {
-    let s = store().lock().unwrap_or_else(|e| e.into_inner());
+    let s = STORE.lock().unwrap_or_else(|e| e.into_inner());
     s.iter()
         .find(|(k, _)| k == id)
         .map(|(_, v)| v.clone())
@@ -53,7 +49,7 @@ pub fn passphrase(id: &str) -> Result<Secret> {
 
 /// Forget secret `id`; true when it existed.
 pub fn remove(id: &str) -> bool {
-    let mut s = store().lock().unwrap_or_else(|e| e.into_inner());
+    let mut s = STORE.lock().unwrap_or_else(|e| e.into_inner());
     let n = s.len();
     s.retain(|(k, _)| k != id);
     s.len() != n

@@ -31,17 +31,12 @@ impl AlignedBuf {
         }
     }
 
-    /// A buffer of `len` zero bytes.
-    pub fn with_len(len: usize) -> Self {
-        Self::zeroed(len)
-    }
-
     /// Set the length to `len`; bytes beyond the old length are zero.
     /// Reallocates (losing the contents) only when `len` exceeds the
     /// capacity.
     pub fn resize(&mut self, len: usize) {
         if len > self.cap {
-            *self = Self::zeroed(len);
+            *self = Self::with_len(len);
             return;
         }
         if len > self.len {
@@ -51,7 +46,8 @@ impl AlignedBuf {
         self.len = len;
     }
 
-    fn zeroed(len: usize) -> Self {
+    /// A buffer of `len` zero bytes.
+    pub fn with_len(len: usize) -> Self {
         if len == 0 {
             return Self::new();
         }
@@ -77,7 +73,7 @@ impl Default for AlignedBuf {
 impl Drop for AlignedBuf {
     fn drop(&mut self) {
         if self.cap != 0 {
-            // SAFETY: allocated in `zeroed` with exactly this layout (the
+            // SAFETY: allocated in `with_len` with exactly this layout (the
             // size and alignment were valid then).
             unsafe {
                 alloc::dealloc(
