@@ -9,6 +9,9 @@
  *   imgops snapshot [-f FMT] (-c | -a | -d) NAME IMAGE
  *   imgops compare [-s] [-f FMT] [-F FMT] IMAGE1 IMAGE2
  *   imgops measure [-O FMT] [-o OPTIONS] (--size N | [-f FMT] [-l SNAPSHOT] IMAGE)
+ *   imgops dd [-f FMT] [-O FMT] [bs=N] [count=N] [skip=N] INPUT OUTPUT
+ *   imgops bench [-f FMT] [-w] [--count N] [--depth N] [--bufsize N] [--offset N]
+ *                [--pattern N] [--flush N] IMAGE      (prints the request count)
  *
  * Exit status: 0 success; compare exits as qemu-img compare (0 identical,
  * 1 different) and prints its line; measure prints the --output=json
@@ -72,7 +75,10 @@ struct args {
     const char *f, *F, *b, *o, *O, *l, *prealloc, *snap_name;
     char snap_action;
     int d, u, c, s, shrink, cancel, have_size;
-    uint64_t size;
+    uint64_t size, bs, count, skip;
+    int w;
+    uint64_t b_count, b_depth, b_bufsize, b_offset, b_pattern, b_flush;
+    int have_b_count, have_b_depth, have_b_bufsize, have_b_pattern;
     int nops;
     const char *ops[2];
 };
@@ -80,6 +86,7 @@ struct args {
 static int parse(int argc, char **argv, struct args *a)
 {
     memset(a, 0, sizeof *a);
+    a->count = UINT64_MAX;
     for (int i = 2; i < argc; i++) {
         const char *x = argv[i];
         const char *next = i + 1 < argc ? argv[i + 1] : NULL;
@@ -113,7 +120,28 @@ static int parse(int argc, char **argv, struct args *a)
             a->size = strtoull(next, NULL, 0);
             a->have_size = 1;
             i++;
-        } else if (x[0] != '-' && a->nops < 2)
+        } else if (strcmp(x, "-w") == 0)
+            a->w = 1;
+#define NUM(flag, field, have)                                                         \
+    else if (strcmp(x, flag) == 0 && next) {                                           \
+        a->field = strtoull(next, NULL, 0);                                            \
+        have;                                                                          \
+        i++;                                                                           \
+    }
+        NUM("--count", b_count, a->have_b_count = 1)
+        NUM("--depth", b_depth, a->have_b_depth = 1)
+        NUM("--bufsize", b_bufsize, a->have_b_bufsize = 1)
+        NUM("--offset", b_offset, (void)0)
+        NUM("--pattern", b_pattern, a->have_b_pattern = 1)
+        NUM("--flush", b_flush, (void)0)
+#undef NUM
+        else if (strncmp(x, "bs=", 3) == 0)
+            a->bs = strtoull(x + 3, NULL, 0);
+        else if (strncmp(x, "count=", 6) == 0)
+            a->count = strtoull(x + 6, NULL, 0);
+        else if (strncmp(x, "skip=", 5) == 0)
+            a->skip = strtoull(x + 5, NULL, 0);
+        else if (x[0] != '-' && a->nops < 2)
             a->ops[a->nops++] = x;
         else
             return -1;
@@ -282,6 +310,60 @@ static int do_measure(struct args *a)
     return 0;
 }
 
+static int do_dd(struct args *a)
+{
+    imgtool_dd_options o;
+    imgtool_dd_options_init(&o);
+    o.src_format = a->f;
+    o.out_format = a->O;
+    if (a->bs)
+        o.block_size = a->bs;
+    o.count = a->count;
+    o.skip = a->skip;
+    if (a->nops != 2)
+        return usage();
+    int rc = imgtool_dd(a->ops[0], a->ops[1], &o);
+    return rc == IMGTOOL_OK ? 0 : fail("imgtool_dd", rc);
+}
+
+static int do_bench(struct args *a)
+{
+    imgtool_open_options oo;
+    imgtool_bench_options o;
+    imgtool_bench_report r = {.struct_size = sizeof r};
+    imgtool_image *img = NULL;
+    imgtool_open_options_init(&oo);
+    oo.format = a->f;
+    if (a->w)
+        oo.flags |= IMGTOOL_OPEN_WRITABLE;
+    int rc = imgtool_open(a->ops[0], &oo, &img);
+    if (rc != IMGTOOL_OK)
+        return fail("imgtool_open", rc);
+    imgtool_bench_options_init(&o);
+    if (a->w)
+        o.flags |= IMGTOOL_BENCH_WRITE;
+    if (a->have_b_count)
+        o.count = (uint32_t)a->b_count;
+    if (a->have_b_depth)
+        o.depth = (uint32_t)a->b_depth;
+    if (a->have_b_bufsize)
+        o.buffer_size = a->b_bufsize;
+    if (a->have_b_pattern)
+        o.pattern = (uint8_t)a->b_pattern;
+    o.offset = a->b_offset;
+    o.flush_interval = (uint32_t)a->b_flush;
+    rc = imgtool_bench(img, &o, &r);
+    if (rc != IMGTOOL_OK) {
+        fail("imgtool_bench", rc); /* before imgtool_close resets the message */
+        imgtool_close(img);
+        return 1;
+    }
+    if ((rc = imgtool_close(img)) != IMGTOOL_OK)
+        return fail("imgtool_close", rc);
+    printf("%" PRIu32 " requests in %.3f seconds\n", r.requests, r.elapsed_ns / 1e9);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     struct args a;
@@ -304,5 +386,9 @@ int main(int argc, char **argv)
         return do_compare(&a);
     if (strcmp(cmd, "measure") == 0)
         return do_measure(&a);
+    if (strcmp(cmd, "dd") == 0)
+        return do_dd(&a);
+    if (strcmp(cmd, "bench") == 0)
+        return do_bench(&a);
     return usage();
 }

@@ -417,6 +417,54 @@ meas_case "src.qcow2 -> qcow2 4k clusters" -O qcow2 -o cluster_size=4096 "$work/
 meas_case "src.raw -> raw" -O raw "$work/src.raw"
 meas_case "snapshot of snap.qcow2" -O qcow2 -l first "$work/snap.qcow2"
 
+# dd: the same arguments as qemu-img dd; qemu-img judges the outputs.
+dd_case() { # NAME ARGS... (ending in INPUT; OUTPUT names are added)
+    local name=$1; shift
+    rm -f "$ops/dd-q.img" "$ops/dd-i.img"
+    local qargs=() iargs=() x fmt=raw
+    for x in "$@"; do
+        case $x in
+        bs=* | count=* | skip=*) qargs+=("$x"); iargs+=("$x") ;;
+        -O) qargs+=(-O); iargs+=(-O) ;;
+        qcow2 | vdi) qargs+=("$x"); iargs+=("$x"); fmt=$x ;;
+        *) qargs+=("if=$x"); iargs+=("$x") ;;
+        esac
+    done
+    "$QEMU_IMG" dd "${qargs[@]}" "of=$ops/dd-q.img" 2>/dev/null
+    if run "imgops dd $name" "$BIN/imgops" dd "${iargs[@]}" "$ops/dd-i.img"; then
+        local qs is
+        qs=$("$QEMU_IMG" info --output=json "$ops/dd-q.img" | grep '"virtual-size"')
+        is=$("$QEMU_IMG" info --output=json "$ops/dd-i.img" | grep '"virtual-size"')
+        if [[ $qs == "$is" && -n $qs ]]; then pass "imgops dd $name: qemu-img dd's size"; else
+            echo "qemu-img: $qs ours: $is" >>"$log"; fail "imgops dd $name: qemu-img dd's size"; fi
+        [[ $fmt == raw ]] || qcheck "$ops/dd-i.img"
+        qcompare -f "$fmt" -F "$fmt" "$ops/dd-i.img" "$ops/dd-q.img"
+    fi
+}
+dd_case "whole qcow2 to raw" "$work/src.qcow2"
+dd_case "bs=64k skip=3 count=20 to qcow2" bs=65536 skip=3 count=20 -O qcow2 "$work/src.qcow2"
+dd_case "bs=4096 count=100 to vdi" bs=4096 count=100 -O vdi "$work/src.raw"
+run_rc "imgops dd to an unknown format fails" 1 "$BIN/imgops" dd -O nosuch "$work/src.raw" "$ops/dd-x.img"
+if grep -q 'Unknown file format' "$log"; then pass "imgops dd: qemu-img's message for an unknown format"
+else fail "imgops dd: qemu-img's message for an unknown format"; fi
+
+# bench: writes with a pattern land where qemu-img bench's do.
+cp "$work/src.qcow2" "$ops/bi.qcow2"; cp "$work/src.qcow2" "$ops/bq.qcow2"
+"$QEMU_IMG" bench -q -w -c 300 -d 8 -s 12288 -o 4096 --pattern=0x6b --flush-interval=50 \
+    -f qcow2 "$ops/bq.qcow2" >/dev/null
+if run "imgops bench -w (300 pattern writes, flushes)" "$BIN/imgops" bench -w -f qcow2 \
+    --count 300 --depth 8 --bufsize 12288 --offset 4096 --pattern 0x6b --flush 50 "$ops/bi.qcow2"; then
+    if grep -q '^300 requests' "$log"; then pass "imgops bench reports 300 requests"; else
+        fail "imgops bench reports 300 requests"; fi
+    qcheck "$ops/bi.qcow2"
+    qcompare "$ops/bi.qcow2" "$ops/bq.qcow2"
+fi
+run "imgops bench (reads)" "$BIN/imgops" bench --count 2000 --depth 4 "$work/src.qcow2"
+run_rc "imgops bench --flush without -w fails" 1 "$BIN/imgops" bench --flush 64 "$work/src.qcow2"
+if grep -q 'only available in write tests' "$log"; then pass "imgops bench: qemu-img's message for --flush-interval on reads"
+else fail "imgops bench: qemu-img's message for --flush-interval on reads"; fi
+run_rc "imgops bench past the end fails" 1 "$BIN/imgops" bench --count 10 --offset 1099511627776 "$work/src.qcow2"
+
 # --- convert with progress and cancel -----------------------------------------
 for fmt in raw qcow2; do
     src=$work/src.$fmt
@@ -523,6 +571,10 @@ if ((${#vg[@]})); then
         "$ops/vg/base.qcow2"
     run "valgrind imgops measure" "${vg[@]}" "$BIN/imgops" measure -O qcow2 "$ops/vg/top.qcow2"
     run "valgrind imgops commit" "${vg[@]}" "$BIN/imgops" commit "$ops/vg/top.qcow2"
+    run "valgrind imgops dd" "${vg[@]}" "$BIN/imgops" dd bs=4096 skip=1 -O qcow2 \
+        "$ops/vg/top.qcow2" "$ops/vg/dd.qcow2"
+    run "valgrind imgops bench -w" "${vg[@]}" "$BIN/imgops" bench -w --count 200 --depth 8 \
+        --flush 50 "$ops/vg/top.qcow2"
     run "valgrind imginfo --summary overlay" "${vg[@]}" "$BIN/imginfo" --summary \
         "$work/overlay-info.qcow2"
     cp "$work/chk-orig.qcow2" "$work/vgchk.qcow2"
@@ -571,6 +623,10 @@ if [[ -n $ASAN_BIN ]]; then
     run "asan imgops commit" "$ASAN_BIN/imgops" commit "$ops/asan/top.qcow2"
     run "asan imgops rebase" "$ASAN_BIN/imgops" rebase -b "" "$ops/asan/top.qcow2"
     run "asan imgops snapshot -c" "$ASAN_BIN/imgops" snapshot -c x "$ops/asan/top.qcow2"
+    run "asan imgops dd" "$ASAN_BIN/imgops" dd bs=4096 skip=1 -O qcow2 "$ops/asan/top.qcow2" \
+        "$ops/asan/dd.qcow2"
+    run "asan imgops bench -w" "$ASAN_BIN/imgops" bench -w --count 500 --depth 16 --flush 100 \
+        "$ops/asan/top.qcow2"
     cp "$work/chk-orig.qcow2" "$work/asanchk.qcow2"
     run_rc "asan imgcheck --json leaked qcow2" 3 "$ASAN_BIN/imgcheck" --json "$work/asanchk.qcow2"
     run "asan imgcheck -r leaks" "$ASAN_BIN/imgcheck" -r leaks "$work/asanchk.qcow2"

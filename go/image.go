@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"sync"
+	"time"
 	"unsafe"
 )
 
@@ -270,3 +271,65 @@ var (
 	_ io.WriterAt = (*Image)(nil)
 	_ io.Closer   = (*Image)(nil)
 )
+
+// BenchOptions are the options of Bench (qemu-img bench's flags); zero
+// values take qemu-img's defaults.
+type BenchOptions struct {
+	Write         bool  // -w: write instead of read (the image must be writable)
+	Count         int   // -c: requests; 0 = 75000
+	Depth         int   // -d: requests in flight; 0 = 64
+	Offset        int64 // -o: offset of the first request
+	BufferSize    int   // -s: bytes per request; 0 = 4096
+	Step          int64 // -S: offset increment; 0 = BufferSize
+	FlushInterval int   // --flush-interval: flush every N requests (writes only); 0 = never
+	NoDrain       bool  // --no-drain: flush without waiting for requests in flight
+	Pattern       byte  // --pattern: the byte written
+}
+
+// Bench issues opts.Count requests on the image, opts.Depth at a time, as
+// qemu-img bench does, and returns how long they took.
+func (img *Image) Bench(opts BenchOptions) (time.Duration, error) {
+	p, err := img.handle()
+	if err != nil {
+		return 0, err
+	}
+	defer img.mu.RUnlock()
+	var o C.imgtool_bench_options
+	if rc := C.imgtool_bench_options_init(&o); rc != C.IMGTOOL_OK {
+		return 0, errorf("imgtool_bench_options_init", Code(rc), "cannot initialise bench options")
+	}
+	const intMax = 1<<31 - 1
+	for _, v := range []int64{int64(opts.Count), int64(opts.Depth), int64(opts.BufferSize), opts.Step, int64(opts.FlushInterval)} {
+		if v < 0 || v > intMax {
+			return 0, errorf("imgtool_bench", CodeInvalid, "imgtool: bench option out of range")
+		}
+	}
+	if opts.Offset < 0 {
+		return 0, errorf("imgtool_bench", CodeInvalid, "imgtool: negative bench offset")
+	}
+	if opts.Count > 0 {
+		o.count = C.uint32_t(opts.Count)
+	}
+	if opts.Depth > 0 {
+		o.depth = C.uint32_t(opts.Depth)
+	}
+	if opts.BufferSize > 0 {
+		o.buffer_size = C.uint64_t(opts.BufferSize)
+	}
+	o.offset = C.uint64_t(opts.Offset)
+	o.step = C.uint64_t(opts.Step)
+	o.flush_interval = C.uint32_t(opts.FlushInterval)
+	o.pattern = C.uint8_t(opts.Pattern)
+	if opts.Write {
+		o.flags |= C.IMGTOOL_BENCH_WRITE
+	}
+	if opts.NoDrain {
+		o.flags |= C.IMGTOOL_BENCH_NO_DRAIN
+	}
+	var r C.imgtool_bench_report
+	r.struct_size = C.uint32_t(unsafe.Sizeof(r))
+	if err := call("imgtool_bench", func() C.int { return C.imgtool_bench(p, &o, &r) }); err != nil {
+		return 0, err
+	}
+	return time.Duration(r.elapsed_ns), nil
+}

@@ -307,3 +307,48 @@ func TestClose(t *testing.T) {
 		t.Fatalf("BlockStatus after Close: %v", it.Err())
 	}
 }
+
+// Bench: pattern writes land where qemu-img bench's do; reads complete;
+// qemu-img's option errors.
+func TestBench(t *testing.T) {
+	dir := t.TempDir()
+	ours := filepath.Join(dir, "b.qcow2")
+	theirs := filepath.Join(dir, "q.qcow2")
+	for _, p := range []string{ours, theirs} {
+		qemuImg(t, "create", "-q", "-f", "qcow2", p, "4M")
+	}
+	qemuImg(t, "bench", "-q", "-w", "-c", "100", "-d", "4", "-s", "8192", "-S", "12288", "-o", "512",
+		"--pattern=0x3c", "--flush-interval=20", "-f", "qcow2", theirs)
+	img, err := imgtool.Open(ours, &imgtool.OpenOptions{Writable: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.Bench(imgtool.BenchOptions{Write: true, Count: 100, Depth: 4, BufferSize: 8192,
+		Step: 12288, Offset: 512, Pattern: 0x3c, FlushInterval: 20}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := img.Bench(imgtool.BenchOptions{Count: 1000}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = img.Bench(imgtool.BenchOptions{FlushInterval: 64})
+	if !errors.Is(err, imgtool.ErrInvalid) || err.Error() != "--flush-interval is only available in write tests" {
+		t.Fatalf("flush interval on reads: %v", err)
+	}
+	_, err = img.Bench(imgtool.BenchOptions{Write: true, FlushInterval: 2, Depth: 8})
+	if !errors.Is(err, imgtool.ErrInvalid) || err.Error() != "Flush interval can't be smaller than depth" {
+		t.Fatalf("flush interval below depth: %v", err)
+	}
+	if err := img.Close(); err != nil {
+		t.Fatal(err)
+	}
+	qemuImg(t, "check", "-q", ours)
+	qemuImg(t, "compare", "-q", ours, theirs)
+	ro, err := imgtool.Open(ours, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ro.Close()
+	if _, err := ro.Bench(imgtool.BenchOptions{Write: true, Count: 1}); err == nil {
+		t.Fatal("write bench on a read-only image succeeded")
+	}
+}

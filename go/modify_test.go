@@ -187,3 +187,46 @@ func TestSnapshots(t *testing.T) {
 		t.Fatalf("raw: %v", err)
 	}
 }
+
+// Dd: the same operands as qemu-img dd give the same output (judged by
+// qemu-img), and qemu-img's errors.
+func TestDd(t *testing.T) {
+	dir := t.TempDir()
+	src, _ := knownImage(t, dir, "qcow2")
+	for _, c := range []struct {
+		name string
+		args []string
+		opts imgtool.DdOptions
+	}{
+		{"whole", nil, imgtool.DdOptions{}},
+		{"window", []string{"bs=65536", "skip=2", "count=40"}, imgtool.DdOptions{BlockSize: 65536, Skip: 2, Count: 40}},
+		{"qcow2", []string{"-O", "qcow2", "bs=4096", "count=1000"}, imgtool.DdOptions{OutFormat: "qcow2", BlockSize: 4096, Count: 1000}},
+		{"count0", []string{"count=0"}, imgtool.DdOptions{CountZero: true}},
+	} {
+		q := filepath.Join(dir, c.name+".q")
+		ours := filepath.Join(dir, c.name+".i")
+		qemuImg(t, append([]string{"dd", "if=" + src, "of=" + q}, c.args...)...)
+		if err := imgtool.Dd(src, ours, c.opts); err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		f := c.opts.OutFormat
+		if f == "" {
+			f = "raw"
+		}
+		var qi, ii imgtool.ImageInfo
+		qemuInfo(t, q, &qi)
+		qemuInfo(t, ours, &ii)
+		if qi.VirtualSize != ii.VirtualSize || qi.Format != ii.Format {
+			t.Fatalf("%s: qemu-img dd made %+v, Dd %+v", c.name, qi, ii)
+		}
+		qemuImg(t, "compare", "-q", "-f", f, "-F", f, ours, q)
+	}
+	err := imgtool.Dd(src, filepath.Join(dir, "x"), imgtool.DdOptions{OutFormat: "nosuch"})
+	if !errors.Is(err, imgtool.ErrInvalid) || err.Error() != "Unknown file format" {
+		t.Fatalf("unknown format: %v", err)
+	}
+	err = imgtool.Dd(filepath.Join(dir, "missing"), filepath.Join(dir, "x"), imgtool.DdOptions{})
+	if !errors.Is(err, imgtool.ErrNotFound) {
+		t.Fatalf("missing input: %v", err)
+	}
+}

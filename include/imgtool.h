@@ -270,6 +270,24 @@
 #define IMGTOOL_RESIZE_SHRINK (1 << 0)
 
 /**
+ * `imgtool_dd_options.flags`: open the input without taking its lock
+ * (qemu-img dd `-U`).
+ */
+#define IMGTOOL_DD_FORCE_SHARE (1 << 0)
+
+/**
+ * `imgtool_bench_options.flags`: write instead of read (qemu-img bench
+ * `-w`); the handle must be writable.
+ */
+#define IMGTOOL_BENCH_WRITE (1 << 0)
+
+/**
+ * `imgtool_bench_options.flags`: flush without first waiting for the
+ * requests in flight (`--no-drain`).
+ */
+#define IMGTOOL_BENCH_NO_DRAIN (1 << 1)
+
+/**
  * An open image: a format driver plus its backing chain.
  *
  * Created by `imgtool_open`, released by `imgtool_close`. Opaque.
@@ -1015,6 +1033,112 @@ typedef struct imgtool_amend_options {
      */
     const char *cache;
 } imgtool_amend_options;
+
+/**
+ * How `imgtool_dd` copies. Initialise with `imgtool_dd_options_init()`,
+ * then change fields.
+ */
+typedef struct imgtool_dd_options {
+    /**
+     * `sizeof(imgtool_dd_options)`, set by `imgtool_dd_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_DD_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Format of the input (`-f`); NULL or "" probes it.
+     */
+    const char *src_format;
+    /**
+     * Format of the output (`-O`); NULL or "" = "raw".
+     */
+    const char *out_format;
+    /**
+     * Block size in bytes (`bs=`), 1 to 2^31-1; default 512.
+     */
+    uint64_t block_size;
+    /**
+     * Input blocks to copy (`count=`); the default, `UINT64_MAX`, copies
+     * to the end of the input.
+     */
+    uint64_t count;
+    /**
+     * Input blocks to skip (`skip=`); default 0.
+     */
+    uint64_t skip;
+    /**
+     * ID of the secret (`imgtool_secret_set`) that unlocks an encrypted
+     * input; NULL or "" for none.
+     */
+    const char *key_secret;
+} imgtool_dd_options;
+
+/**
+ * What `imgtool_bench` does. Initialise with
+ * `imgtool_bench_options_init()`, then change fields.
+ */
+typedef struct imgtool_bench_options {
+    /**
+     * `sizeof(imgtool_bench_options)`, set by `imgtool_bench_options_init`.
+     */
+    uint32_t struct_size;
+    /**
+     * `IMGTOOL_BENCH_*` bits.
+     */
+    uint32_t flags;
+    /**
+     * Requests to issue (`-c`), 1 to 2^31-1; default 75000.
+     */
+    uint32_t count;
+    /**
+     * Requests in flight (`-d`), 1 to 2^31-1; default 64.
+     */
+    uint32_t depth;
+    /**
+     * Offset of the first request (`-o`); default 0.
+     */
+    uint64_t offset;
+    /**
+     * Bytes per request (`-s`), 1 to 2^31-1; default 4096.
+     */
+    uint64_t buffer_size;
+    /**
+     * Offset increment between requests (`-S`), wrapping at the image's
+     * end; 0 (default) = `buffer_size`.
+     */
+    uint64_t step;
+    /**
+     * Flush after this many requests (`--flush-interval`, writes only,
+     * not smaller than `depth`); 0 (default) never flushes.
+     */
+    uint32_t flush_interval;
+    /**
+     * The byte written (`--pattern`); default 0.
+     */
+    uint8_t pattern;
+} imgtool_bench_options;
+
+/**
+ * The result of `imgtool_bench`. Set `struct_size` to
+ * `sizeof(imgtool_bench_report)` before the call.
+ */
+typedef struct imgtool_bench_report {
+    /**
+     * Set by the caller to `sizeof(imgtool_bench_report)`.
+     */
+    uint32_t struct_size;
+    /**
+     * Requests completed.
+     */
+    uint32_t requests;
+    /**
+     * Wall time of the run in nanoseconds (qemu-img prints it as "Run
+     * completed in X.XXX seconds.").
+     */
+    uint64_t elapsed_ns;
+} imgtool_bench_report;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1858,6 +1982,83 @@ int imgtool_amend(const char *path,
                   const struct imgtool_amend_options *opts,
                   imgtool_progress_fn progress,
                   void *user);
+
+/**
+ * Fill `opts` with defaults (raw output, 512-byte blocks, the whole
+ * input) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_dd_options`.
+ */
+int imgtool_dd_options_init(struct imgtool_dd_options *opts);
+
+/**
+ * Create `output` in `opts->out_format` and copy into it the input's
+ * guest bytes from `skip * block_size` up to `count * block_size` (or
+ * the end), as `qemu-img dd if=input of=output` does: the output's size
+ * is the length copied, an existing file is overwritten, an image in use
+ * is refused.
+ *
+ * A `skip` past the end of the input is not an error (qemu-img exits 0
+ * as well): the output is created empty and a notice
+ * `INPUT: cannot skip to specified offset` goes to the notice handler
+ * (`imgtool_set_notice_handler`, stderr by default).
+ *
+ * Errors: `IMGTOOL_EINVAL` (a block size of 0 or above 2^31-1, "Unknown
+ * file format", bad options), `IMGTOOL_ENOTSUP` ("Format driver '...'
+ * does not support image creation"), errors opening the input
+ * (`IMGTOOL_ENOENT`, `IMGTOOL_ELOCKED`, ...), and with qemu-img's words
+ * "OUTPUT: error while creating output image: ...", "error while reading
+ * from input image file: ..." and "error while writing to output image
+ * file: ..." (`IMGTOOL_EIO`, `IMGTOOL_ENOSPC`, ...).
+ *
+ * Thread safety: any thread; the output is locked while it is written.
+ *
+ * # Safety
+ * `input` and `output` are NULL or NUL-terminated; `opts` is NULL or
+ * initialised.
+ */
+int imgtool_dd(const char *input, const char *output, const struct imgtool_dd_options *opts);
+
+/**
+ * Fill `opts` with qemu-img bench's defaults (75000 reads of 4096 bytes,
+ * 64 in flight, from offset 0) and set `opts->struct_size`.
+ *
+ * Returns `IMGTOOL_OK`, or `IMGTOOL_EINVAL` if `opts` is NULL.
+ *
+ * Thread safety: any thread; touches only `opts`.
+ *
+ * # Safety
+ * `opts` is NULL or points to writable memory for an `imgtool_bench_options`.
+ */
+int imgtool_bench_options_init(struct imgtool_bench_options *opts);
+
+/**
+ * Issue `opts->count` requests of `opts->buffer_size` bytes on the open
+ * image `img`, `opts->depth` at a time, as `qemu-img bench` does, and
+ * report how long they took in `*report` (which may be NULL).
+ *
+ * Errors: `IMGTOOL_EINVAL` (a number out of range, "--flush-interval is
+ * only available in write tests", "Flush interval can't be smaller than
+ * depth"), `IMGTOOL_EPERM` (writing through a read-only handle), and the
+ * first failed request's error (`IMGTOOL_ERANGE` for one past the end,
+ * `IMGTOOL_EIO`, ...).
+ *
+ * Thread safety: runs `depth` threads of its own (at most 256) on the
+ * handle; other calls on it may run at the same time (except
+ * `imgtool_close`).
+ *
+ * # Safety
+ * `img` is a live handle; `opts` is NULL or initialised; `report` is
+ * NULL or a writable report with `struct_size` set.
+ */
+int imgtool_bench(struct imgtool_image *img,
+                  const struct imgtool_bench_options *opts,
+                  struct imgtool_bench_report *report);
 
 /**
  * Redirect the library's notices: one-line messages a format driver

@@ -124,14 +124,7 @@ const PROBED_RAW_WARNING: &str = "WARNING: Image format was not specified for '{
 
 pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
     let a = parse(prog, args)?;
-    if !a.o.write && a.o.flush_interval > 0 {
-        return Err(Fail::report(
-            "--flush-interval is only available in write tests",
-        ));
-    }
-    if a.o.flush_interval > 0 && a.o.flush_interval < a.o.depth {
-        return Err(Fail::report("Flush interval can't be smaller than depth"));
-    }
+    a.o.check()?;
     let spec = ImageSpec::parse(&a.filename, a.image_opts, a.fmt.as_deref())?;
     let direct = matches!(a.cache, CacheMode::None | CacheMode::Directsync);
     let open_fail = |m: &str| Fail::Report(format!("Could not open '{}': {m}", spec.arg));

@@ -58,6 +58,10 @@ pub mod resize;
 
 pub mod amend;
 
+pub mod dd;
+
+pub mod bench;
+
 pub mod notice;
 
 mod args;
@@ -68,11 +72,13 @@ mod progress;
 mod tests;
 
 pub use amend::*;
+pub use bench::*;
 pub use check::*;
 pub use commit::*;
 pub use compare::*;
 pub use convert::*;
 pub use create::*;
+pub use dd::*;
 pub use error::*;
 pub use image::*;
 pub use info::*;

@@ -57,6 +57,20 @@ impl Default for BenchOptions {
 }
 
 impl BenchOptions {
+    /// qemu-img's checks of the options that depend on each other (each
+    /// number's own range is the caller's: the CLI parses it).
+    pub fn check(&self) -> Result<()> {
+        if !self.write && self.flush_interval > 0 {
+            return Err(Error::invalid(
+                "--flush-interval is only available in write tests",
+            ));
+        }
+        if self.flush_interval > 0 && self.flush_interval < self.depth {
+            return Err(Error::invalid("Flush interval can't be smaller than depth"));
+        }
+        Ok(())
+    }
+
     pub fn effective_step(&self) -> u64 {
         if self.step == 0 {
             self.buffer_size
