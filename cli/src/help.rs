@@ -4,11 +4,15 @@
 
 use crate::app::{out, Prog};
 
-/// `-V`: our own version, in qemu-img's two-line shape.
-pub fn version_text() -> String {
+/// `-V`: qemu-img's two-line shape, with the qemu-img version we behave
+/// as first (scripts and management tools parse `qemu-img version X.Y.Z`
+/// to decide which options they may use) and our own in parentheses,
+/// where qemu-img puts its package version.
+pub fn version_text(prog: &Prog) -> String {
     format!(
-        "imgtool version {} (compatible with qemu-img 10.0.2)\n\
+        "{} version 10.0.2 (imgtool {})\n\
          Copyright (c) 2025 the imgtool developers\n",
+        prog.name,
         imgtool::VERSION
     )
 }
@@ -71,7 +75,7 @@ pub fn main_text(prog: &Prog) -> String {
         "{}{}\n{}\n\
          See <https://qemu.org/contribute/report-a-bug> for how to report bugs.\n\
          More information on the QEMU project at <https://qemu.org>.\n",
-        version_text(),
+        version_text(prog),
         named(include_str!("help/main.txt"), prog),
         wrap_words(&formats)
     )

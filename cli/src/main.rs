@@ -94,7 +94,7 @@ fn global(prog: &Prog, args: Vec<String>) -> Result<(String, Vec<String>), Fail>
                 return Err(Fail::Exit(0));
             }
             v if v == ch('V') => {
-                out(&help::version_text());
+                out(&help::version_text(prog));
                 return Err(Fail::Exit(0));
             }
             // -T/--trace: QEMU trace events; we have none to enable.

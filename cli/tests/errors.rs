@@ -245,6 +245,28 @@ fn global_help() {
     );
 }
 
+/// `--version`/`-V`: the first line starts like qemu-img's up to the
+/// version number (what scripts parse), for both spellings.
+#[test]
+fn version_banner() {
+    let dir = TempDir::new("version");
+    for flag in ["--version", "-V"] {
+        let q = qemu_img(dir.path(), &[flag]).expect_ok();
+        let o = imgtool(dir.path(), &[flag]);
+        assert!(o.ok(), "{}", o.describe());
+        let head = |s: &str| -> String {
+            let l = s.lines().next().unwrap_or_default();
+            l.split(' ').take(3).collect::<Vec<_>>().join(" ")
+        };
+        assert_eq!(
+            head(&q.stdout).replace("qemu-img", "imgtool"),
+            head(&o.stdout),
+            "{flag}"
+        );
+        assert_eq!(q.stdout.lines().count(), o.stdout.lines().count(), "{flag}");
+    }
+}
+
 /// A create that fails in the format layer still leaves what QEMU's driver
 /// made first: qcow, qed, vdi, vhdx and vpc an empty file, qcow2 nothing
 /// (it deletes its file, even one that existed before).
