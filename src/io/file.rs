@@ -292,11 +292,35 @@ impl HostFile {
 
     /// Make a range read as zeros: punch a hole when allowed, else zero-range,
     /// else write zeros.
+    /// Zeros that take disk space, also past EOF (which the file grows
+    /// to cover): what QEMU's file driver does for a zero write it may not
+    /// unmap, FALLOC_FL_ZERO_RANGE first. Where `write_zeroes` would only
+    /// extend the file, this leaves the area allocated, so the host file
+    /// reports data there as in qemu-img's copy (qcow2 downgrade's zero
+    /// clusters).
+    pub fn write_zeroes_allocated(&self, off: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        self.inject(IoType::WriteZeroes, off, len)?;
+        if self
+            .fallocate_raw(libc::FALLOC_FL_ZERO_RANGE, off, len)
+            .is_ok()
+        {
+            return Ok(());
+        }
+        self.zero_range(off, len, false)
+    }
+
     pub fn write_zeroes(&self, off: u64, len: u64, may_unmap: bool) -> Result<()> {
         if len == 0 {
             return Ok(());
         }
         self.inject(IoType::WriteZeroes, off, len)?;
+        self.zero_range(off, len, may_unmap)
+    }
+
+    fn zero_range(&self, off: u64, len: u64, may_unmap: bool) -> Result<()> {
         let end = off + len;
         let flen = self.len()?;
         if may_unmap && end <= flen && self.punch_hole(off, len)? {

@@ -435,7 +435,7 @@ impl Qcow2 {
                     "Cluster allocation offset {off:#x} unaligned (L2 offset: {l2off:#x})"
                 )));
             }
-            self.file.write_zeroes(off, cs, false)?;
+            self.file.write_zeroes_allocated(off, cs)?;
             s.entry = if l2_refcount == 1 {
                 off | OFLAG_COPIED
             } else {
