@@ -251,3 +251,47 @@ fn json_backing_file() {
         }
     }
 }
+
+/// Preallocated qcow2 images are laid out as qemu-img lays them: the same
+/// `qemu-img map` with host offsets (falloc/full put refcount structures
+/// first, all data in one run, L2 tables in the freed old refcount table
+/// and after the data; metadata preallocation zero-fills the cut last
+/// cluster; a refcount block a run needs goes after the run), the same
+/// header and file length.
+#[test]
+fn qcow2_preallocation_layout() {
+    for (opts, size) in [
+        ("preallocation=falloc", "0"),
+        ("preallocation=falloc", "3146240"),
+        ("preallocation=falloc", "1G"),
+        ("preallocation=full", "700M"),
+        ("preallocation=falloc,cluster_size=4096", "700M"),
+        ("preallocation=falloc,extended_l2=on", "1G"),
+        ("preallocation=full,refcount_bits=1,cluster_size=512", "5M"),
+        ("preallocation=metadata", "3146240"),
+        ("preallocation=metadata", "2G"),
+        (
+            "preallocation=metadata,refcount_bits=2,cluster_size=4096",
+            "700M",
+        ),
+    ] {
+        let dir = TempDir::new("create_prealloc_layout");
+        let (qd, od) = (dir.sub("q"), dir.sub("o"));
+        let args = ["create", "-q", "-f", "qcow2", "-o", opts, "x.qcow2", size];
+        qemu_img_ok(&qd, &args);
+        let o = imgtool(&od, &args);
+        assert!(o.ok(), "{opts} {size}: {}", o.describe());
+        let look = |d: &Path| {
+            let map = qemu_img(d, &["map", "--output=json", "x.qcow2"])
+                .expect_ok()
+                .stdout;
+            let check = qemu_img(d, &["check", "x.qcow2"]).expect_ok().stdout;
+            let path = d.join("x.qcow2");
+            let mut header = [0u8; 104];
+            std::io::Read::read_exact(&mut std::fs::File::open(&path).unwrap(), &mut header)
+                .unwrap();
+            (map, check, std::fs::metadata(&path).unwrap().len(), header)
+        };
+        assert_eq!(look(&qd), look(&od), "{opts} {size}");
+    }
+}

@@ -310,12 +310,21 @@ impl Refcounts {
             if let Some(&top) = missing.last() {
                 if top as usize >= self.table.len() {
                     self.grow_table(file, top + 1)?;
-                } else {
-                    // Put the blocks at the front of the run rather than
-                    // each at the start of its own range: a run longer than
-                    // one block's range could never be found free otherwise.
-                    self.create_blocks_at(file, &missing, c)?;
+                    continue;
                 }
+                // QEMU takes the run first and puts each missing block at
+                // the first free cluster after it.
+                if let Some(p) = self.blocks_after(file, c + n, &missing)? {
+                    self.create_blocks_at(file, &missing, p)?;
+                    self.update_range(file, c, n, &|_| Ok(1))?;
+                    self.free_hint = if first_free == c { c + n } else { first_free };
+                    self.end_hint = self.end_hint.max(c + n);
+                    return Ok(c << self.cluster_bits);
+                }
+                // Otherwise at the front of the run rather than each at the
+                // start of its own range: a run longer than one block's
+                // range could never be found free otherwise.
+                self.create_blocks_at(file, &missing, c)?;
                 continue;
             }
             self.update_range(file, c, n, &|_| Ok(1))?;
@@ -324,6 +333,25 @@ impl Refcounts {
             self.end_hint = self.end_hint.max(c + n);
             return Ok(c << self.cluster_bits);
         }
+    }
+
+    /// Where the missing blocks `rbs` can go after a run ending at cluster
+    /// `from`: the first free clusters there, if each of them is counted by
+    /// an existing block or by one of `rbs`.
+    fn blocks_after(&mut self, file: &HostFile, from: u64, rbs: &[u64]) -> Result<Option<u64>> {
+        let k = rbs.len() as u64;
+        let saved = self.free_hint;
+        self.free_hint = from;
+        let found = self.find_free(file, k);
+        self.free_hint = saved;
+        let (p, _) = found?;
+        for q in p..p + k {
+            let rb = self.block_index(q);
+            if !rbs.contains(&rb) && self.block_offset(rb)?.is_none() {
+                return Ok(None);
+            }
+        }
+        Ok(Some(p))
     }
 
     /// Find `n` contiguous free clusters at or after the hint. Returns the
@@ -429,6 +457,101 @@ impl Refcounts {
     fn set_table_entry(&mut self, file: &HostFile, rb: u64, off: u64) -> Result<()> {
         self.table[rb as usize] = off;
         file.write_at(&off.to_be_bytes(), self.table_offset + rb * 8)
+    }
+
+    /// Refcount structures for preallocating a large area, laid out as
+    /// QEMU's qcow2_refcount_area lays them: exactly as many blocks as
+    /// clusters `0..start + additional` and the structures themselves need,
+    /// the missing blocks and then a new table placed from cluster `start`
+    /// on (free, at the end of the image), the header switched to the new
+    /// table and the old table freed. Returns the first cluster after the
+    /// new structures.
+    pub fn area_at(&mut self, file: &HostFile, start: u64, additional: u64) -> Result<u64> {
+        let cs = self.cs();
+        let cb = self.cluster_bits;
+        let rpb = 1u64 << self.epb_shift();
+        let per_table_cluster = cs / 8;
+        let clusters = start
+            .checked_add(additional)
+            .ok_or_else(|| Error::from_errno(libc::EFBIG))?;
+        // Fixed point: the blocks and table count themselves too.
+        let (mut blocks, mut table, mut last) = (0u64, 0u64, None);
+        loop {
+            blocks = (clusters + table + blocks).div_ceil(rpb);
+            table = blocks.div_ceil(per_table_cluster);
+            let n = clusters + blocks + table;
+            if last == Some(n) {
+                break;
+            }
+            last = Some(n);
+        }
+        if table.saturating_mul(cs) > super::header::MAX_REFTABLE_BYTES {
+            return Err(Error::from_errno(libc::EFBIG));
+        }
+        let mut new_table = self.table.clone();
+        new_table.resize((table * per_table_cluster) as usize, 0);
+        let first_rb = start / rpb;
+        let missing: Vec<u64> = (first_rb..blocks)
+            .filter(|&rb| new_table[rb as usize] == 0)
+            .collect();
+        let table_cluster = start + missing.len() as u64;
+        let end = table_cluster + table;
+        let covered = |rb: u64| (start.max(rb * rpb), end.min((rb + 1) * rpb));
+        // New blocks carry their own counts and those of the new table.
+        let mut fresh = Vec::with_capacity(missing.len());
+        for (k, &rb) in missing.iter().enumerate() {
+            let off = (start + k as u64) << cb;
+            let mut block = vec![0u8; cs as usize];
+            let (a, b) = covered(rb);
+            for c in a..b {
+                Self::entry_set(self.order, &mut block, (c - rb * rpb) as usize, 1);
+            }
+            file.write_at(&block, off)?;
+            new_table[rb as usize] = off;
+            fresh.push((rb, block));
+        }
+        // Area clusters counted by existing blocks (a crash before the
+        // switch only leaks them).
+        for rb in first_rb..blocks {
+            let (a, b) = covered(rb);
+            if !missing.contains(&rb) && a < b {
+                self.update_range(file, a, b - a, &|_| Ok(1))?;
+            }
+        }
+        let mut raw = Vec::with_capacity(new_table.len() * 8);
+        for e in &new_table {
+            raw.extend_from_slice(&e.to_be_bytes());
+        }
+        file.write_at(&raw, table_cluster << cb)?;
+        file.flush()?;
+        let mut hdr = [0u8; 12];
+        hdr[..8].copy_from_slice(&(table_cluster << cb).to_be_bytes());
+        hdr[8..].copy_from_slice(&(table as u32).to_be_bytes());
+        file.write_at(&hdr, 48)?;
+        file.flush()?;
+        let (old_off, old_clusters) = (self.table_offset, self.table_clusters as u64);
+        self.table = new_table;
+        self.table_offset = table_cluster << cb;
+        self.table_clusters = table as u32;
+        for (rb, block) in fresh {
+            self.blocks.insert(rb, block);
+        }
+        self.end_hint = self.end_hint.max(end);
+        self.free(file, old_off >> cb, old_clusters)?;
+        Ok(end)
+    }
+
+    /// Take the free clusters `start..start + n` (refcount 1), whose blocks
+    /// exist ([`Self::area_at`] made them).
+    pub fn claim(&mut self, file: &HostFile, start: u64, n: u64) -> Result<()> {
+        for c in start..start + n {
+            if self.get(file, c)? != 0 {
+                return Err(Error::corrupt("Preallocated cluster already in use"));
+            }
+        }
+        self.update_range(file, start, n, &|_| Ok(1))?;
+        self.end_hint = self.end_hint.max(start + n);
+        Ok(())
     }
 
     /// Move the refcount table to a bigger one at the end of the image,

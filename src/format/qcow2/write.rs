@@ -603,11 +603,18 @@ impl Qcow2 {
     /// Allocate L2 tables and data clusters for guest [off, off+len)
     /// (preallocation=metadata/falloc/full).
     pub(super) fn preallocate(&self, off: u64, len: u64, mode: Prealloc) -> Result<()> {
-        if mode == Prealloc::Off || len == 0 {
+        let area = matches!(mode, Prealloc::Falloc | Prealloc::Full)
+            && self.data_file.is_none()
+            && off.is_multiple_of(self.cs());
+        // QEMU sets up the refcount area even for an empty image.
+        if mode == Prealloc::Off || len == 0 && !(area && off == 0) {
             return Ok(());
         }
         self.prepare_write()?;
         let _w = self.write_lock.lock();
+        if area && self.preallocate_area(off, len, mode)? {
+            return Ok(());
+        }
         let cs = self.cs();
         let cb = self.geo.cluster_bits;
         let mut ci = off >> cb;
@@ -615,6 +622,9 @@ impl Qcow2 {
         let mut host_end = 0u64;
         let mut ranges = Vec::new();
         let mut existing = Vec::new();
+        // Host offset of a newly allocated last cluster that the guest end
+        // cuts (QEMU's copy-on-write fills the rest of it with zeros).
+        let mut tail = None;
         while ci < last {
             let idx = ci % self.epl();
             let n = (last - ci).min(self.epl() - idx);
@@ -652,6 +662,9 @@ impl Qcow2 {
                         bitmap: 0,
                     };
                 }
+                if self.data_file.is_none() && todo.last() == Some(&((last - ci - 1) as usize)) {
+                    tail = Some(host + (todo.len() as u64 - 1) * cs);
+                }
                 if self.data_file.is_some() {
                     for &i in &todo {
                         let h = (ci + i as u64) << cb;
@@ -669,6 +682,10 @@ impl Qcow2 {
         let data = self.data();
         if host_end > data.len()? {
             data.set_len(host_end)?;
+        }
+        let cut = (off + len) % cs;
+        if let (Some(h), Prealloc::Metadata, true) = (tail, mode, cut != 0) {
+            data.write_at(&vec![0u8; (cs - cut) as usize], h + cut)?;
         }
         for (h, l) in existing {
             data.allocate(h, l)?;
@@ -689,6 +706,82 @@ impl Qcow2 {
             }
         }
         Ok(())
+    }
+
+    /// Data preallocation (falloc/full) of the guest range `off..off+len`
+    /// (`off` cluster-aligned) with QEMU's layout: refcount structures for
+    /// the whole area first (see [`super::refcount::Refcounts::area_at`]),
+    /// then every data cluster in one host run after them, the host file
+    /// preallocated up to its end, and last the L2 tables, which go to the
+    /// first free clusters (the old refcount table's, then after the data).
+    /// Returns false, having changed nothing, when the range already maps
+    /// clusters (the caller's general path handles that).
+    fn preallocate_area(&self, off: u64, len: u64, mode: Prealloc) -> Result<bool> {
+        let cs = self.cs();
+        let cb = self.geo.cluster_bits;
+        let epl = self.epl();
+        let first = off >> cb;
+        let nb_data = (off + len).div_ceil(cs) - first;
+        let mut m = self.meta.lock();
+        let mut ci = first;
+        while ci < first + nb_data {
+            let n = (first + nb_data - ci).min(epl - ci % epl);
+            if self.l2_offset(&m, ci / epl)?.is_some()
+                && self.slots(&mut m, ci, n)?.iter().any(|s| s.entry != 0)
+            {
+                return Ok(false);
+            }
+            ci += n;
+        }
+        // The new structures go after the last cluster in use.
+        let file_clusters = self.file.len()?.div_ceil(cs);
+        let mut last = file_clusters;
+        while last > 0 && m.rc.get(&self.file, last - 1)? == 0 {
+            last -= 1;
+        }
+        let start =
+            m.rc.area_at(&self.file, last.max(1), nb_data + nb_data.div_ceil(epl) + 1)
+                .map_err(|e| e.context("Failed to resize refcount structures"))?;
+        {
+            let mut h = self.hdr.lock();
+            h.refcount_table_offset = m.rc.table_offset();
+            h.refcount_table_clusters = m.rc.table_clusters();
+        }
+        m.rc.claim(&self.file, start, nb_data)?;
+        let new_len = (start + nb_data) << cb;
+        let cur = self.file.len()?;
+        if new_len > cur {
+            match mode {
+                Prealloc::Full => {
+                    let z = crate::io::AlignedBuf::with_len((new_len - cur).min(1 << 20) as usize);
+                    let mut p = cur;
+                    while p < new_len {
+                        let n = (new_len - p).min(z.len() as u64) as usize;
+                        self.file.write_at(&z[..n], p)?;
+                        p += n as u64;
+                    }
+                }
+                _ => self.file.allocate(cur, new_len - cur)?,
+            }
+        }
+        let mut ci = first;
+        let mut host = start;
+        while ci < first + nb_data {
+            let n = (first + nb_data - ci).min(epl - ci % epl);
+            let l2off = self.l2_for_write(&mut m, ci / epl)?;
+            // With extended L2, QEMU reserves the host clusters but leaves
+            // every subcluster unallocated.
+            let new: Vec<Slot> = (0..n)
+                .map(|j| Slot {
+                    entry: ((host + j) << cb) | OFLAG_COPIED,
+                    bitmap: 0,
+                })
+                .collect();
+            self.set_slots(&mut m, l2off, ci % epl, &new)?;
+            ci += n;
+            host += n;
+        }
+        Ok(true)
     }
 
     /// Make the active L1 table hold at least `entries` entries, moving it
