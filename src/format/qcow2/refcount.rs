@@ -309,7 +309,9 @@ impl Refcounts {
             }
             if let Some(&top) = missing.last() {
                 if top as usize >= self.table.len() {
-                    self.grow_table(file, top + 1)?;
+                    if !(missing.len() == 1 && self.grow_for(file, c, n, top)?) {
+                        self.grow_table(file, top + 1)?;
+                    }
                     continue;
                 }
                 // QEMU takes the run first and puts each missing block at
@@ -333,6 +335,39 @@ impl Refcounts {
             self.end_hint = self.end_hint.max(c + n);
             return Ok(c << self.cluster_bits);
         }
+    }
+
+    /// The table is full and the run `c..c+n` needs block `rb`: QEMU
+    /// writes that block at the first free cluster after the run (where it
+    /// counts itself), then new structures with room to grow from the first
+    /// range that neither the run's first cluster in `rb` nor the block
+    /// falls in. Returns false, having done nothing, when the block would
+    /// not count itself (left to [`Self::grow_table`]).
+    fn grow_for(&mut self, file: &HostFile, c: u64, n: u64, rb: u64) -> Result<bool> {
+        let shift = self.epb_shift();
+        let rpb = 1u64 << shift;
+        let Some(p) = self.blocks_after(file, c + n, &[rb])? else {
+            return Ok(false);
+        };
+        if self.block_index(p) != rb {
+            return Ok(false);
+        }
+        file.event("reftable_grow");
+        let mut block = vec![0u8; self.cs() as usize];
+        Self::entry_set(self.order, &mut block, (p - (rb << shift)) as usize, 1);
+        file.write_at(&block, p << self.cluster_bits)?;
+        let needed = c.max(rb << shift);
+        let blocks_used = (needed + 1).max(p + 1).div_ceil(rpb);
+        self.area(
+            file,
+            blocks_used * rpb,
+            0,
+            true,
+            Some((rb, p << self.cluster_bits)),
+        )?;
+        self.blocks.insert(rb, block);
+        self.end_hint = self.end_hint.max(p + 1);
+        Ok(true)
     }
 
     /// Where the missing blocks `rbs` can go after a run ending at cluster
@@ -467,6 +502,20 @@ impl Refcounts {
     /// table and the old table freed. Returns the first cluster after the
     /// new structures.
     pub fn area_at(&mut self, file: &HostFile, start: u64, additional: u64) -> Result<u64> {
+        self.area(file, start, additional, false, None)
+    }
+
+    /// [`Self::area_at`], optionally with room to grow (a table half as
+    /// large again, QEMU's generous sizing) and with block `preset.0`
+    /// already written at offset `preset.1` to enter into the new table.
+    fn area(
+        &mut self,
+        file: &HostFile,
+        start: u64,
+        additional: u64,
+        generous: bool,
+        preset: Option<(u64, u64)>,
+    ) -> Result<u64> {
         let cs = self.cs();
         let cb = self.cluster_bits;
         let rpb = 1u64 << self.epb_shift();
@@ -475,15 +524,27 @@ impl Refcounts {
             .checked_add(additional)
             .ok_or_else(|| Error::from_errno(libc::EFBIG))?;
         // Fixed point: the blocks and table count themselves too.
+        let mut clusters = clusters;
         let (mut blocks, mut table, mut last) = (0u64, 0u64, None);
+        let mut grow = generous;
         loop {
             blocks = (clusters + table + blocks).div_ceil(rpb);
             table = blocks.div_ceil(per_table_cluster);
             let n = clusters + blocks + table;
             if last == Some(n) {
-                break;
+                if !grow {
+                    break;
+                }
+                // Count the growth room too, then settle again.
+                clusters += table.div_ceil(2);
+                grow = false;
+                last = None;
+                continue;
             }
             last = Some(n);
+        }
+        if generous {
+            table = (blocks + blocks.div_ceil(2)).div_ceil(per_table_cluster);
         }
         if table.saturating_mul(cs) > super::header::MAX_REFTABLE_BYTES {
             return Err(Error::from_errno(libc::EFBIG));
@@ -491,6 +552,12 @@ impl Refcounts {
         let mut new_table = self.table.clone();
         new_table.resize((table * per_table_cluster) as usize, 0);
         let first_rb = start / rpb;
+        if let Some((rb, off)) = preset {
+            if rb >= first_rb || rb as usize >= new_table.len() {
+                return Err(Error::corrupt("Refcount block outside the new table"));
+            }
+            new_table[rb as usize] = off;
+        }
         let missing: Vec<u64> = (first_rb..blocks)
             .filter(|&rb| new_table[rb as usize] == 0)
             .collect();
