@@ -306,11 +306,14 @@ pub trait Driver: Send + Sync {
     /// Change format options of an existing image (`amend -o`); options
     /// are those of [`amend_options`]. A version change needs the image to
     /// be closed and reopened before further use.
+    /// `force` is qemu-img's `--force` (key slot changes QEMU refuses
+    /// without it).
     fn amend(
         &self,
         _opts: &CreateOptions,
         _backing: &dyn BackingRead,
         _backing_size: Option<u64>,
+        _force: bool,
         _progress: &mut dyn FnMut(f64),
     ) -> Result<()> {
         Err(Error::unsupported(format!(

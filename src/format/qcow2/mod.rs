@@ -650,9 +650,10 @@ impl Driver for Qcow2 {
         opts: &super::CreateOptions,
         backing: &dyn BackingRead,
         backing_size: Option<u64>,
+        force: bool,
         progress: &mut dyn FnMut(f64),
     ) -> Result<()> {
-        Qcow2::amend(self, opts, backing, backing_size, progress)
+        Qcow2::amend(self, opts, backing, backing_size, force, progress)
     }
     fn check(
         &self,
