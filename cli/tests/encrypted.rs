@@ -847,3 +847,55 @@ fn luks_keyslot_amend() {
         );
     }
 }
+
+/// The raw `luks` driver's amend: its un-prefixed key slot options, the
+/// same refusals and results as qemu-img.
+#[test]
+fn raw_luks_keyslot_amend() {
+    let dir = TempDir::new("enc_raw_luks_amend");
+    let objects = [SECRET, "secret,id=sec1,data=hunter1"];
+    let mut create = vec!["create", "-q", "-f", "luks"];
+    for o in objects {
+        create.extend(["--object", o]);
+    }
+    create.extend(["-o", "key-secret=sec0,iter-time=10", "base.luks", "1M"]);
+    qemu_img_ok(dir.path(), &create);
+    std::fs::copy(dir.join("base.luks"), dir.join("q.luks")).unwrap();
+    std::fs::copy(dir.join("base.luks"), dir.join("o.luks")).unwrap();
+    let steps: [(&str, &str); 9] = [
+        ("sec0", "state=active,new-secret=sec1,iter-time=10"),
+        ("sec0", "state=active,new-secret=sec1,keyslot=1"),
+        ("sec0", "state=inactive,keyslot=1,new-secret=sec1"),
+        ("sec0", "keyslot=x"),
+        ("sec0", "size=3M"),
+        ("sec0", "encrypt.state=active"),
+        ("sec1", "state=inactive,old-secret=sec0"),
+        ("sec1", "state=inactive,old-secret=sec1"),
+        ("sec1", "state=inactive,keyslot=1"),
+    ];
+    for (key, opts) in steps {
+        let run = |tool: fn(&Path, &[&str]) -> Out, file: &str| {
+            let io = format!("driver=luks,file.filename={file},key-secret={key}");
+            let mut args = vec!["amend"];
+            for o in objects {
+                args.extend(["--object", o]);
+            }
+            args.extend(["--image-opts", &io, "-o", opts]);
+            tool(dir.path(), &args)
+        };
+        let q = run(qemu_img, "q.luks");
+        let o = run(imgtool, "o.luks");
+        let mut expect = q.clone();
+        expect.stderr = q.stderr.replace("q.luks", "o.luks");
+        assert_outcome_matches(&expect, &o);
+        let slots = |f: &str| {
+            let j = qemu_img_ok(dir.path(), &["info", "--output=json", f]);
+            j.lines().filter(|l| l.contains("\"active\": true")).count()
+        };
+        assert_eq!(
+            slots("q.luks"),
+            slots("o.luks"),
+            "active slots after {opts}"
+        );
+    }
+}

@@ -284,6 +284,29 @@ pub struct AmendParams {
     pub iter_time: Option<u64>,
 }
 
+impl AmendParams {
+    /// From the `state`, `keyslot`, `old-secret`, `new-secret` and
+    /// `iter-time` options as `get` returns them (already checked to be
+    /// numbers where they must be).
+    pub fn from_options(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let num = |k: &str| -> Result<Option<i64>> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
+                    Error::invalid(format!("Parameter '{k}' expects an int64 value or range"))
+                }),
+            }
+        };
+        Ok(AmendParams {
+            state: get("state"),
+            keyslot: num("keyslot")?,
+            old_secret: get("old-secret"),
+            new_secret: get("new-secret"),
+            iter_time: num("iter-time")?.map(|v| v.max(0) as u64),
+        })
+    }
+}
+
 /// Header-area writer: `write(off, bytes)`, offsets from the header start.
 pub type WriteFn<'a> = &'a dyn Fn(u64, &[u8]) -> Result<()>;
 /// Header-area reader: `read(off, buf)`.

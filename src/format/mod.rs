@@ -510,7 +510,8 @@ pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
     match format {
         "raw" => Ok(None),
         "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
-        "qcow" | "qed" | "vdi" => Ok(None),
+        "luks" => Ok(Some(luks::AMEND_OPTS)),
+        "qcow" | "qed" | "vdi" | "vhdx" | "vmdk" | "vpc" => Ok(None),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }

@@ -241,23 +241,8 @@ impl Qcow2 {
             progress(100.0);
         }
         if encryption_update {
-            let p = crate::crypto::luks::AmendParams {
-                state: opts.get("encrypt.state").map(str::to_string),
-                keyslot: match opts.get("encrypt.keyslot") {
-                    Some(v) => Some(v.parse::<i64>().map_err(|_| {
-                        Error::invalid("Parameter 'keyslot' expects an int64 value or range")
-                    })?),
-                    None => None,
-                },
-                old_secret: opts.get("encrypt.old-secret").map(str::to_string),
-                new_secret: opts.get("encrypt.new-secret").map(str::to_string),
-                iter_time: match opts.get("encrypt.iter-time") {
-                    Some(v) => Some(v.parse::<u64>().map_err(|_| {
-                        Error::invalid("Parameter 'iter-time' expects an int64 value or range")
-                    })?),
-                    None => None,
-                },
-            };
+            let get = |k: &str| opts.get(&format!("encrypt.{k}")).map(str::to_string);
+            let p = crate::crypto::luks::AmendParams::from_options(&get)?;
             self.amend_keyslots(&p, force)?;
         }
         if backing_file.is_some() || backing_fmt.is_some() {
