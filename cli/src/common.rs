@@ -265,6 +265,10 @@ pub struct ImageSpec {
     pub backing_ref: Option<String>,
     /// A blkdebug node between the format and the file.
     pub blkdebug: Option<BlkdebugOptions>,
+    /// The file is a quorum of host files (`filename` is the first). Only
+    /// `info` opens such a node: it reads metadata, where children agree;
+    /// data I/O would need quorum's voting, which imgtool does not do.
+    pub quorum: bool,
 }
 
 impl ImageSpec {
@@ -301,6 +305,7 @@ impl ImageSpec {
             backing: None,
             backing_ref: None,
             blkdebug: None,
+            quorum: false,
         }
     }
 
@@ -405,13 +410,23 @@ impl ImageSpec {
                 backing: None,
                 backing_ref: None,
                 blkdebug: Some(b),
+                quorum: false,
             });
         }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
+        let quorum = get("file.driver").as_deref() == Some("quorum");
+        let quorum_key = |k: &str| {
+            k == "file.vote-threshold"
+                || k.strip_prefix("file.children.")
+                    .and_then(|r| r.split_once('.'))
+                    .is_some_and(|(i, key)| {
+                        i.parse::<u32>().is_ok() && matches!(key, "driver" | "filename")
+                    })
+        };
         if let (Some(d), Some((k, _))) = (
             &driver,
             items.iter().find(|(k, _)| {
-                let below = blkdebug_below && k.starts_with("file.");
+                let below = (blkdebug_below && k.starts_with("file.")) || (quorum && quorum_key(k));
                 !(key_known(driver.as_deref().unwrap_or_default(), k.as_str()) || below)
             }),
         ) {
@@ -428,6 +443,14 @@ impl ImageSpec {
                 b.name = arg.to_string();
                 filename = Some(image);
                 blkdebug = Some(b);
+            }
+            Some("quorum") => {
+                for (k, v) in items {
+                    if k.starts_with("file.children.") && k.ends_with(".driver") && v != "file" {
+                        return Err(fail(format!("Unknown protocol driver '{v}'")));
+                    }
+                }
+                filename = get("file.children.0.filename");
             }
             Some(d) => return Err(fail(format!("Unknown protocol driver '{d}'"))),
         }
@@ -453,6 +476,7 @@ impl ImageSpec {
             backing,
             backing_ref: get("backing"),
             blkdebug,
+            quorum,
         })
     }
 
@@ -498,6 +522,12 @@ impl ImageSpec {
             )));
         }
         self.check_blkdebug_syntax()?;
+        if self.quorum && !opts.metadata_only {
+            return Err(Fail::Report(format!(
+                "Could not open '{}': Unknown protocol driver 'quorum'",
+                self.arg
+            )));
+        }
         let opts = OpenOptions {
             no_backing: opts.no_backing || self.backing_ref.is_some(),
             format: self.format.clone(),
