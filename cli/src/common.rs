@@ -269,6 +269,8 @@ pub struct ImageSpec {
     /// `info` opens such a node: it reads metadata, where children agree;
     /// data I/O would need quorum's voting, which imgtool does not do.
     pub quorum: bool,
+    /// A null-co node (no file): its options.
+    pub null_co: Option<imgtool::format::null::NullOptions>,
 }
 
 impl ImageSpec {
@@ -306,6 +308,7 @@ impl ImageSpec {
             backing_ref: None,
             blkdebug: None,
             quorum: false,
+            null_co: None,
         }
     }
 
@@ -411,7 +414,11 @@ impl ImageSpec {
                 backing_ref: None,
                 blkdebug: Some(b),
                 quorum: false,
+                null_co: None,
             });
+        }
+        if driver.as_deref() == Some("null-co") {
+            return Self::null_co(arg, items).map_err(fail);
         }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
         let quorum = get("file.driver").as_deref() == Some("quorum");
@@ -477,6 +484,43 @@ impl ImageSpec {
             backing_ref: get("backing"),
             blkdebug,
             quorum,
+            null_co: None,
+        })
+    }
+
+    /// `{"driver": "null-co", "size": N, "read-zeroes": B}` (QEMU aborts
+    /// on a malformed value; we report it).
+    fn null_co(arg: &str, items: &[(String, String)]) -> Result<Self, String> {
+        let mut n = imgtool::format::null::NullOptions {
+            size: imgtool::format::null::DEFAULT_SIZE,
+            read_zeroes: false,
+        };
+        for (k, v) in items {
+            match k.as_str() {
+                "driver" | "latency-ns" => {}
+                "size" => {
+                    n.size = imgtool::size::parse_size(v).ok_or_else(|| {
+                        "Parameter 'size' expects a non-negative number below 2^64".to_string()
+                    })?
+                }
+                "read-zeroes" => {
+                    n.read_zeroes = match v.as_str() {
+                        "on" | "true" => true,
+                        "off" | "false" => false,
+                        _ => return Err("Parameter 'read-zeroes' expects 'on' or 'off'".into()),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "Block protocol 'null-co' doesn't support the option '{k}'"
+                    ))
+                }
+            }
+        }
+        Ok(ImageSpec {
+            null_co: Some(n),
+            format: Some("null-co".into()),
+            ..Self::plain(arg, None)
         })
     }
 
@@ -542,6 +586,7 @@ impl ImageSpec {
                 .or_else(|| opts.backing_override.clone()),
             backing_key_secret: self.backing.as_ref().and_then(|b| b.key_secret.clone()),
             blkdebug: self.blkdebug.clone(),
+            null_co: self.null_co,
             ..opts.clone()
         };
         Image::open(&self.filename, &opts).map_err(|e| {

@@ -1058,3 +1058,25 @@ fn info_through_quorum() {
     assert_text_eq("info through quorum", &top(&q.stdout), &top(&o.stdout));
     assert!(top(&o.stdout).contains("backing file: b.qcow2 (cannot determine actual path)"));
 }
+
+/// iotest 150: a `null-co` node (zeros of a given size, no file) converts
+/// sparsely or fully allocated as `-S` says, maps as qemu-img maps it,
+/// and refuses options it does not have.
+#[test]
+fn null_co_source() {
+    let dir = TempDir::new("iotq-nullco");
+    let d = dir.path();
+    let null = "json:{ 'driver': 'null-co', 'size': 1048576, 'read-zeroes': true }";
+    for s in ["512", "0"] {
+        let args = ["convert", "-O", "qcow2", "-S", s, null, "t.qcow2"];
+        same_on_copies(&d.join(format!("s{s}")), "t.qcow2", |_, _| {}, &args);
+    }
+    for args in [
+        &["map", null][..],
+        &["map", "--output=json", null][..],
+        &["compare", null, "s0/q/t.qcow2"][..],
+        &["info", "json:{'driver':'null-co','foo':1}"][..],
+    ] {
+        same_as_qemu(d, args);
+    }
+}

@@ -4,6 +4,7 @@
 pub mod blkdebug;
 pub(crate) mod bytes;
 pub mod luks;
+pub mod null;
 pub mod options;
 pub mod qcow;
 pub mod qcow2;
