@@ -43,6 +43,9 @@ pub struct OpenOptions {
     pub backing_key_secret: Option<String>,
     /// A blkdebug node between the top image's format and its file.
     pub blkdebug: Option<crate::io::BlkdebugOptions>,
+    /// Open a null-co node of these options instead of a file (the path
+    /// is then only its name).
+    pub null_co: Option<crate::format::null::NullOptions>,
 }
 
 impl OpenOptions {
@@ -167,6 +170,17 @@ impl Image {
             return Err(Error::invalid(format!(
                 "Backing chain of '{path}' is too deep"
             )));
+        }
+        if let Some(n) = opts.null_co {
+            return Ok(Image {
+                driver: Box::new(format::null::Null::open(n)?),
+                backing: None,
+                filename: path.to_string(),
+                blkdebug: None,
+                format: "null-co",
+                probed: false,
+                key_secret: None,
+            });
         }
         if let Some(text) = path.strip_prefix("json:") {
             // A json: name (typically a backing file): the node tree names

@@ -33,6 +33,7 @@ struct Args {
     format: Option<String>,
     image_opts: bool,
     quiet: bool,
+    force: bool,
     progress: bool,
     options: Option<String>,
     cache: String,
@@ -44,6 +45,7 @@ fn parse(prog: &Prog, args: Vec<String>) -> Result<Args, Fail> {
         format: None,
         image_opts: false,
         quiet: false,
+        force: false,
         progress: false,
         options: None,
         cache: "writeback".into(),
@@ -63,8 +65,7 @@ fn parse(prog: &Prog, args: Vec<String>) -> Result<Args, Fail> {
             v if v == ch('t') => a.cache = arg,
             v if v == ch('p') => a.progress = true,
             v if v == ch('q') => a.quiet = true,
-            // --force only matters for encryption changes.
-            OPT_FORCE => {}
+            OPT_FORCE => a.force = true,
             OPT_OBJECT => parse_object(&arg)?,
             OPT_IMAGE_OPTS => a.image_opts = true,
             _ => {}
@@ -136,7 +137,7 @@ fn amend_image(a: &Args, options: &str, show_progress: bool) -> CmdResult {
     amend::validate(img.format(), &opts).map_err(Fail::from)?;
     let mut progress = Progress::start(show_progress, 1.0);
     let mut cb = |pct: f64| progress.set(pct as f32);
-    let r = amend::amend(img, &opts, Some(&mut cb));
+    let r = amend::amend_with(img, &opts, a.force, Some(&mut cb));
     progress.set(100.0);
     r.map_err(Fail::from)
 }

@@ -122,6 +122,12 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
         if let Some(name) = strong_options_name(&spec, img.format()) {
             info.filename = name;
         }
+        if spec.quorum {
+            // The node has no one file name: named by its options, and a
+            // relative backing name cannot be resolved against it.
+            info.filename = spec.arg.clone();
+            info.full_backing_filename = None;
+        }
         drop(img);
         let next = match (&info.full_backing_filename, &info.backing_filename) {
             (Some(full), _) if a.chain => Some(ImageSpec::plain(

@@ -265,6 +265,12 @@ pub struct ImageSpec {
     pub backing_ref: Option<String>,
     /// A blkdebug node between the format and the file.
     pub blkdebug: Option<BlkdebugOptions>,
+    /// The file is a quorum of host files (`filename` is the first). Only
+    /// `info` opens such a node: it reads metadata, where children agree;
+    /// data I/O would need quorum's voting, which imgtool does not do.
+    pub quorum: bool,
+    /// A null-co node (no file): its options.
+    pub null_co: Option<imgtool::format::null::NullOptions>,
 }
 
 impl ImageSpec {
@@ -301,6 +307,8 @@ impl ImageSpec {
             backing: None,
             backing_ref: None,
             blkdebug: None,
+            quorum: false,
+            null_co: None,
         }
     }
 
@@ -405,13 +413,27 @@ impl ImageSpec {
                 backing: None,
                 backing_ref: None,
                 blkdebug: Some(b),
+                quorum: false,
+                null_co: None,
             });
         }
+        if driver.as_deref() == Some("null-co") {
+            return Self::null_co(arg, items).map_err(fail);
+        }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
+        let quorum = get("file.driver").as_deref() == Some("quorum");
+        let quorum_key = |k: &str| {
+            k == "file.vote-threshold"
+                || k.strip_prefix("file.children.")
+                    .and_then(|r| r.split_once('.'))
+                    .is_some_and(|(i, key)| {
+                        i.parse::<u32>().is_ok() && matches!(key, "driver" | "filename")
+                    })
+        };
         if let (Some(d), Some((k, _))) = (
             &driver,
             items.iter().find(|(k, _)| {
-                let below = blkdebug_below && k.starts_with("file.");
+                let below = (blkdebug_below && k.starts_with("file.")) || (quorum && quorum_key(k));
                 !(key_known(driver.as_deref().unwrap_or_default(), k.as_str()) || below)
             }),
         ) {
@@ -428,6 +450,14 @@ impl ImageSpec {
                 b.name = arg.to_string();
                 filename = Some(image);
                 blkdebug = Some(b);
+            }
+            Some("quorum") => {
+                for (k, v) in items {
+                    if k.starts_with("file.children.") && k.ends_with(".driver") && v != "file" {
+                        return Err(fail(format!("Unknown protocol driver '{v}'")));
+                    }
+                }
+                filename = get("file.children.0.filename");
             }
             Some(d) => return Err(fail(format!("Unknown protocol driver '{d}'"))),
         }
@@ -453,6 +483,44 @@ impl ImageSpec {
             backing,
             backing_ref: get("backing"),
             blkdebug,
+            quorum,
+            null_co: None,
+        })
+    }
+
+    /// `{"driver": "null-co", "size": N, "read-zeroes": B}` (QEMU aborts
+    /// on a malformed value; we report it).
+    fn null_co(arg: &str, items: &[(String, String)]) -> Result<Self, String> {
+        let mut n = imgtool::format::null::NullOptions {
+            size: imgtool::format::null::DEFAULT_SIZE,
+            read_zeroes: false,
+        };
+        for (k, v) in items {
+            match k.as_str() {
+                "driver" | "latency-ns" => {}
+                "size" => {
+                    n.size = imgtool::size::parse_size(v).ok_or_else(|| {
+                        "Parameter 'size' expects a non-negative number below 2^64".to_string()
+                    })?
+                }
+                "read-zeroes" => {
+                    n.read_zeroes = match v.as_str() {
+                        "on" | "true" => true,
+                        "off" | "false" => false,
+                        _ => return Err("Parameter 'read-zeroes' expects 'on' or 'off'".into()),
+                    }
+                }
+                _ => {
+                    return Err(format!(
+                        "Block protocol 'null-co' doesn't support the option '{k}'"
+                    ))
+                }
+            }
+        }
+        Ok(ImageSpec {
+            null_co: Some(n),
+            format: Some("null-co".into()),
+            ..Self::plain(arg, None)
         })
     }
 
@@ -498,6 +566,12 @@ impl ImageSpec {
             )));
         }
         self.check_blkdebug_syntax()?;
+        if self.quorum && !opts.metadata_only {
+            return Err(Fail::Report(format!(
+                "Could not open '{}': Unknown protocol driver 'quorum'",
+                self.arg
+            )));
+        }
         let opts = OpenOptions {
             no_backing: opts.no_backing || self.backing_ref.is_some(),
             format: self.format.clone(),
@@ -512,6 +586,7 @@ impl ImageSpec {
                 .or_else(|| opts.backing_override.clone()),
             backing_key_secret: self.backing.as_ref().and_then(|b| b.key_secret.clone()),
             blkdebug: self.blkdebug.clone(),
+            null_co: self.null_co,
             ..opts.clone()
         };
         Image::open(&self.filename, &opts).map_err(|e| {

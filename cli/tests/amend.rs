@@ -307,6 +307,13 @@ fn raw_and_locked() {
         &["r.raw"],
     );
     differential(&p, &["amend", "-o", "help", "r.raw"], &["r.raw"]);
+    // Formats without amend say so (not "Unknown file format").
+    for f in ["vpc", "vmdk", "vhdx", "vdi", "qed", "qcow"] {
+        let file = format!("x.{f}");
+        qemu_img_ok(&p.q, &["create", "-q", "-f", f, &file, "1M"]);
+        std::fs::copy(p.q.join(&file), p.o.join(&file)).unwrap();
+        differential(&p, &["amend", "-f", f, "-o", "size=2M", &file], &[]);
+    }
     let _hq = Holder::new(&p.q, "img.qcow2");
     let _ho = Holder::new(&p.o, "img.qcow2");
     differential(&p, &["amend", "-o", "compat=0.10", "img.qcow2"], &[]);

@@ -726,3 +726,176 @@ fn qcow_v1_aes() {
         &["--object", SECRET, "--image-opts"],
     );
 }
+
+/// Which of `sec0`..`sec3` open `file` (qemu-io is the judge), and the
+/// active flags of its key slots as qemu-img info shows them.
+fn keyslot_state(dir: &Path, file: &str, objects: &[String]) -> String {
+    let mut s = String::new();
+    for i in 0..4 {
+        let mut c = std::process::Command::new("qemu-io");
+        c.current_dir(dir);
+        for o in objects {
+            c.args(["--object", o]);
+        }
+        c.args(["-c", "read 0 512", "--image-opts"]).arg(format!(
+            "driver=qcow2,file.filename={file},encrypt.key-secret=sec{i}"
+        ));
+        let o = run_with_timeout(&mut c, DEFAULT_TIMEOUT);
+        s.push_str(&format!("sec{i}: {}\n", o.ok() && o.stderr.is_empty()));
+    }
+    let info = qemu_img_ok(dir, &["info", "--output=json", file]);
+    let active: Vec<&str> = info
+        .lines()
+        .filter(|l| l.contains("\"active\""))
+        .map(str::trim)
+        .collect();
+    s.push_str(&active.join(" "));
+    s
+}
+
+/// `amend -o encrypt.state=...` adds and erases LUKS key slots as
+/// qemu-img does (iotest 293's steps and its refusals): the same output
+/// and exit code for each step, and afterwards the same slots active and
+/// the same secrets opening the image.
+#[test]
+fn luks_keyslot_amend() {
+    let dir = TempDir::new("enc_keyslot_amend");
+    let f = build(dir.path(), "luks");
+    // The fixture's slot 0 holds sec0's "123456".
+    let objects: Vec<String> = std::iter::once(SECRET.to_string())
+        .chain((1..4).map(|i| format!("secret,id=sec{i},data=hunter{i}")))
+        .collect();
+    std::fs::copy(dir.join(f), dir.join("q.qcow2")).unwrap();
+    std::fs::copy(dir.join(f), dir.join("o.qcow2")).unwrap();
+    let a = "encrypt.state=active,encrypt.iter-time=10";
+    let i = "encrypt.state=inactive";
+    let steps: Vec<(usize, String, bool)> = vec![
+        (
+            0,
+            format!("{a},encrypt.new-secret=sec1,encrypt.keyslot=4"),
+            false,
+        ),
+        (1, format!("{a},encrypt.new-secret=sec2"), false),
+        (
+            2,
+            format!("{a},encrypt.new-secret=sec3,encrypt.keyslot=3"),
+            false,
+        ),
+        (
+            3,
+            format!("{a},encrypt.new-secret=sec2,encrypt.keyslot=3"),
+            false,
+        ),
+        (
+            3,
+            format!("{a},encrypt.new-secret=sec1,encrypt.old-secret=sec0"),
+            false,
+        ),
+        (3, "encrypt.new-secret=sec1".to_string(), false),
+        (3, "encrypt.state=on".to_string(), false),
+        (
+            3,
+            format!("{a},encrypt.new-secret=sec1,encrypt.keyslot=8"),
+            false,
+        ),
+        (3, format!("{a},encrypt.new-secret=sec9"), false),
+        (1, format!("{i},encrypt.keyslot=4"), false),
+        (1, format!("{i},encrypt.keyslot=4"), false),
+        (
+            1,
+            format!("{i},encrypt.keyslot=5,encrypt.old-secret=sec1"),
+            false,
+        ),
+        (1, format!("{i},encrypt.new-secret=sec1"), false),
+        (1, format!("{i},encrypt.iter-time=10"), false),
+        (1, i.to_string(), false),
+        (1, format!("{i},encrypt.old-secret=sec5"), true),
+        (1, format!("{i},encrypt.old-secret=sec2"), false),
+        (3, format!("{i},encrypt.old-secret=sec0"), false),
+        (3, format!("{i},encrypt.old-secret=sec1"), false),
+        (3, format!("{i},encrypt.old-secret=sec3"), false),
+        (3, format!("{i},encrypt.keyslot=3"), false),
+        (
+            3,
+            format!("{a},encrypt.new-secret=sec1,encrypt.keyslot=3"),
+            true,
+        ),
+        (1, format!("{i},encrypt.keyslot=3"), true),
+    ];
+    for (n, (key, opts, force)) in steps.iter().enumerate() {
+        let run = |tool: fn(&Path, &[&str]) -> Out, file: &str| {
+            let io = format!("driver=qcow2,file.filename={file},encrypt.key-secret=sec{key}");
+            let mut args: Vec<&str> = vec!["amend"];
+            for o in &objects {
+                args.extend(["--object", o.as_str()]);
+            }
+            args.extend(["--image-opts", &io, "-o", opts]);
+            if *force {
+                args.push("--force");
+            }
+            tool(dir.path(), &args)
+        };
+        let q = run(qemu_img, "q.qcow2");
+        let o = run(imgtool, "o.qcow2");
+        let mut expect = q.clone();
+        expect.stderr = q.stderr.replace("q.qcow2", "o.qcow2");
+        assert_outcome_matches(&expect, &o);
+        assert_text_eq(
+            &format!("key slots after step {n} ({opts})"),
+            &keyslot_state(dir.path(), "q.qcow2", &objects),
+            &keyslot_state(dir.path(), "o.qcow2", &objects),
+        );
+    }
+}
+
+/// The raw `luks` driver's amend: its un-prefixed key slot options, the
+/// same refusals and results as qemu-img.
+#[test]
+fn raw_luks_keyslot_amend() {
+    let dir = TempDir::new("enc_raw_luks_amend");
+    let objects = [SECRET, "secret,id=sec1,data=hunter1"];
+    let mut create = vec!["create", "-q", "-f", "luks"];
+    for o in objects {
+        create.extend(["--object", o]);
+    }
+    create.extend(["-o", "key-secret=sec0,iter-time=10", "base.luks", "1M"]);
+    qemu_img_ok(dir.path(), &create);
+    std::fs::copy(dir.join("base.luks"), dir.join("q.luks")).unwrap();
+    std::fs::copy(dir.join("base.luks"), dir.join("o.luks")).unwrap();
+    let steps: [(&str, &str); 9] = [
+        ("sec0", "state=active,new-secret=sec1,iter-time=10"),
+        ("sec0", "state=active,new-secret=sec1,keyslot=1"),
+        ("sec0", "state=inactive,keyslot=1,new-secret=sec1"),
+        ("sec0", "keyslot=x"),
+        ("sec0", "size=3M"),
+        ("sec0", "encrypt.state=active"),
+        ("sec1", "state=inactive,old-secret=sec0"),
+        ("sec1", "state=inactive,old-secret=sec1"),
+        ("sec1", "state=inactive,keyslot=1"),
+    ];
+    for (key, opts) in steps {
+        let run = |tool: fn(&Path, &[&str]) -> Out, file: &str| {
+            let io = format!("driver=luks,file.filename={file},key-secret={key}");
+            let mut args = vec!["amend"];
+            for o in objects {
+                args.extend(["--object", o]);
+            }
+            args.extend(["--image-opts", &io, "-o", opts]);
+            tool(dir.path(), &args)
+        };
+        let q = run(qemu_img, "q.luks");
+        let o = run(imgtool, "o.luks");
+        let mut expect = q.clone();
+        expect.stderr = q.stderr.replace("q.luks", "o.luks");
+        assert_outcome_matches(&expect, &o);
+        let slots = |f: &str| {
+            let j = qemu_img_ok(dir.path(), &["info", "--output=json", f]);
+            j.lines().filter(|l| l.contains("\"active\": true")).count()
+        };
+        assert_eq!(
+            slots("q.luks"),
+            slots("o.luks"),
+            "active slots after {opts}"
+        );
+    }
+}

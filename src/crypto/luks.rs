@@ -216,10 +216,38 @@ impl Header {
     }
 }
 
-/// An opened LUKS volume: its header and the payload cipher.
+/// An opened LUKS volume: its header, the payload cipher and the master
+/// key (kept for adding key slots with `amend`).
 pub struct Unlocked {
     pub header: Header,
     pub cipher: SectorCipher,
+    pub master: Zeroizing<Vec<u8>>,
+}
+
+/// The master key slot `i` yields for `password`, if it is active and the
+/// password is right (QEMU's qcrypto_block_luks_load_key).
+fn load_key(
+    header: &Header,
+    i: usize,
+    password: &[u8],
+    read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
+) -> Result<Option<Zeroizing<Vec<u8>>>> {
+    let Some(s) = header.slots.get(i).filter(|s| s.is_active()) else {
+        return Ok(None);
+    };
+    let hash = header.hash()?;
+    let spec = header.spec()?;
+    let klen = header.key_bytes as usize;
+    let mut slot_key = Zeroizing::new(vec![0u8; klen]);
+    hash.pbkdf2(password, &s.salt, s.iters, &mut slot_key);
+    let mut material = Zeroizing::new(vec![0u8; klen * s.stripes as usize]);
+    read(s.key_offset as u64 * SECTOR as u64, &mut material)?;
+    let c = SectorCipher::new(&spec, &slot_key)?;
+    decrypt_any(&c, &mut material);
+    let key = af::merge(hash, &material, klen);
+    let mut digest = [0u8; DIGEST_LEN];
+    hash.pbkdf2(&key, &header.mk_salt, header.mk_iters, &mut digest);
+    Ok((digest == header.mk_digest).then_some(key))
 }
 
 /// Try each active slot with `password`; `read(off, buf)` reads the
@@ -229,27 +257,233 @@ pub fn unlock(
     password: &[u8],
     read: &dyn Fn(u64, &mut [u8]) -> Result<()>,
 ) -> Result<Unlocked> {
-    let hash = header.hash()?;
     let spec = header.spec()?;
-    let klen = header.key_bytes as usize;
-    for s in header.slots.iter().filter(|s| s.is_active()) {
-        let mut slot_key = Zeroizing::new(vec![0u8; klen]);
-        hash.pbkdf2(password, &s.salt, s.iters, &mut slot_key);
-        let mut material = Zeroizing::new(vec![0u8; klen * s.stripes as usize]);
-        read(s.key_offset as u64 * SECTOR as u64, &mut material)?;
-        let c = SectorCipher::new(&spec, &slot_key)?;
-        decrypt_any(&c, &mut material);
-        let key = af::merge(hash, &material, klen);
-        let mut digest = [0u8; DIGEST_LEN];
-        hash.pbkdf2(&key, &header.mk_salt, header.mk_iters, &mut digest);
-        if digest == header.mk_digest {
-            let cipher = SectorCipher::new(&spec, &key)?;
-            return Ok(Unlocked { header, cipher });
+    for i in 0..NUM_SLOTS {
+        if let Some(master) = load_key(&header, i, password, read)? {
+            let cipher = SectorCipher::new(&spec, &master)?;
+            return Ok(Unlocked {
+                header,
+                cipher,
+                master,
+            });
         }
     }
     Err(Error::invalid(
         "Invalid password, cannot unlock any keyslot",
     ))
+}
+
+/// What `amend -o encrypt.*` asks of the key slots (secrets by id, looked
+/// up when QEMU looks them up, so the first error is the same).
+#[derive(Debug, Clone, Default)]
+pub struct AmendParams {
+    pub state: Option<String>,
+    pub keyslot: Option<i64>,
+    pub old_secret: Option<String>,
+    pub new_secret: Option<String>,
+    pub iter_time: Option<u64>,
+}
+
+impl AmendParams {
+    /// From the `state`, `keyslot`, `old-secret`, `new-secret` and
+    /// `iter-time` options as `get` returns them (already checked to be
+    /// numbers where they must be).
+    pub fn from_options(get: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let num = |k: &str| -> Result<Option<i64>> {
+            match get(k) {
+                None => Ok(None),
+                Some(v) => v.parse::<i64>().map(Some).map_err(|_| {
+                    Error::invalid(format!("Parameter '{k}' expects an int64 value or range"))
+                }),
+            }
+        };
+        Ok(AmendParams {
+            state: get("state"),
+            keyslot: num("keyslot")?,
+            old_secret: get("old-secret"),
+            new_secret: get("new-secret"),
+            iter_time: num("iter-time")?.map(|v| v.max(0) as u64),
+        })
+    }
+}
+
+/// Header-area writer: `write(off, bytes)`, offsets from the header start.
+pub type WriteFn<'a> = &'a dyn Fn(u64, &[u8]) -> Result<()>;
+/// Header-area reader: `read(off, buf)`.
+pub type ReadFn<'a> = &'a dyn Fn(u64, &mut [u8]) -> Result<()>;
+
+/// Passes QEMU's erase makes over a slot's key material.
+const ERASE_PASSES: usize = 40;
+
+fn count_active(h: &Header) -> usize {
+    h.slots.iter().filter(|s| s.is_active()).count()
+}
+
+/// Put `master` into slot `i` under `password` and write header and key
+/// material (QEMU's qcrypto_block_luks_store_key).
+fn store_key(
+    h: &mut Header,
+    i: usize,
+    password: &[u8],
+    master: &[u8],
+    iter_time_ms: u64,
+    write: WriteFn<'_>,
+) -> Result<()> {
+    let hash = h.hash()?;
+    let spec = h.spec()?;
+    let klen = h.key_bytes as usize;
+    let mut salt = [0u8; SALT_LEN];
+    super::random_bytes(&mut salt)?;
+    let n = iters(hash, password, &salt, klen, iter_time_ms, 1, MIN_SLOT_ITERS)?;
+    let mut slot_key = Zeroizing::new(vec![0u8; klen]);
+    hash.pbkdf2(password, &salt, n, &mut slot_key);
+    let stripes = h.slots[i].stripes as usize;
+    let mut material = af::split(hash, master, stripes)?;
+    encrypt_any(&SectorCipher::new(&spec, &slot_key)?, &mut material);
+    let s = &mut h.slots[i];
+    s.salt = salt;
+    s.iters = n;
+    write(s.key_offset as u64 * SECTOR as u64, &material)?;
+    s.active = SLOT_ENABLED;
+    write(0, &h.serialize())
+}
+
+/// Disable slot `i`, then overwrite its key material with random bytes
+/// (QEMU's qcrypto_block_luks_erase_key).
+fn erase_key(h: &mut Header, i: usize, write: WriteFn<'_>) -> Result<()> {
+    let len = h.key_bytes as usize * h.slots[i].stripes as usize;
+    let s = &mut h.slots[i];
+    s.salt = [0; SALT_LEN];
+    s.iters = 0;
+    s.active = SLOT_DISABLED;
+    let at = s.key_offset as u64 * SECTOR as u64;
+    let stored = write(0, &h.serialize());
+    let mut garbage = Zeroizing::new(vec![0u8; len]);
+    for _ in 0..ERASE_PASSES {
+        super::random_bytes(&mut garbage)?;
+        write(at, &garbage)?;
+    }
+    stored
+}
+
+fn secret_str(id: &str) -> Result<super::secret::Secret> {
+    let pw = super::secret::passphrase(id)?;
+    if std::str::from_utf8(&pw).is_err() {
+        return Err(Error::invalid(format!(
+            "Data from secret {id} is not valid UTF-8"
+        )));
+    }
+    Ok(pw)
+}
+
+/// Add or erase key slots of an unlocked volume as QEMU's
+/// qcrypto_block_luks_amend_options does, with its checks and messages.
+/// `header` is kept in step with what is written; `master` is the volume
+/// key found at open.
+pub fn amend(
+    header: &mut Header,
+    master: &[u8],
+    p: &AmendParams,
+    force: bool,
+    read: ReadFn<'_>,
+    write: WriteFn<'_>,
+) -> Result<()> {
+    let bad = |m: String| Err(Error::invalid(m));
+    let last = NUM_SLOTS - 1;
+    match p.state.as_deref() {
+        None => bad("Parameter 'state' is missing".into()),
+        Some("active") => {
+            let Some(new_id) = &p.new_secret else {
+                return bad("'new-secret' is required to activate a keyslot".into());
+            };
+            if p.old_secret.is_some() {
+                return bad("'old-secret' must not be given when activating keyslots".into());
+            }
+            let slot = match p.keyslot {
+                Some(k) if !(0..NUM_SLOTS as i64).contains(&k) => {
+                    return bad(format!(
+                        "Invalid keyslot {} specified, must be between 0 and {last}",
+                        k as u32
+                    ))
+                }
+                Some(k) => k as usize,
+                None => match header.slots.iter().position(|s| !s.is_active()) {
+                    Some(i) => i,
+                    None => return bad("Can't add a keyslot - all keyslots are in use".into()),
+                },
+            };
+            if !force && header.slots[slot].is_active() {
+                return bad(format!(
+                    "Refusing to overwrite active keyslot {slot} - please erase it first"
+                ));
+            }
+            let pw = secret_str(new_id)?;
+            store_key(
+                header,
+                slot,
+                &pw,
+                master,
+                p.iter_time.unwrap_or(2000),
+                write,
+            )
+        }
+        Some("inactive") => {
+            if p.new_secret.is_some() {
+                return bad("'new-secret' must not be given when erasing keyslots".into());
+            }
+            if p.iter_time.is_some() {
+                return bad("'iter-time' must not be given when erasing keyslots".into());
+            }
+            let old = match &p.old_secret {
+                Some(id) => Some(secret_str(id)?),
+                None => None,
+            };
+            if let Some(k) = p.keyslot {
+                if !(0..NUM_SLOTS as i64).contains(&k) {
+                    return bad(format!(
+                        "Invalid keyslot {k} specified, must be between 0 and {last}"
+                    ));
+                }
+                let k = k as usize;
+                if let Some(pw) = &old {
+                    if load_key(header, k, pw, read)?.is_none() {
+                        return bad(format!(
+                            "Given keyslot {k} doesn't contain the given old password for erase operation"
+                        ));
+                    }
+                }
+                if !force && !header.slots[k].is_active() {
+                    return bad(format!("Given keyslot {k} is already erased (inactive) "));
+                }
+                if !force && count_active(header) == 1 {
+                    return bad(format!(
+                        "Attempt to erase the only active keyslot {k} which will erase all the data in the image irreversibly - refusing operation"
+                    ));
+                }
+                erase_key(header, k, write)
+            } else if let Some(pw) = &old {
+                let mut hits = Vec::new();
+                for i in 0..NUM_SLOTS {
+                    if load_key(header, i, pw, read)?.is_some() {
+                        hits.push(i);
+                    }
+                }
+                if hits.is_empty() {
+                    return bad("No keyslots match given (old) password for erase operation".into());
+                }
+                if !force && hits.len() == count_active(header) {
+                    return bad("All the active keyslots match the (old) password that was given and erasing them will erase all the data in the image irreversibly - refusing operation".into());
+                }
+                for i in hits {
+                    erase_key(header, i, write)?;
+                }
+                Ok(())
+            } else {
+                bad("To erase keyslot(s), either explicit keyslot index or the password currently contained in them must be given".into())
+            }
+        }
+        Some(v) => bad(format!("Parameter 'state' does not accept value '{v}'")),
+    }
 }
 
 /// Decrypt key material whose length need not be whole sectors (QEMU
@@ -464,7 +698,14 @@ pub fn create(p: &CreateParams, password: &[u8]) -> Result<(Vec<u8>, Unlocked)> 
     s0.active = SLOT_ENABLED;
     area[..HEADER_LEN].copy_from_slice(&h.serialize());
     let cipher = SectorCipher::new(&p.spec, &master)?;
-    Ok((area, Unlocked { header: h, cipher }))
+    Ok((
+        area,
+        Unlocked {
+            header: h,
+            cipher,
+            master,
+        },
+    ))
 }
 
 /// QAPI QCryptoBlockInfoLUKS of `h` (qcow2 adds `"format": "luks"` in

@@ -139,9 +139,11 @@ impl Driver for Filter {
         opts: &CreateOptions,
         backing: &dyn BackingRead,
         backing_size: Option<u64>,
+        force: bool,
         progress: &mut dyn FnMut(f64),
     ) -> Result<()> {
-        self.inner.amend(opts, backing, backing_size, progress)
+        self.inner
+            .amend(opts, backing, backing_size, force, progress)
     }
     fn snapshot(&self, which: &str) -> Result<Box<dyn Driver>> {
         self.inner.snapshot(which)

@@ -81,6 +81,35 @@ pub const CREATE_OPTS: &[OptDesc] = &[
     },
 ];
 
+/// Options `amend` accepts (QEMU's block_crypto_amend_opts_luks).
+pub const AMEND_OPTS: &[OptDesc] = &[
+    OptDesc {
+        name: "state",
+        kind: OptKind::Str,
+        help: "Select new state of affected keyslots (active/inactive)",
+    },
+    OptDesc {
+        name: "keyslot",
+        kind: OptKind::Number,
+        help: "Select a single keyslot to modify explicitly",
+    },
+    OptDesc {
+        name: "old-secret",
+        kind: OptKind::Str,
+        help: "Select all keyslots that match this password",
+    },
+    OptDesc {
+        name: "new-secret",
+        kind: OptKind::Str,
+        help: "New secret to set in the matching keyslots. Empty string to erase",
+    },
+    OptDesc {
+        name: "iter-time",
+        kind: OptKind::Number,
+        help: "Time to spend in PBKDF in milliseconds",
+    },
+];
+
 pub fn probe(head: &[u8]) -> bool {
     head.len() >= 8 && &head[..6] == luks::MAGIC && head[6..8] == [0, 1]
 }
@@ -92,6 +121,10 @@ pub struct Luks {
     size: AtomicU64,
     /// None when opened for metadata only.
     cipher: Option<SectorCipher>,
+    /// The header as last written and the master key (when unlocked), for
+    /// key slot changes by `amend`.
+    keys: Option<parking_lot::Mutex<(luks::Header, Zeroizing<Vec<u8>>)>>,
+    writable: bool,
     info: Json,
 }
 
@@ -121,8 +154,8 @@ impl Luks {
             return Err(Error::from_errno(libc::EIO));
         }
         let info = luks::info_json(&h, false);
-        let cipher = match pw {
-            None => None,
+        let (cipher, keys) = match pw {
+            None => (None, None),
             Some(pw) => {
                 let read = |o: u64, buf: &mut [u8]| {
                     if o.saturating_add(buf.len() as u64) > payload {
@@ -130,7 +163,11 @@ impl Luks {
                     }
                     file.read_exact_at(buf, o)
                 };
-                Some(luks::unlock(h, &pw, &read)?.cipher)
+                let u = luks::unlock(h, &pw, &read)?;
+                (
+                    Some(u.cipher),
+                    Some(parking_lot::Mutex::new((u.header, u.master))),
+                )
             }
         };
         Ok(Luks {
@@ -138,6 +175,8 @@ impl Luks {
             payload,
             size: AtomicU64::new(len - payload),
             cipher,
+            keys,
+            writable: opts.writable,
             info,
         })
     }
@@ -270,5 +309,43 @@ impl Driver for Luks {
         )?;
         self.size.store(size, Ordering::Release);
         Ok(())
+    }
+    fn amend(
+        &self,
+        opts: &CreateOptions,
+        _backing: &dyn BackingRead,
+        _backing_size: Option<u64>,
+        force: bool,
+        _progress: &mut dyn FnMut(f64),
+    ) -> Result<()> {
+        if !self.writable {
+            return Err(Error::invalid("Image is read-only"));
+        }
+        opts.validate(AMEND_OPTS)?;
+        let get = |k: &str| opts.get(k).map(str::to_string);
+        let p = luks::AmendParams::from_options(&get)?;
+        let keys = self.keys.as_ref().ok_or_else(|| Error::invalid(REQUIRED))?;
+        let mut k = keys.lock();
+        let (header, master) = &mut *k;
+        let end = self.payload;
+        let file = &self.file;
+        // Key material lives in the header area, before the payload.
+        let inside = |o: u64, n: usize| {
+            if o.saturating_add(n as u64) > end {
+                return Err(Error::invalid("LUKS key material lies past the header"));
+            }
+            Ok(())
+        };
+        let read = |o: u64, buf: &mut [u8]| {
+            inside(o, buf.len())?;
+            file.read_exact_at(buf, o)
+        };
+        let write = |o: u64, buf: &[u8]| {
+            inside(o, buf.len())?;
+            file.write_at(buf, o)
+        };
+        let r = luks::amend(header, master, &p, force, &read, &write);
+        self.file.flush()?;
+        r
     }
 }

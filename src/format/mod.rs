@@ -4,6 +4,7 @@
 pub mod blkdebug;
 pub(crate) mod bytes;
 pub mod luks;
+pub mod null;
 pub mod options;
 pub mod qcow;
 pub mod qcow2;
@@ -306,11 +307,14 @@ pub trait Driver: Send + Sync {
     /// Change format options of an existing image (`amend -o`); options
     /// are those of [`amend_options`]. A version change needs the image to
     /// be closed and reopened before further use.
+    /// `force` is qemu-img's `--force` (key slot changes QEMU refuses
+    /// without it).
     fn amend(
         &self,
         _opts: &CreateOptions,
         _backing: &dyn BackingRead,
         _backing_size: Option<u64>,
+        _force: bool,
         _progress: &mut dyn FnMut(f64),
     ) -> Result<()> {
         Err(Error::unsupported(format!(
@@ -507,7 +511,8 @@ pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
     match format {
         "raw" => Ok(None),
         "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
-        "qcow" | "qed" | "vdi" => Ok(None),
+        "luks" => Ok(Some(luks::AMEND_OPTS)),
+        "qcow" | "qed" | "vdi" | "vhdx" | "vmdk" | "vpc" => Ok(None),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
     }
 }

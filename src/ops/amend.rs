@@ -48,6 +48,18 @@ pub fn amend(
     opts: &CreateOptions,
     progress: Option<&mut dyn FnMut(f64)>,
 ) -> Result<()> {
+    amend_with(img, opts, false, progress)
+}
+
+/// [`amend`] with qemu-img's `--force`, which lets key slot changes go
+/// ahead that QEMU otherwise refuses (overwriting an active slot, erasing
+/// the last one).
+pub fn amend_with(
+    img: Image,
+    opts: &CreateOptions,
+    force: bool,
+    progress: Option<&mut dyn FnMut(f64)>,
+) -> Result<()> {
     validate(img.format(), opts)?;
     let (backing, backing_size): (&dyn BackingRead, Option<u64>) = match img.backing() {
         Some(b) => (b, Some(b.size())),
@@ -58,6 +70,6 @@ pub fn amend(
         Some(p) => p,
         None => &mut none,
     };
-    img.driver().amend(opts, backing, backing_size, cb)?;
+    img.driver().amend(opts, backing, backing_size, force, cb)?;
     img.close()
 }

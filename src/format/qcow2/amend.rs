@@ -156,6 +156,7 @@ impl Qcow2 {
         opts: &CreateOptions,
         backing: &dyn BackingRead,
         backing_size: Option<u64>,
+        force: bool,
         progress: &mut dyn FnMut(f64),
     ) -> Result<()> {
         self.require_writable()?;
@@ -171,6 +172,7 @@ impl Qcow2 {
         let mut refcount_bits = h.refcount_bits() as u64;
         let mut data_file_raw = h.autoclear & header::AUTOCLEAR_DATA_FILE_RAW != 0;
         let has_data_file = h.incompatible & header::INCOMPAT_DATA_FILE != 0;
+        let mut encryption_update = false;
         for d in AMEND_OPTS {
             let Some(v) = opts.get(d.name) else {
                 continue;
@@ -187,9 +189,7 @@ impl Qcow2 {
                             "Only LUKS encryption options can be amended",
                         ));
                     }
-                    return Err(Error::unsupported(
-                        "Amending encryption options is not supported",
-                    ));
+                    encryption_update = true;
                 }
                 "size" => new_size = opts.get_size("size")?.filter(|&s| s != 0),
                 "compat" => {
@@ -239,6 +239,11 @@ impl Qcow2 {
             self.upgrade()?;
             progress(50.0);
             progress(100.0);
+        }
+        if encryption_update {
+            let get = |k: &str| opts.get(&format!("encrypt.{k}")).map(str::to_string);
+            let p = crate::crypto::luks::AmendParams::from_options(&get)?;
+            self.amend_keyslots(&p, force)?;
         }
         if backing_file.is_some() || backing_fmt.is_some() {
             let cur = self.hdr.lock().clone();

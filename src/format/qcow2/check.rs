@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 
 use super::l2::{self, Slot, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED};
-use super::{header, L2Cache, Qcow2};
+use super::{header, snapshot, L2Cache, Qcow2};
 use crate::error::{Error, Result};
 use crate::format::{CheckResult, Repair};
 
@@ -216,10 +216,8 @@ impl Qcow2 {
             }
         }
         self.walk_l1(w, &l1, true)?;
-        if h.nb_snapshots > 0 {
-            let mut size = 0u64;
+        {
             for s in &self.snapshots {
-                size += s.entry_bytes;
                 if s.l1_table_offset & (cs - 1) != 0 {
                     (w.log)(&format!("ERROR snapshot {} ({}) l1_offset={:#x}: L1 table is not cluster aligned; snapshot table entry corrupted", s.info.id, s.info.name, s.l1_table_offset));
                     w.res.corruptions += 1;
@@ -234,7 +232,7 @@ impl Qcow2 {
                 let table = self.read_table(s.l1_table_offset, s.l1_size as u64)?;
                 self.walk_l1(w, &table, false)?;
             }
-            w.add(h.snapshots_offset, size)?;
+            w.add(h.snapshots_offset, self.snapshots.table_size())?;
         }
         let entries: Vec<u64> = self.meta.lock().rc.table_entries().to_vec();
         for (i, e) in entries.iter().enumerate() {
@@ -257,12 +255,167 @@ impl Qcow2 {
         Ok(())
     }
 
-    /// One check pass; with `repair`, fixes what the mode allows.
+    /// One check pass (snapshot table, then refcounts, then the snapshot
+    /// table's repair, as QEMU's qcow2_co_check_locked); with `repair`,
+    /// fixes what the mode allows.
     pub(super) fn check_image(
         &self,
         repair: Repair,
         log: &mut dyn FnMut(&str),
     ) -> Result<CheckResult> {
+        if repair != Repair::None && !self.writable {
+            return Err(Error::invalid("Cannot repair a read-only image"));
+        }
+        let fix = repair == Repair::All;
+        let mut snap = CheckResult::default();
+        self.check_read_snapshot_table(fix, &mut snap, log)?;
+        let mut res = self.check_refcounts(repair, log)?;
+        if snap.corruptions > 0 && fix {
+            let size = self.hdr.lock().size;
+            let entries = self.snapshots.iter().collect::<Vec<_>>();
+            let r = {
+                let _w = self.write_lock.lock();
+                let mut m = self.meta.lock();
+                self.write_snapshot_list(&mut m, &entries, size)
+            };
+            if let Err(e) = r {
+                let t = crate::format::errno_text(&e);
+                log(&format!("ERROR failed to update snapshot table: {t}"));
+                return Err(e.with_message(format!("Check failed: {t}")));
+            }
+            snap.corruptions_fixed += snap.corruptions;
+            snap.corruptions = 0;
+        }
+        res.corruptions += snap.corruptions;
+        res.corruptions_fixed += snap.corruptions_fixed;
+        res.check_errors += snap.check_errors;
+        if fix && res.corruptions == 0 && res.check_errors == 0 && snap.corruptions_fixed > 0 {
+            self.clear_flag_on_repair(header::INCOMPAT_DIRTY)?;
+            self.clear_flag_on_repair(header::INCOMPAT_CORRUPT)?;
+        }
+        Ok(res)
+    }
+
+    /// QEMU's qcow2_check_read_snapshot_table: read the table the header
+    /// names (repairing it in memory when `fix`), count what is wrong in
+    /// `res`, and make it the list the refcount walk uses.
+    fn check_read_snapshot_table(
+        &self,
+        fix: bool,
+        res: &mut CheckResult,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        const MAX_SNAPSHOTS: u32 = 65536;
+        let prog = crate::events::program_name();
+        let failed = |e: Error| {
+            let t = crate::format::errno_text(&e);
+            e.with_message(format!("Check failed: {t}"))
+        };
+        let mut ptr = [0u8; 12];
+        if let Err(e) = self.file.read_exact_at(&mut ptr, 60) {
+            res.check_errors += 1;
+            log(&format!(
+                "ERROR failed to read the snapshot table pointer from the image header: {}",
+                crate::format::errno_text(&e)
+            ));
+            return Err(failed(e));
+        }
+        let mut nb = crate::format::bytes::be32(&ptr, 0);
+        let off = crate::format::bytes::be64(&ptr, 4);
+        let mut reduced = 0u32;
+        self.snapshots.set(Vec::new(), 0);
+        {
+            let mut h = self.hdr.lock();
+            h.nb_snapshots = 0;
+            h.snapshots_offset = 0;
+        }
+        if nb > MAX_SNAPSHOTS && fix {
+            log(&format!(
+                "Discarding {} overhanging snapshots",
+                nb - MAX_SNAPSHOTS
+            ));
+            reduced += nb - MAX_SNAPSHOTS;
+            nb = MAX_SNAPSHOTS;
+        }
+        // QEMU's qcow2_validate_table for the table as a whole.
+        let invalid = if nb > MAX_SNAPSHOTS {
+            Some(("snapshot table too large", libc::EFBIG))
+        } else if (i64::MAX as u64) - nb as u64 * 40 < off || off & (self.cs() - 1) != 0 {
+            Some(("snapshot table offset invalid", libc::EINVAL))
+        } else {
+            None
+        };
+        if let Some((m, errno)) = invalid {
+            res.check_errors += 1;
+            log(&format!("{prog}: ERROR {m}"));
+            if nb > MAX_SNAPSHOTS {
+                log(&format!(
+                    "You can force-remove all {} overhanging snapshots with qemu-img check -r all",
+                    nb - MAX_SNAPSHOTS
+                ));
+            }
+            return Err(failed(Error::from_errno(errno)));
+        }
+        let mut fix_log = |l: &str| log(l);
+        let scanned = snapshot::scan(
+            &self.file,
+            off,
+            nb,
+            if fix { Some(&mut fix_log) } else { None },
+        );
+        let scan = match scanned {
+            Ok(s) => s,
+            Err(e) => {
+                res.check_errors += 1;
+                log(&format!(
+                    "{prog}: ERROR failed to read the snapshot table: {}",
+                    e.message()
+                ));
+                return Err(failed(e));
+            }
+        };
+        reduced += scan.reduced;
+        res.corruptions += (reduced + scan.extra_dropped) as u64;
+        let kept = scan.snaps.len() as u32;
+        if reduced > 0 {
+            // The header must agree before the refcount walk; this leaks
+            // the dropped entries' clusters, which the walk then repairs.
+            if let Err(e) = self
+                .file
+                .write_at(&kept.to_be_bytes(), 60)
+                .and_then(|_| self.file.flush())
+            {
+                res.check_errors += 1;
+                log(&format!(
+                    "ERROR failed to update the snapshot count in the image header: {}",
+                    crate::format::errno_text(&e)
+                ));
+                return Err(failed(e));
+            }
+            res.corruptions_fixed += reduced as u64;
+            res.corruptions -= reduced as u64;
+        }
+        if self.geo.v3 {
+            for (i, s) in scan.snaps.iter().enumerate() {
+                if s.extra_len < 16 {
+                    res.corruptions += 1;
+                    let what = if fix { "Repairing" } else { "ERROR" };
+                    log(&format!("{what} snapshot table entry {i} is incomplete"));
+                }
+            }
+        }
+        {
+            let mut h = self.hdr.lock();
+            h.nb_snapshots = kept;
+            h.snapshots_offset = off;
+        }
+        self.snapshots.set(scan.snaps, scan.size);
+        Ok(())
+    }
+
+    /// The refcount pass of a check; with `repair`, fixes what the mode
+    /// allows.
+    fn check_refcounts(&self, repair: Repair, log: &mut dyn FnMut(&str)) -> Result<CheckResult> {
         if repair != Repair::None && !self.writable {
             return Err(Error::invalid("Cannot repair a read-only image"));
         }

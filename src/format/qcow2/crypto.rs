@@ -35,6 +35,14 @@ fn luks(h: &Header, file: &HostFile) -> Option<Json> {
 pub(super) struct DataCrypto {
     cipher: SectorCipher,
     physical: bool,
+    /// LUKS only: the header as last written and the master key, for
+    /// key slot changes by `amend`.
+    luks: Option<parking_lot::Mutex<LuksKeys>>,
+}
+
+struct LuksKeys {
+    header: luks::Header,
+    master: zeroize::Zeroizing<Vec<u8>>,
 }
 
 impl DataCrypto {
@@ -105,6 +113,7 @@ pub(super) fn open(
         return Ok(Some(DataCrypto {
             cipher: crate::crypto::qcow_aes(&pw)?,
             physical: false,
+            luks: None,
         }));
     }
     let (off, len) = ext_location(h)?;
@@ -119,6 +128,10 @@ pub(super) fn open(
     Ok(Some(DataCrypto {
         cipher: u.cipher,
         physical: true,
+        luks: Some(parking_lot::Mutex::new(LuksKeys {
+            header: u.header,
+            master: u.master,
+        })),
     }))
 }
 
@@ -162,6 +175,48 @@ fn read_area(file: &HostFile, off: u64, len: u64, at: u64, buf: &mut [u8]) -> Re
         .ok_or_else(|| Error::invalid("Request for data outside of extension header"))?;
     file.read_exact_at(buf, pos)
         .map_err(|e| Error::invalid(format!("Could not read encryption header: {}", e.message())))
+}
+
+/// Write inside the LUKS area only, as QEMU's header write callback does.
+fn write_area(file: &HostFile, off: u64, len: u64, at: u64, buf: &[u8]) -> Result<()> {
+    if at.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
+        return Err(Error::invalid(
+            "Request for data outside of extension header",
+        ));
+    }
+    let pos = off
+        .checked_add(at)
+        .ok_or_else(|| Error::invalid("Request for data outside of extension header"))?;
+    file.write_at(buf, pos).map_err(|e| {
+        Error::invalid(format!(
+            "Could not write encryption header: {}",
+            e.message()
+        ))
+    })
+}
+
+impl super::Qcow2 {
+    /// `amend -o encrypt.*`: add or erase LUKS key slots (the image was
+    /// opened with its key secret, so the master key is at hand).
+    pub(super) fn amend_keyslots(&self, p: &luks::AmendParams, force: bool) -> Result<()> {
+        let h = self.hdr.lock().clone();
+        let (off, len) = ext_location(&h)?;
+        let keys = self
+            .crypto
+            .as_ref()
+            .and_then(|c| c.luks.as_ref())
+            .ok_or_else(|| {
+                Error::invalid("Parameter 'encrypt.key-secret' is required for cipher")
+            })?;
+        let mut k = keys.lock();
+        let LuksKeys { header, master } = &mut *k;
+        let file = &self.file;
+        let read = |o: u64, buf: &mut [u8]| read_area(file, off, len, o, buf);
+        let write = |o: u64, buf: &[u8]| write_area(file, off, len, o, buf);
+        let r = luks::amend(header, master, p, force, &read, &write);
+        self.file.flush()?;
+        r
+    }
 }
 
 /// Build the LUKS area for a new image: returns its bytes (to be placed in

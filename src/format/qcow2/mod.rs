@@ -207,6 +207,11 @@ impl Qcow2 {
         let mut head = vec![0u8; file_len.clamp(4096, MAX_HEADER_READ) as usize];
         file.read_at(&mut head, 0)
             .map_err(|e| e.context("Could not read qcow2 header"))?;
+        if opts.for_check && head.len() >= 64 {
+            // As QEMU in check mode: the snapshot table is neither checked
+            // nor read at open; check reads (and may repair) it itself.
+            head[60..64].fill(0);
+        }
         let hdr = Header::parse(&head)?;
         let writable = opts.writable;
         let crypto = crypto::open(&hdr, &file, opts)?.map(std::sync::Arc::new);
@@ -257,9 +262,9 @@ impl Qcow2 {
             hdr.refcount_table_clusters,
         )?;
         let snapshots = if hdr.nb_snapshots > 0 {
-            snapshot::read_table(&file, hdr.snapshots_offset, hdr.nb_snapshots)?
+            snapshot::scan(&file, hdr.snapshots_offset, hdr.nb_snapshots, None)?
         } else {
-            Vec::new()
+            snapshot::Scan::default()
         };
         let q = Qcow2 {
             crypto,
@@ -267,7 +272,7 @@ impl Qcow2 {
             data_file,
             size: AtomicU64::new(hdr.size),
             writable,
-            snapshots: SnapList::new(snapshots),
+            snapshots: SnapList::new(snapshots.snaps, snapshots.size),
             compression: hdr.compression,
             meta: Mutex::new(Meta {
                 l1,
@@ -363,7 +368,7 @@ impl Qcow2 {
             },
             size: AtomicU64::new(size),
             writable: false,
-            snapshots: SnapList::new(Vec::new()),
+            snapshots: SnapList::new(Vec::new(), 0),
             compression: self.compression,
             meta: Mutex::new(Meta {
                 l1: crate::format::bytes::be64_table(&raw),
@@ -650,9 +655,10 @@ impl Driver for Qcow2 {
         opts: &super::CreateOptions,
         backing: &dyn BackingRead,
         backing_size: Option<u64>,
+        force: bool,
         progress: &mut dyn FnMut(f64),
     ) -> Result<()> {
-        Qcow2::amend(self, opts, backing, backing_size, progress)
+        Qcow2::amend(self, opts, backing, backing_size, force, progress)
     }
     fn check(
         &self,

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use parking_lot::RwLock;
 
 use super::l2::{self, L2Cache, L1E_OFFSET_MASK, L2E_OFFSET_MASK, OFLAG_COPIED};
-use super::snapshot::{self, Snapshot, MAX_EXTRA, MAX_TABLE_BYTES};
+use super::snapshot::{self, Snapshot, MAX_TABLE_BYTES};
 use super::{Meta, Qcow2};
 use crate::error::{Error, ErrorKind, Result};
 use crate::format::SnapshotInfo;
@@ -28,19 +28,24 @@ const MAX_SNAPSHOTS: usize = 65536;
 /// icount.
 const EXTRA_LEN: usize = 24;
 
-/// The snapshot list of an open image, replaced whenever the table on disk
-/// changes. Iterating yields a copy taken under the lock.
-pub(super) struct SnapList(RwLock<Vec<Snapshot>>);
+/// The snapshot list of an open image and the bytes its table spans on
+/// disk, replaced whenever the table on disk changes. Iterating yields a
+/// copy taken under the lock.
+pub(super) struct SnapList(RwLock<(Vec<Snapshot>, u64)>);
 
 impl SnapList {
-    pub(super) fn new(v: Vec<Snapshot>) -> Self {
-        SnapList(RwLock::new(v))
+    pub(super) fn new(v: Vec<Snapshot>, size: u64) -> Self {
+        SnapList(RwLock::new((v, size)))
     }
     pub(super) fn iter(&self) -> std::vec::IntoIter<Snapshot> {
-        self.0.read().clone().into_iter()
+        self.0.read().0.clone().into_iter()
     }
-    fn set(&self, v: Vec<Snapshot>) {
-        *self.0.write() = v;
+    /// Bytes of the table on disk (QEMU's snapshots_size).
+    pub(super) fn table_size(&self) -> u64 {
+        self.0.read().1
+    }
+    pub(super) fn set(&self, v: Vec<Snapshot>, size: u64) {
+        *self.0.write() = (v, size);
     }
 }
 
@@ -67,18 +72,6 @@ struct Entry {
     icount: u64,
     /// Extra data beyond the fields we know, kept verbatim.
     unknown_extra: Vec<u8>,
-}
-
-fn be16(b: &[u8], o: usize) -> usize {
-    u16::from_be_bytes([b[o], b[o + 1]]) as usize
-}
-fn be32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn be64(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_be_bytes(a)
 }
 
 /// `strtoul(s, NULL, 10)` as QEMU uses it to number snapshots.
@@ -148,6 +141,27 @@ fn serialize(entries: &[Entry]) -> Result<Vec<u8>> {
     Ok(b)
 }
 
+/// Table entries of `snaps`; a missing disk size is the image's `size`
+/// (QEMU fills it in when it reads such an entry).
+fn entries_of(snaps: &[Snapshot], size: u64) -> Vec<Entry> {
+    snaps
+        .iter()
+        .map(|s| Entry {
+            l1_table_offset: s.l1_table_offset,
+            l1_size: s.l1_size,
+            id: s.id_raw.clone(),
+            name: s.name_raw.clone(),
+            date_sec: s.info.date_sec as u32,
+            date_nsec: s.info.date_nsec,
+            vm_clock_nsec: s.info.vm_clock_nsec,
+            vm_state_size: s.info.vm_state_size,
+            disk_size: s.disk_size.unwrap_or(size),
+            icount: s.info.icount.unwrap_or(u64::MAX),
+            unknown_extra: s.unknown_extra.clone(),
+        })
+        .collect()
+}
+
 /// Which snapshot an operation names.
 fn position(entries: &[Entry], id: Option<&str>, name: Option<&str>) -> Option<usize> {
     entries.iter().position(|e| {
@@ -164,56 +178,11 @@ fn now() -> (u32, u32) {
 }
 
 impl Qcow2 {
-    /// The table as stored, with the extra data QEMU keeps.
+    /// The table as read at open (or last written), with the extra data
+    /// QEMU keeps.
     fn read_entries(&self) -> Result<Vec<Entry>> {
-        let (offset, count, size) = {
-            let h = self.hdr.lock();
-            (h.snapshots_offset, h.nb_snapshots, h.size)
-        };
-        // Bytes past the end of the file read as zeros, as QEMU's reads do.
-        let mut out = Vec::with_capacity(count as usize);
-        let mut pos = offset;
-        let bad = || Error::corrupt("Snapshot table too large or truncated");
-        for _ in 0..count {
-            pos = pos.div_ceil(8) * 8;
-            if pos - offset + 40 > MAX_TABLE_BYTES {
-                return Err(bad());
-            }
-            let mut h = [0u8; 40];
-            self.file.read_at(&mut h, pos)?;
-            let id_len = be16(&h, 12);
-            let name_len = be16(&h, 14);
-            let extra_len = be32(&h, 36);
-            if extra_len > MAX_EXTRA {
-                return Err(Error::corrupt(
-                    "Too much extra metadata in snapshot table entry",
-                ));
-            }
-            let body = extra_len as usize + id_len + name_len;
-            let end = pos + 40 + body as u64;
-            if end - offset > MAX_TABLE_BYTES {
-                return Err(bad());
-            }
-            let mut b = vec![0u8; body];
-            self.file.read_at(&mut b, pos + 40)?;
-            let extra = &b[..extra_len as usize];
-            let field = |o: usize| (extra.len() >= o + 8).then(|| be64(extra, o));
-            out.push(Entry {
-                l1_table_offset: be64(&h, 0),
-                l1_size: be32(&h, 8),
-                date_sec: be32(&h, 16),
-                date_nsec: be32(&h, 20),
-                vm_clock_nsec: be64(&h, 24),
-                vm_state_size: field(0).unwrap_or(be32(&h, 32) as u64),
-                disk_size: field(8).unwrap_or(size),
-                icount: field(16).unwrap_or(u64::MAX),
-                unknown_extra: extra.get(EXTRA_LEN..).unwrap_or_default().to_vec(),
-                id: b[extra_len as usize..extra_len as usize + id_len].to_vec(),
-                name: b[extra_len as usize + id_len..].to_vec(),
-            });
-            pos = end;
-        }
-        Ok(out)
+        let size = self.hdr.lock().size;
+        Ok(entries_of(&self.snapshots.iter().collect::<Vec<_>>(), size))
     }
 
     /// Write `entries` as the new table in fresh clusters, switch the
@@ -221,7 +190,7 @@ impl Qcow2 {
     fn write_table(&self, m: &mut Meta, entries: &[Entry]) -> Result<()> {
         let cs = self.cs();
         let cb = self.geo.cluster_bits;
-        let old_size = serialize(&self.read_entries()?)?.len() as u64;
+        let old_size = self.snapshots.table_size();
         let data = serialize(entries)?;
         let new_off = if entries.is_empty() {
             0
@@ -253,8 +222,18 @@ impl Qcow2 {
         } else {
             snapshot::read_table(&self.file, new_off, entries.len() as u32)?
         };
-        self.snapshots.set(list);
+        self.snapshots.set(list, data.len() as u64);
         Ok(())
+    }
+
+    /// Write `snaps` (as repaired in memory by check) as the new table.
+    pub(super) fn write_snapshot_list(
+        &self,
+        m: &mut Meta,
+        snaps: &[Snapshot],
+        size: u64,
+    ) -> Result<()> {
+        self.write_table(m, &entries_of(snaps, size))
     }
 
     /// Rewrite the table as it is (v3 extra data for every entry).
