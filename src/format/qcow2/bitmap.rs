@@ -776,7 +776,8 @@ impl Qcow2 {
                 order.push(l);
             }
         }
-        for l in &live {
+        // New ones newest first, as QEMU walks its list.
+        for l in live.iter().rev() {
             if !old_dir.iter().any(|e| e.name == l.name) {
                 order.push(l);
             }
