@@ -92,7 +92,12 @@ pub fn copy_all(src: &Image, dst: &Image, skip_broken: bool) -> Result<()> {
     Ok(())
 }
 
-/// The first void bitmap of `img`, which `convert --bitmaps` refuses.
+/// The void bitmap `convert --bitmaps` refuses first (QEMU looks newest
+/// first).
 pub fn first_inconsistent(img: &Image) -> Option<String> {
-    list(img).into_iter().find(|b| b.in_use).map(|b| b.name)
+    list(img)
+        .into_iter()
+        .rev()
+        .find(|b| b.in_use)
+        .map(|b| b.name)
 }
