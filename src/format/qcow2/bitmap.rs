@@ -759,6 +759,12 @@ impl Qcow2 {
             .store(false, std::sync::atomic::Ordering::Release);
         let cs = self.cs();
         let vsize = self.virtual_size_now();
+        // Nothing to write when every bitmap is void and none went away
+        // (QEMU's need_write).
+        let removed = b.dir.iter().any(|e| !live.iter().any(|l| l.name == e.name));
+        if !removed && live.iter().all(|l| l.inconsistent) {
+            return Ok(());
+        }
         let old_dir = std::mem::take(&mut b.dir);
         let mut new_dir = Vec::with_capacity(live.len());
         let mut drop_tables = Vec::new();
