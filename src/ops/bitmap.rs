@@ -72,8 +72,8 @@ pub fn merge(img: &Image, dst: &str, src_img: &Image, src: &str) -> Result<()> {
 /// (in-use) bitmaps fail unless `skip_broken`, when they are skipped
 /// with a warning as qemu-img does.
 pub fn copy_all(src: &Image, dst: &Image, skip_broken: bool) -> Result<()> {
-    // QEMU walks its in-memory list, newest first.
-    for name in src.driver().bitmap_names().iter().rev() {
+    // In directory order, as QEMU walks its list.
+    for name in src.driver().bitmap_names().iter() {
         let data = src.driver().bitmap_read(name)?;
         if data.inconsistent && skip_broken {
             crate::events::warning(&format!("Skipping inconsistent bitmap '{name}'"));
@@ -92,12 +92,7 @@ pub fn copy_all(src: &Image, dst: &Image, skip_broken: bool) -> Result<()> {
     Ok(())
 }
 
-/// The void bitmap `convert --bitmaps` refuses first (QEMU looks newest
-/// first).
+/// The first void bitmap, which `convert --bitmaps` refuses.
 pub fn first_inconsistent(img: &Image) -> Option<String> {
-    list(img)
-        .into_iter()
-        .rev()
-        .find(|b| b.in_use)
-        .map(|b| b.name)
+    list(img).into_iter().find(|b| b.in_use).map(|b| b.name)
 }

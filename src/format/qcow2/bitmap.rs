@@ -70,6 +70,8 @@ pub(super) struct Bitmaps {
     stale_ext: bool,
     /// Loaded for writing.
     live: Option<Vec<Live>>,
+    /// Entries removed while loaded: their clusters are freed on store.
+    dropped: Vec<DirEntry>,
 }
 
 fn gran_bits_of(g: u64) -> u32 {
@@ -363,6 +365,7 @@ impl Bitmaps {
             dir_size,
             stale_ext: false,
             live: None,
+            dropped: Vec::new(),
         })
     }
 
@@ -643,7 +646,15 @@ impl Qcow2 {
                 .ok_or_else(|| not_found(name))?;
             live.remove(p);
             Ok(())
-        })
+        })?;
+        // Gone from the directory now: a bitmap added again under the
+        // same name is a new one (last in the directory, as in QEMU).
+        let mut b = self.bitmaps.lock();
+        if let Some(p) = b.dir.iter().position(|e| e.name == name) {
+            let e = b.dir.remove(p);
+            b.dropped.push(e);
+        }
+        Ok(())
     }
 
     pub(super) fn bitmap_clear(&self, name: &str) -> Result<()> {
@@ -761,13 +772,16 @@ impl Qcow2 {
         let vsize = self.virtual_size_now();
         // Nothing to write when every bitmap is void and none went away
         // (QEMU's need_write).
-        let removed = b.dir.iter().any(|e| !live.iter().any(|l| l.name == e.name));
+        let removed = !b.dropped.is_empty();
         if !removed && live.iter().all(|l| l.inconsistent) {
             return Ok(());
         }
         let old_dir = std::mem::take(&mut b.dir);
         let mut new_dir = Vec::with_capacity(live.len());
-        let mut drop_tables = Vec::new();
+        let mut drop_tables: Vec<(u64, u32)> = std::mem::take(&mut b.dropped)
+            .iter()
+            .map(|e| (e.table_offset, e.table_size))
+            .collect();
         let mut m = self.meta.lock();
         for e in &old_dir {
             match live.iter().find(|l| l.name == e.name) {
@@ -782,8 +796,7 @@ impl Qcow2 {
                 order.push(l);
             }
         }
-        // New ones newest first, as QEMU walks its list.
-        for l in live.iter().rev() {
+        for l in &live {
             if !old_dir.iter().any(|e| e.name == l.name) {
                 order.push(l);
             }
@@ -815,9 +828,9 @@ impl Qcow2 {
             let raw = serialize_dir(&new_dir);
             let n = (raw.len() as u64).div_ceil(cs);
             let off = m.rc.alloc(&self.file, n)?;
-            let mut padded = raw.clone();
-            padded.resize((n * cs) as usize, 0);
-            self.file.write_at(&padded, off)?;
+            // Only the directory's bytes, as QEMU writes (the file
+            // length then matches).
+            self.file.write_at(&raw, off)?;
             set_ext(&mut h, Some((new_dir.len() as u32, raw.len() as u64, off)));
             b.dir_offset = off;
             b.dir_size = raw.len() as u64;
@@ -875,7 +888,6 @@ impl Qcow2 {
         }
         let n = (tsize * 8).div_ceil(cs);
         let toff = rc.alloc(&self.file, n)?;
-        table.resize((n * cs) as usize, 0);
         self.file.write_at(&table, toff)?;
         Ok((toff, tsize as u32))
     }
