@@ -92,14 +92,14 @@ fn check_table_entry(e: u64, cs: u64) -> bool {
         return false;
     }
     let off = e & TE_OFFSET;
-    off == 0 || (e & TE_ALL_ONES == 0 && off % cs == 0)
+    off == 0 || (e & TE_ALL_ONES == 0 && off.is_multiple_of(cs))
 }
 
 /// QEMU's check_dir_entry.
 fn entry_ok(e: &DirEntry, cs: u64, vsize: u64, entry_type: u8) -> bool {
     if e.table_size == 0
         || e.table_offset == 0
-        || e.table_offset % cs != 0
+        || !e.table_offset.is_multiple_of(cs)
         || e.table_size as u64 > MAX_TABLE_SIZE
         || !(MIN_GRAN_BITS..=MAX_GRAN_BITS).contains(&e.gran_bits)
         || e.flags & RESERVED_FLAGS != 0
@@ -235,7 +235,7 @@ fn set_range(bits: &mut [u8], gb: u32, off: u64, len: u64) {
     let last = ((off + len - 1) >> gb).min((bits.len() as u64 * 8).saturating_sub(1));
     let mut i = first;
     while i <= last {
-        if i % 8 == 0 && i + 8 <= last + 1 {
+        if i.is_multiple_of(8) && i + 8 <= last + 1 {
             bits[(i / 8) as usize] = 0xff;
             i += 8;
             continue;
@@ -247,7 +247,7 @@ fn set_range(bits: &mut [u8], gb: u32, off: u64, len: u64) {
 
 /// Clear bits past the last one that covers the disk.
 fn mask_tail(bits: &mut [u8], nbits: u64) {
-    if nbits % 8 != 0 {
+    if !nbits.is_multiple_of(8) {
         if let Some(b) = bits.get_mut((nbits / 8) as usize) {
             *b &= (1u8 << (nbits % 8)) - 1;
         }
@@ -323,7 +323,7 @@ impl Bitmaps {
         if nb == 0 {
             return Err(Error::invalid("found bitmaps extension with zero bitmaps"));
         }
-        if dir_offset % cs != 0 {
+        if !dir_offset.is_multiple_of(cs) {
             return Err(Error::invalid(
                 "bitmaps_ext: invalid bitmap directory offset",
             ));

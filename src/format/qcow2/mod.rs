@@ -521,26 +521,24 @@ impl Qcow2 {
             );
             d.set("corrupt", h.incompatible & header::INCOMPAT_CORRUPT != 0);
         }
-        if h.version >= 3 {
-            if !bitmaps.is_empty() {
-                let v = bitmaps
-                    .iter()
-                    .map(|b| {
-                        let mut flags = Vec::new();
-                        if b.in_use {
-                            flags.push(Json::from("in-use"));
-                        }
-                        if b.auto {
-                            flags.push(Json::from("auto"));
-                        }
-                        Json::object()
-                            .with("flags", Json::Array(flags))
-                            .with("name", b.name.as_str())
-                            .with("granularity", b.granularity)
-                    })
-                    .collect();
-                d.set("bitmaps", Json::Array(v));
-            }
+        if h.version >= 3 && !bitmaps.is_empty() {
+            let v = bitmaps
+                .iter()
+                .map(|b| {
+                    let mut flags = Vec::new();
+                    if b.in_use {
+                        flags.push(Json::from("in-use"));
+                    }
+                    if b.auto {
+                        flags.push(Json::from("auto"));
+                    }
+                    Json::object()
+                        .with("flags", Json::Array(flags))
+                        .with("name", b.name.as_str())
+                        .with("granularity", b.granularity)
+                })
+                .collect();
+            d.set("bitmaps", Json::Array(v));
         }
         d.set("refcount-bits", h.refcount_bits() as u64);
         if let Some(e) = crypto::info(&h, &self.file) {
