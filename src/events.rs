@@ -17,7 +17,16 @@ pub fn set_sink(sink: Option<Sink>) {
 /// A warning as QEMU's warn_report prints it: `PROG: warning: MSG`, PROG
 /// being this program's name (the sink, when installed, gets the line).
 pub fn warning(msg: &str) {
-    let prog = std::env::args_os()
+    notice(&format!("{}: warning: {msg}", prog_name()));
+}
+
+/// An error QEMU reports while carrying on (error_report): `PROG: MSG`.
+pub fn error(msg: &str) {
+    notice(&format!("{}: {msg}", prog_name()));
+}
+
+fn prog_name() -> String {
+    std::env::args_os()
         .next()
         .map(|a| {
             std::path::Path::new(&a)
@@ -25,8 +34,7 @@ pub fn warning(msg: &str) {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         })
-        .unwrap_or_default();
-    notice(&format!("{prog}: warning: {msg}"));
+        .unwrap_or_default()
 }
 
 /// Emit one notice line.

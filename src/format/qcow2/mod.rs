@@ -740,7 +740,16 @@ impl Driver for Qcow2 {
         if !self.writable || self.broken.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
         }
-        self.bitmaps_store()?;
+        if let Err(e) = self.bitmaps_store() {
+            // As qcow2_inactivate: reported, the rest of the close goes on.
+            crate::events::error(&format!(
+                "Lost persistent bitmaps during inactivation of node '{}': {}",
+                bitmap::NODE_NAME,
+                e.message()
+            ));
+            self.flush()?;
+            return Err(Error::from_errno(libc::EINVAL));
+        }
         self.flush()?;
         let first = self.meta.lock().first_write_done;
         if first && self.hdr.lock().incompatible & header::INCOMPAT_DIRTY != 0 {
