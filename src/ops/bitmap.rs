@@ -72,8 +72,9 @@ pub fn merge(img: &Image, dst: &str, src_img: &Image, src: &str) -> Result<()> {
 /// (in-use) bitmaps fail unless `skip_broken`, when they are skipped
 /// with a warning as qemu-img does.
 pub fn copy_all(src: &Image, dst: &Image, skip_broken: bool) -> Result<()> {
-    // In directory order, as QEMU walks its list.
-    for name in src.driver().bitmap_names().iter() {
+    // Newest first, as QEMU walks its list; the target's store then puts
+    // them back in the source's order.
+    for name in src.driver().bitmap_names().iter().rev() {
         let data = src.driver().bitmap_read(name)?;
         if data.inconsistent && skip_broken {
             crate::events::warning(&format!("Skipping inconsistent bitmap '{name}'"));
@@ -92,7 +93,12 @@ pub fn copy_all(src: &Image, dst: &Image, skip_broken: bool) -> Result<()> {
     Ok(())
 }
 
-/// The first void bitmap, which `convert --bitmaps` refuses.
+/// The void bitmap `convert --bitmaps` refuses, looking newest first as
+/// QEMU does.
 pub fn first_inconsistent(img: &Image) -> Option<String> {
-    list(img).into_iter().find(|b| b.in_use).map(|b| b.name)
+    list(img)
+        .into_iter()
+        .rev()
+        .find(|b| b.in_use)
+        .map(|b| b.name)
 }

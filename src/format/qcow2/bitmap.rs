@@ -228,7 +228,7 @@ fn not_found(name: &str) -> Error {
 
 /// Set the bits of `bits` (granularity 2^`gb`) covering [off, off+len).
 fn set_range(bits: &mut [u8], gb: u32, off: u64, len: u64) {
-    if len == 0 {
+    if len == 0 || bits.is_empty() {
         return;
     }
     let first = off >> gb;
@@ -741,14 +741,16 @@ impl Qcow2 {
                     *d |= *s;
                 }
             } else {
-                let nbits = vsize.div_ceil(src.granularity);
-                for i in 0..nbits {
-                    let byte = src.bits.get((i / 8) as usize).copied().unwrap_or(0);
+                // Each set source bit sets every target bit it overlaps.
+                for (bi, &byte) in src.bits.iter().enumerate() {
                     if byte == 0 {
                         continue;
                     }
-                    if byte >> (i % 8) & 1 != 0 {
-                        let a = i << sg;
+                    for bit in 0..8u64 {
+                        let a = ((bi as u64) * 8 + bit) << sg;
+                        if byte >> bit & 1 == 0 || a >= vsize {
+                            continue;
+                        }
                         let len = (1u64 << sg).min(vsize - a);
                         set_range(&mut l.bits, l.gran_bits, a, len);
                     }
@@ -796,7 +798,9 @@ impl Qcow2 {
                 order.push(l);
             }
         }
-        for l in &live {
+        // New ones newest first, as QEMU walks its list (newest at the
+        // head).
+        for l in live.iter().rev() {
             if !old_dir.iter().any(|e| e.name == l.name) {
                 order.push(l);
             }
