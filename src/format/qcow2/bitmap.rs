@@ -407,6 +407,17 @@ impl Bitmaps {
             .collect()
     }
 
+    /// The directory alone, for a read-only view of the same file (an
+    /// internal snapshot lists the image's bitmaps, as QEMU's does).
+    pub(super) fn directory_copy(&self) -> Bitmaps {
+        Bitmaps {
+            dir: self.dir.clone(),
+            dir_offset: self.dir_offset,
+            dir_size: self.dir_size,
+            ..Bitmaps::default()
+        }
+    }
+
     pub(super) fn is_empty(&self) -> bool {
         self.dir.is_empty() && self.live.as_ref().is_none_or(|l| l.is_empty())
     }

@@ -387,7 +387,7 @@ impl Qcow2 {
             corruption_reported: Default::default(),
             crypto: self.crypto.clone(),
             broken: Default::default(),
-            bitmaps: Default::default(),
+            bitmaps: Mutex::new(self.bitmaps.lock().directory_copy()),
             bitmap_tracking: Default::default(),
         })
     }
