@@ -20,6 +20,11 @@ pub fn warning(msg: &str) {
     notice(&format!("{}: warning: {msg}", program_name()));
 }
 
+/// An error QEMU reports while carrying on (error_report): `PROG: MSG`.
+pub fn error(msg: &str) {
+    notice(&format!("{}: {msg}", program_name()));
+}
+
 /// This program's name (argv[0]'s basename), as QEMU's error_report
 /// prefixes its lines.
 pub fn program_name() -> String {

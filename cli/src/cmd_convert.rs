@@ -397,6 +397,8 @@ fn convert(
         target_is_zero: a.target_is_zero,
         salvage: a.salvage,
         quiet: a.quiet,
+        bitmaps: a.bitmaps,
+        skip_broken_bitmaps: a.skip_broken,
     };
     if progress.is_enabled() {
         let walk = Walk {
@@ -516,24 +518,17 @@ fn check_target(
     if a.bitmaps && images.iter().any(|i| i.format() != "qcow2") {
         return Err(Fail::report("Source lacks bitmap support"));
     }
-    if a.bitmaps && images.iter().any(has_bitmaps) {
-        // The library cannot copy bitmaps yet; never drop them silently.
-        return Err(Fail::report(
-            "Copying persistent bitmaps is not supported by libimgtool yet",
-        ));
+    if a.bitmaps && !a.skip_broken {
+        if let Some(name) = images
+            .first()
+            .and_then(imgtool::ops::bitmap::first_inconsistent)
+        {
+            return Err(Fail::report(format!(
+                "Cannot copy inconsistent bitmap '{name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it"
+            )));
+        }
     }
     Ok(())
-}
-
-/// Whether the image reports persistent bitmaps (qcow2 `bitmaps` list).
-fn has_bitmaps(img: &Image) -> bool {
-    let info = imgtool::ImageInfo::of(img);
-    let bitmaps = info
-        .format_specific
-        .as_ref()
-        .and_then(|f| f.get("data"))
-        .and_then(|d| d.get("bitmaps"));
-    matches!(bitmaps, Some(imgtool::json::Json::Array(b)) if !b.is_empty())
 }
 
 fn check_compress(opts: Option<&CreateOptions>, fmt: &str, skip_create: bool) -> CmdResult {

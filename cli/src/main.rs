@@ -7,6 +7,7 @@
 mod app;
 mod cmd_amend;
 mod cmd_bench;
+mod cmd_bitmap;
 mod cmd_check;
 mod cmd_commit;
 mod cmd_compare;
@@ -39,7 +40,7 @@ type Handler = fn(&Prog, Vec<String>) -> CmdResult;
 const COMMANDS: &[(&str, Option<Handler>)] = &[
     ("amend", Some(cmd_amend::run)),
     ("bench", Some(cmd_bench::run)),
-    ("bitmap", None),
+    ("bitmap", Some(cmd_bitmap::run)),
     ("check", Some(cmd_check::run)),
     ("commit", Some(cmd_commit::run)),
     ("compare", Some(cmd_compare::run)),

@@ -263,6 +263,9 @@ pub unsafe extern "C" fn imgtool_convert(
             target_is_zero: false,
             salvage: false,
             quiet: false,
+            // Not in the C options struct yet.
+            bitmaps: false,
+            skip_broken_bitmaps: false,
         };
         match progress {
             Some(f) => {

@@ -103,6 +103,32 @@ pub struct SnapshotInfo {
     pub icount: Option<u64>,
 }
 
+/// A persistent dirty bitmap as the image's directory lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitmapInfo {
+    pub name: String,
+    pub granularity: u64,
+    /// Marked in use: a writer had it open and did not store it back, so
+    /// its contents are void ("inconsistent").
+    pub in_use: bool,
+    /// Enabled: records guest writes.
+    pub auto: bool,
+}
+
+/// A bitmap's contents: bit `i` (byte `i / 8`, LSB first) covers guest
+/// bytes `[i * granularity, (i + 1) * granularity)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitmapData {
+    pub name: String,
+    pub granularity: u64,
+    /// Guest size the bitmap covers.
+    pub size: u64,
+    /// Void contents (in use on disk); `bits` is then empty.
+    pub inconsistent: bool,
+    pub enabled: bool,
+    pub bits: Vec<u8>,
+}
+
 /// What `check -r` may repair.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Repair {
@@ -328,6 +354,36 @@ pub trait Driver: Send + Sync {
             "Failed to load snapshot: Can't find snapshot",
         ))
     }
+    /// Persistent dirty bitmaps on disk, in directory order.
+    fn bitmap_list(&self) -> Vec<BitmapInfo> {
+        Vec::new()
+    }
+    /// Names of the bitmaps (in memory once loaded for writing).
+    fn bitmap_names(&self) -> Vec<String> {
+        Vec::new()
+    }
+    /// Add a persistent bitmap (granularity None: the format's default).
+    fn bitmap_add(&self, _name: &str, _granularity: Option<u64>, _enabled: bool) -> Result<()> {
+        Err(Error::unsupported(
+            "Can't store persistent bitmaps to #block103: Operation not supported",
+        ))
+    }
+    fn bitmap_remove(&self, name: &str) -> Result<()> {
+        Err(no_bitmap(name))
+    }
+    fn bitmap_clear(&self, name: &str) -> Result<()> {
+        Err(no_bitmap(name))
+    }
+    fn bitmap_set_enabled(&self, name: &str, _enabled: bool) -> Result<()> {
+        Err(no_bitmap(name))
+    }
+    fn bitmap_read(&self, name: &str) -> Result<BitmapData> {
+        Err(no_bitmap(name))
+    }
+    /// OR `src` into bitmap `dst`.
+    fn bitmap_merge(&self, dst: &str, _src: &BitmapData) -> Result<()> {
+        Err(no_bitmap(dst))
+    }
     /// Clean shutdown: write back caches, clear dirty state.
     fn close(&self) -> Result<()> {
         self.flush()
@@ -491,6 +547,13 @@ pub fn can_compress(format: &str) -> bool {
 
 /// The errno text (`strerror`) QEMU would print for a failure, for the
 /// messages that show only that ("Could not create snapshot 'x': ...").
+fn no_bitmap(name: &str) -> Error {
+    Error::new(
+        crate::error::ErrorKind::NotFound,
+        format!("Dirty bitmap '{name}' not found"),
+    )
+}
+
 pub fn errno_text(e: &Error) -> String {
     use crate::error::ErrorKind as K;
     let n = e.errno().unwrap_or(match e.kind() {

@@ -57,6 +57,10 @@ pub struct ConvertOptions {
     pub salvage: bool,
     /// `-q`: no salvage warnings.
     pub quiet: bool,
+    /// `--bitmaps`: copy the (single) source's persistent bitmaps.
+    pub bitmaps: bool,
+    /// `--skip-broken-bitmaps`: leave out in-use bitmaps, with a warning.
+    pub skip_broken_bitmaps: bool,
 }
 
 impl Default for ConvertOptions {
@@ -82,6 +86,8 @@ impl Default for ConvertOptions {
             target_key_secret: None,
             keep_on_error: false,
             target_is_zero: false,
+            bitmaps: false,
+            skip_broken_bitmaps: false,
         }
     }
 }
@@ -332,6 +338,12 @@ fn copy_into(
             if !p(100.0) {
                 return Err(Error::cancelled());
             }
+        }
+    }
+    // After the data, as qemu-img does.
+    if opts.bitmaps {
+        if let Some(src) = sources.first() {
+            crate::ops::bitmap::copy_all(&src.img, &out, opts.skip_broken_bitmaps)?;
         }
     }
     out.close()

@@ -234,6 +234,13 @@ impl Qcow2 {
             }
             w.add(h.snapshots_offset, self.snapshots.table_size())?;
         }
+        // Bitmap directory, tables and data (QEMU's
+        // qcow2_check_bitmaps_refcounts).
+        let (runs, bad) = self.bitmaps.lock().clusters(&self.file, cs);
+        w.res.corruptions += bad;
+        for (off, len) in runs {
+            w.add(off, len)?;
+        }
         let entries: Vec<u64> = self.meta.lock().rc.table_entries().to_vec();
         for (i, e) in entries.iter().enumerate() {
             let off = e & 0xffff_ffff_ffff_fe00;

@@ -407,7 +407,13 @@ impl Header {
                 + 8
         };
         let name_len = self.backing_file.as_ref().map_or(0, |n| n.len());
-        if off + ext_bytes(&exts) + name_len > cs {
+        let rest: Vec<(u32, Vec<u8>)> = self
+            .other_exts
+            .iter()
+            .filter(|e| e.kind != EXT_CRYPTO)
+            .map(|e| (e.kind, e.data.clone()))
+            .collect();
+        if off + ext_bytes(&exts) + ext_bytes(&rest) - 8 + name_len > cs {
             exts.retain(|(k, _)| *k != EXT_FEATURE_TABLE);
         }
         for e in self.other_exts.iter().filter(|e| e.kind != EXT_CRYPTO) {

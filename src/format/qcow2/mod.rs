@@ -1,6 +1,7 @@
 //! qcow2 (QEMU copy-on-write v2/v3).
 
 mod amend;
+mod bitmap;
 mod check;
 mod compress;
 mod create;
@@ -195,6 +196,10 @@ pub struct Qcow2 {
     /// A reset of the whole file failed midway: QEMU ejects such a node, so
     /// nothing more is written (the dirty flag stays for the next open).
     broken: std::sync::atomic::AtomicBool,
+    /// Persistent dirty bitmaps (directory; loaded bitmaps while writing).
+    bitmaps: Mutex<bitmap::Bitmaps>,
+    /// Some loaded bitmap records writes (checked without the lock).
+    bitmap_tracking: std::sync::atomic::AtomicBool,
 }
 
 /// Largest first cluster we read to parse the header (2 MiB clusters).
@@ -266,7 +271,10 @@ impl Qcow2 {
         } else {
             snapshot::Scan::default()
         };
+        let bitmaps = bitmap::Bitmaps::open(&hdr, &file, hdr.size)?;
         let q = Qcow2 {
+            bitmaps: Mutex::new(bitmaps),
+            bitmap_tracking: Default::default(),
             crypto,
             geo,
             data_file,
@@ -384,6 +392,8 @@ impl Qcow2 {
             corruption_reported: Default::default(),
             crypto: self.crypto.clone(),
             broken: Default::default(),
+            bitmaps: Mutex::new(self.bitmaps.lock().directory_copy()),
+            bitmap_tracking: Default::default(),
         })
     }
 
@@ -450,11 +460,13 @@ impl Qcow2 {
                 h.autoclear,
             )
         };
-        if autoclear & !header::AUTOCLEAR_DATA_FILE_RAW != 0 {
-            // Persistent bitmaps would go stale; the autoclear protocol says
-            // a writer that does not update them clears their bit.
+        // Bitmaps are kept up to date from here on: loaded, marked in_use
+        // on disk and stored back on close.
+        self.bitmaps_load()?;
+        let keep = header::AUTOCLEAR_DATA_FILE_RAW | header::AUTOCLEAR_BITMAPS;
+        if autoclear & !keep != 0 {
             let mut h = self.hdr.lock();
-            h.autoclear &= header::AUTOCLEAR_DATA_FILE_RAW;
+            h.autoclear &= keep;
             self.file.write_at(&h.autoclear.to_be_bytes(), 88)?;
         }
         if lazy {
@@ -491,6 +503,7 @@ impl Qcow2 {
     }
 
     fn format_specific(&self) -> Json {
+        let bitmaps = self.bitmap_info();
         let h = self.hdr.lock();
         let mut d = Json::object();
         if h.version < 3 {
@@ -512,6 +525,25 @@ impl Qcow2 {
                 h.compatible & header::COMPAT_LAZY_REFCOUNTS != 0,
             );
             d.set("corrupt", h.incompatible & header::INCOMPAT_CORRUPT != 0);
+        }
+        if h.version >= 3 && !bitmaps.is_empty() {
+            let v = bitmaps
+                .iter()
+                .map(|b| {
+                    let mut flags = Vec::new();
+                    if b.in_use {
+                        flags.push(Json::from("in-use"));
+                    }
+                    if b.auto {
+                        flags.push(Json::from("auto"));
+                    }
+                    Json::object()
+                        .with("flags", Json::Array(flags))
+                        .with("name", b.name.as_str())
+                        .with("granularity", b.granularity)
+                })
+                .collect();
+            d.set("bitmaps", Json::Array(v));
         }
         d.set("refcount-bits", h.refcount_bits() as u64);
         if let Some(e) = crypto::info(&h, &self.file) {
@@ -576,7 +608,9 @@ impl Driver for Qcow2 {
         self.io_result(self.read(buf, off, backing))
     }
     fn write_at(&self, buf: &[u8], off: u64, backing: &dyn BackingRead) -> Result<()> {
-        self.io_result(self.write(buf, off, backing))
+        let r = self.io_result(self.write(buf, off, backing));
+        self.bitmaps_mark(off, buf.len() as u64);
+        r
     }
     fn write_zeroes(
         &self,
@@ -585,10 +619,14 @@ impl Driver for Qcow2 {
         may_unmap: bool,
         backing: &dyn BackingRead,
     ) -> Result<()> {
-        self.zero(off, len, may_unmap, backing)
+        let r = self.zero(off, len, may_unmap, backing);
+        self.bitmaps_mark(off, len);
+        r
     }
     fn discard(&self, off: u64, len: u64) -> Result<()> {
-        self.discard_range(off, len)
+        let r = self.discard_range(off, len);
+        self.bitmaps_mark(off, len);
+        r
     }
     fn compression_cluster_size(&self) -> Option<u64> {
         Some(self.cs())
@@ -603,13 +641,17 @@ impl Driver for Qcow2 {
         compress::compress(self.compression, &full, cs)
     }
     fn write_compressed_raw(&self, data: &[u8], off: u64) -> Result<()> {
-        self.store_compressed(data, off)
+        let r = self.store_compressed(data, off);
+        self.bitmaps_mark(off, self.cs());
+        r
     }
     fn write_compressed(&self, buf: &[u8], off: u64) -> Result<()> {
-        match self.compress_cluster(buf)? {
+        let r = match self.compress_cluster(buf)? {
             Some(c) => self.store_compressed(&c, off),
             None => self.write(buf, off, &super::NoBacking),
-        }
+        };
+        self.bitmaps_mark(off, buf.len() as u64);
+        r
     }
     fn flush(&self) -> Result<()> {
         if self.broken.load(std::sync::atomic::Ordering::Acquire) {
@@ -629,7 +671,10 @@ impl Driver for Qcow2 {
         prealloc: Prealloc,
         backing: &dyn BackingRead,
     ) -> Result<()> {
-        self.grow_zeroed(size, prealloc, backing)
+        self.bitmaps_before_resize()?;
+        let r = self.grow_zeroed(size, prealloc, backing);
+        self.bitmaps_resize();
+        r
     }
     fn make_empty(&self) -> Result<()> {
         Qcow2::make_empty(self)
@@ -673,9 +718,43 @@ impl Driver for Qcow2 {
     fn io_granularity(&self) -> u64 {
         self.cs()
     }
+    fn bitmap_list(&self) -> Vec<super::BitmapInfo> {
+        self.bitmap_info()
+    }
+    fn bitmap_names(&self) -> Vec<String> {
+        Qcow2::bitmap_names(self)
+    }
+    fn bitmap_add(&self, name: &str, granularity: Option<u64>, enabled: bool) -> Result<()> {
+        Qcow2::bitmap_add(self, name, granularity, enabled)
+    }
+    fn bitmap_remove(&self, name: &str) -> Result<()> {
+        Qcow2::bitmap_remove(self, name)
+    }
+    fn bitmap_clear(&self, name: &str) -> Result<()> {
+        Qcow2::bitmap_clear(self, name)
+    }
+    fn bitmap_set_enabled(&self, name: &str, enabled: bool) -> Result<()> {
+        Qcow2::bitmap_set_enabled(self, name, enabled)
+    }
+    fn bitmap_read(&self, name: &str) -> Result<super::BitmapData> {
+        Qcow2::bitmap_read(self, name)
+    }
+    fn bitmap_merge(&self, dst: &str, src: &super::BitmapData) -> Result<()> {
+        Qcow2::bitmap_merge(self, dst, src)
+    }
     fn close(&self) -> Result<()> {
         if !self.writable || self.broken.load(std::sync::atomic::Ordering::Acquire) {
             return Ok(());
+        }
+        if let Err(e) = self.bitmaps_store() {
+            // As qcow2_inactivate: reported, the rest of the close goes on.
+            crate::events::error(&format!(
+                "Lost persistent bitmaps during inactivation of node '{}': {}",
+                bitmap::NODE_NAME,
+                e.message()
+            ));
+            self.flush()?;
+            return Err(Error::from_errno(libc::EINVAL));
         }
         self.flush()?;
         let first = self.meta.lock().first_write_done;

@@ -130,6 +130,13 @@ impl Qcow2 {
 
     /// Resize either way (grow through the existing path).
     pub(super) fn resize_any(&self, size: u64, prealloc: Prealloc) -> Result<()> {
+        self.bitmaps_before_resize()?;
+        let r = self.resize_any_inner(size, prealloc);
+        self.bitmaps_resize();
+        r
+    }
+
+    fn resize_any_inner(&self, size: u64, prealloc: Prealloc) -> Result<()> {
         if size < self.virtual_size_now() {
             if prealloc != Prealloc::Off {
                 return Err(Error::invalid(
