@@ -1,8 +1,8 @@
 /*
  * imgconv - convert images with libimgtool, reporting progress.
  *
- *   imgconv [-f FMT] [-O FMT] [-o OPTS] [-c] [-m N] [--cancel-at PCT]
- *           [--pause-at PCT] SRC... DST
+ *   imgconv [-f FMT] [-O FMT] [-o OPTS] [-c] [-m N] [--bitmaps]
+ *           [--skip-broken-bitmaps] [--cancel-at PCT] [--pause-at PCT] SRC... DST
  *
  * Converts SRC... (concatenated) into DST like `qemu-img convert`, printing
  * progress to stderr and checking that it only grows and ends at 100%.
@@ -97,6 +97,10 @@ int main(int argc, char **argv)
             o.options = argv[++i];
         else if (strcmp(a, "-c") == 0)
             o.flags |= IMGTOOL_CONVERT_COMPRESS;
+        else if (strcmp(a, "--bitmaps") == 0)
+            o.flags |= IMGTOOL_CONVERT_BITMAPS;
+        else if (strcmp(a, "--skip-broken-bitmaps") == 0)
+            o.flags |= IMGTOOL_CONVERT_SKIP_BROKEN_BITMAPS;
         else if (strcmp(a, "-m") == 0 && i + 1 < argc)
             o.num_workers = (uint32_t)strtoul(argv[++i], NULL, 0);
         else if (strcmp(a, "--cancel-at") == 0 && i + 1 < argc)

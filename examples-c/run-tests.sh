@@ -417,6 +417,28 @@ meas_case "src.qcow2 -> qcow2 4k clusters" -O qcow2 -o cluster_size=4096 "$work/
 meas_case "src.raw -> raw" -O raw "$work/src.raw"
 meas_case "snapshot of snap.qcow2" -O qcow2 -l first "$work/snap.qcow2"
 
+# convert --bitmaps: the target gets the bitmaps qemu-img convert --bitmaps gives it.
+cp "$work/src.qcow2" "$ops/bm.qcow2"
+"$QEMU_IMG" bitmap --add -g 65536 "$ops/bm.qcow2" b1 &&
+    "$QEMU_IMG" bitmap --add --disable "$ops/bm.qcow2" b2 &&
+    "$QEMU_IO" -f qcow2 -c 'write -P 0x21 3M 200k' "$ops/bm.qcow2" >/dev/null
+rm -f "$ops/bm-q.qcow2" "$ops/bm-i.qcow2"
+"$QEMU_IMG" convert --bitmaps -O qcow2 "$ops/bm.qcow2" "$ops/bm-q.qcow2"
+if run "imgconv --bitmaps" "$BIN/imgconv" --bitmaps -O qcow2 "$ops/bm.qcow2" "$ops/bm-i.qcow2"; then
+    qcheck "$ops/bm-i.qcow2"
+    qcompare "$ops/bm-i.qcow2" "$ops/bm-q.qcow2"
+    bml() { "$QEMU_IMG" info --output=json "$1" | sed -n '/"bitmaps"/,/]/p'; }
+    if [[ -n $(bml "$ops/bm-q.qcow2") && $(bml "$ops/bm-q.qcow2") == "$(bml "$ops/bm-i.qcow2")" ]]; then
+        pass "imgconv --bitmaps: qemu-img info lists the bitmaps qemu-img convert --bitmaps copies"
+    else
+        { bml "$ops/bm-q.qcow2"; bml "$ops/bm-i.qcow2"; } >>"$log"
+        fail "imgconv --bitmaps: qemu-img info lists the bitmaps qemu-img convert --bitmaps copies"
+    fi
+fi
+run_rc "imgconv --bitmaps into raw fails (IMGTOOL_ENOTSUP: exit 77)" 77 "$BIN/imgconv" --bitmaps -O raw "$ops/bm.qcow2" "$ops/bm-x.raw"
+if grep -q "Format driver 'raw' does not support bitmaps" "$log"; then pass "imgconv --bitmaps into raw: qemu-img's message"
+else fail "imgconv --bitmaps into raw: qemu-img's message"; fi
+
 # dd: the same arguments as qemu-img dd; qemu-img judges the outputs.
 dd_case() { # NAME ARGS... (ending in INPUT; OUTPUT names are added)
     local name=$1; shift

@@ -37,6 +37,10 @@ type ConvertOptions struct {
 	// created target takes its secret from Options["encrypt.key-secret"].
 	SourceKeySecret string
 	TargetKeySecret string
+	// --bitmaps: copy the single qcow2 source's persistent bitmaps into the
+	// qcow2 target; --skip-broken-bitmaps leaves out inconsistent ones.
+	Bitmaps           bool
+	SkipBrokenBitmaps bool
 }
 
 // Convert copies the sources, concatenated, into a new image dst, as
@@ -84,6 +88,12 @@ func Convert(ctx context.Context, srcs []string, dst string, opts ConvertOptions
 	}
 	if opts.OutOfOrder {
 		o.flags |= C.IMGTOOL_CONVERT_OUT_OF_ORDER
+	}
+	if opts.Bitmaps {
+		o.flags |= C.IMGTOOL_CONVERT_BITMAPS
+	}
+	if opts.SkipBrokenBitmaps {
+		o.flags |= C.IMGTOOL_CONVERT_SKIP_BROKEN_BITMAPS
 	}
 	switch {
 	case opts.SparseSize < 0:

@@ -470,3 +470,37 @@ func TestErrorsIs(t *testing.T) {
 		t.Error("wrapped error")
 	}
 }
+
+// Convert with Bitmaps: the target lists the bitmaps qemu-img convert
+// --bitmaps copies; a raw target is refused with qemu-img's message.
+func TestConvertBitmaps(t *testing.T) {
+	dir := t.TempDir()
+	src, _ := knownImage(t, dir, "qcow2")
+	qemuImg(t, "bitmap", "--add", src, "b1")
+	qemuImg(t, "bitmap", "--add", "--disable", "-g", "131072", src, "b2")
+	qemuIO(t, "qcow2", src, "write -P 0x44 2M 300k")
+	q := filepath.Join(dir, "q.qcow2")
+	ours := filepath.Join(dir, "o.qcow2")
+	qemuImg(t, "convert", "--bitmaps", "-O", "qcow2", src, q)
+	if err := imgtool.Convert(nil, []string{src}, ours, imgtool.ConvertOptions{OutFormat: "qcow2", Bitmaps: true}, nil); err != nil {
+		t.Fatal(err)
+	}
+	type bm struct {
+		FormatSpecific struct {
+			Data struct {
+				Bitmaps []map[string]any `json:"bitmaps"`
+			} `json:"data"`
+		} `json:"format-specific"`
+	}
+	var qi, oi bm
+	qemuInfo(t, q, &qi)
+	qemuInfo(t, ours, &oi)
+	if len(qi.FormatSpecific.Data.Bitmaps) != 2 || !reflect.DeepEqual(qi, oi) {
+		t.Fatalf("bitmaps: qemu-img %+v, ours %+v", qi, oi)
+	}
+	qemuImg(t, "compare", "-q", q, ours)
+	err := imgtool.Convert(nil, []string{src}, filepath.Join(dir, "x.raw"), imgtool.ConvertOptions{Bitmaps: true}, nil)
+	if !errors.Is(err, imgtool.ErrNotSupported) || err.Error() != "Format driver 'raw' does not support bitmaps" {
+		t.Fatalf("raw target: %v", err)
+	}
+}

@@ -191,6 +191,19 @@
 #define IMGTOOL_CONVERT_OUT_OF_ORDER (1 << 3)
 
 /**
+ * `imgtool_convert_options.flags`: copy the source's persistent bitmaps
+ * (qemu-img convert `--bitmaps`; a single qcow2 source into qcow2).
+ */
+#define IMGTOOL_CONVERT_BITMAPS (1 << 4)
+
+/**
+ * `imgtool_convert_options.flags`: with `IMGTOOL_CONVERT_BITMAPS`, leave
+ * out inconsistent (in-use) bitmaps with a notice instead of failing
+ * (`--skip-broken-bitmaps`).
+ */
+#define IMGTOOL_CONVERT_SKIP_BROKEN_BITMAPS (1 << 5)
+
+/**
  * `imgtool_check_options.repair`: only check (qemu-img check).
  */
 #define IMGTOOL_REPAIR_NONE 0

@@ -509,24 +509,8 @@ fn check_target(
     if a.compress {
         check_compress(opts, fmt, a.skip_create)?;
     }
-    if a.bitmaps && images.len() > 1 {
-        return Err(Fail::report(
-            "Copying bitmaps only possible with single source",
-        ));
-    }
-    // Only qcow2 stores persistent bitmaps.
-    if a.bitmaps && images.iter().any(|i| i.format() != "qcow2") {
-        return Err(Fail::report("Source lacks bitmap support"));
-    }
-    if a.bitmaps && !a.skip_broken {
-        if let Some(name) = images
-            .first()
-            .and_then(imgtool::ops::bitmap::first_inconsistent)
-        {
-            return Err(Fail::report(format!(
-                "Cannot copy inconsistent bitmap '{name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it"
-            )));
-        }
+    if a.bitmaps {
+        imgtool::ops::convert::check_bitmap_sources(images, a.skip_broken)?;
     }
     Ok(())
 }

@@ -38,10 +38,20 @@ pub const IMGTOOL_CONVERT_FORCE_SHARE: u32 = 1 << 2;
 /// (`-W`).
 pub const IMGTOOL_CONVERT_OUT_OF_ORDER: u32 = 1 << 3;
 
+/// `imgtool_convert_options.flags`: copy the source's persistent bitmaps
+/// (qemu-img convert `--bitmaps`; a single qcow2 source into qcow2).
+pub const IMGTOOL_CONVERT_BITMAPS: u32 = 1 << 4;
+/// `imgtool_convert_options.flags`: with `IMGTOOL_CONVERT_BITMAPS`, leave
+/// out inconsistent (in-use) bitmaps with a notice instead of failing
+/// (`--skip-broken-bitmaps`).
+pub const IMGTOOL_CONVERT_SKIP_BROKEN_BITMAPS: u32 = 1 << 5;
+
 const CONVERT_FLAGS: u32 = IMGTOOL_CONVERT_COMPRESS
     | IMGTOOL_CONVERT_NO_CREATE
     | IMGTOOL_CONVERT_FORCE_SHARE
-    | IMGTOOL_CONVERT_OUT_OF_ORDER;
+    | IMGTOOL_CONVERT_OUT_OF_ORDER
+    | IMGTOOL_CONVERT_BITMAPS
+    | IMGTOOL_CONVERT_SKIP_BROKEN_BITMAPS;
 
 /// How `imgtool_convert` converts. Initialise with
 /// `imgtool_convert_options_init()`, then change fields.
@@ -263,9 +273,8 @@ pub unsafe extern "C" fn imgtool_convert(
             target_is_zero: false,
             salvage: false,
             quiet: false,
-            // Not in the C options struct yet.
-            bitmaps: false,
-            skip_broken_bitmaps: false,
+            bitmaps: o.flags & IMGTOOL_CONVERT_BITMAPS != 0,
+            skip_broken_bitmaps: o.flags & IMGTOOL_CONVERT_SKIP_BROKEN_BITMAPS != 0,
         };
         match progress {
             Some(f) => {

@@ -141,6 +141,31 @@ pub fn convert(
     convert_images(images, target, opts, progress)
 }
 
+/// qemu-img's checks of `--bitmaps` on the opened sources: a single qcow2
+/// source, none of whose bitmaps is inconsistent unless `skip_broken`.
+pub fn check_bitmap_sources(images: &[Image], skip_broken: bool) -> Result<()> {
+    if images.len() > 1 {
+        return Err(Error::invalid(
+            "Copying bitmaps only possible with single source",
+        ));
+    }
+    // Only qcow2 stores persistent bitmaps.
+    if images.iter().any(|i| i.format() != "qcow2") {
+        return Err(Error::unsupported("Source lacks bitmap support"));
+    }
+    if !skip_broken {
+        if let Some(name) = images
+            .first()
+            .and_then(crate::ops::bitmap::first_inconsistent)
+        {
+            return Err(Error::invalid(format!(
+                "Cannot copy inconsistent bitmap '{name}'\nTry --skip-broken-bitmaps, or use 'qemu-img bitmap --remove' to delete it"
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Convert already-opened sources (used by the C ABI and `convert -l`).
 pub fn convert_images(
     images: Vec<Image>,
@@ -148,6 +173,20 @@ pub fn convert_images(
     opts: &ConvertOptions,
     progress: Option<crate::ops::Progress<'_>>,
 ) -> Result<()> {
+    if opts.skip_broken_bitmaps && !opts.bitmaps {
+        return Err(Error::invalid(
+            "Use of --skip-broken-bitmaps requires --bitmaps",
+        ));
+    }
+    if opts.bitmaps {
+        if opts.out_format != "qcow2" {
+            return Err(Error::unsupported(format!(
+                "Format driver '{}' does not support bitmaps",
+                opts.out_format
+            )));
+        }
+        check_bitmap_sources(&images, opts.skip_broken_bitmaps)?;
+    }
     let mut sources = Vec::new();
     let mut total = 0u64;
     for img in images {
