@@ -163,30 +163,26 @@ fn ext_location(h: &Header) -> Result<(u64, u64)> {
     Ok((off, be64(&ext.data, 8)))
 }
 
+/// Host offset of `n` bytes at `at` inside the LUKS area (`off`, `len`
+/// bytes), refused when they reach outside it.
+fn area_pos(off: u64, len: u64, at: u64, n: usize) -> Result<u64> {
+    let outside = || Error::invalid("Request for data outside of extension header");
+    if at.checked_add(n as u64).is_none_or(|end| end > len) {
+        return Err(outside());
+    }
+    off.checked_add(at).ok_or_else(outside)
+}
+
 /// Read inside the LUKS area only, as QEMU's header read callback does.
 fn read_area(file: &HostFile, off: u64, len: u64, at: u64, buf: &mut [u8]) -> Result<()> {
-    if at.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
-        return Err(Error::invalid(
-            "Request for data outside of extension header",
-        ));
-    }
-    let pos = off
-        .checked_add(at)
-        .ok_or_else(|| Error::invalid("Request for data outside of extension header"))?;
+    let pos = area_pos(off, len, at, buf.len())?;
     file.read_exact_at(buf, pos)
         .map_err(|e| Error::invalid(format!("Could not read encryption header: {}", e.message())))
 }
 
 /// Write inside the LUKS area only, as QEMU's header write callback does.
 fn write_area(file: &HostFile, off: u64, len: u64, at: u64, buf: &[u8]) -> Result<()> {
-    if at.checked_add(buf.len() as u64).is_none_or(|end| end > len) {
-        return Err(Error::invalid(
-            "Request for data outside of extension header",
-        ));
-    }
-    let pos = off
-        .checked_add(at)
-        .ok_or_else(|| Error::invalid("Request for data outside of extension header"))?;
+    let pos = area_pos(off, len, at, buf.len())?;
     file.write_at(buf, pos).map_err(|e| {
         Error::invalid(format!(
             "Could not write encryption header: {}",
