@@ -230,6 +230,52 @@ fn has_protocol(path: &str) -> bool {
         .is_some_and(|i| path.as_bytes()[i] == b':')
 }
 
+/// Protocol drivers qemu-img 10.0.2 has (some as modules that may be
+/// missing); any other `NAME:` prefix is refused.
+const PROTOCOLS: &[&str] = &[
+    "blkdebug",
+    "blkverify",
+    "fat",
+    "file",
+    "ftp",
+    "ftps",
+    "gluster",
+    "gluster+tcp",
+    "gluster+unix",
+    "host_cdrom",
+    "host_device",
+    "http",
+    "https",
+    "iscsi",
+    "iser",
+    "json",
+    "nbd",
+    "nbd+tcp",
+    "nbd+unix",
+    "nfs",
+    "null-aio",
+    "null-co",
+    "nvme",
+    "rbd",
+    "ssh",
+];
+
+/// bdrv_find_protocol's error for a plain file name whose prefix names no
+/// protocol driver: `Unknown protocol 'NAME'`.
+pub fn unknown_protocol(filename: &str) -> Option<String> {
+    if !has_protocol(filename) {
+        return None;
+    }
+    let name = filename.split(':').next().unwrap_or_default();
+    // QEMU copies the name into a 128-byte buffer.
+    let mut end = name.len().min(127);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = &name[..end];
+    (!PROTOCOLS.contains(&name)).then(|| format!("Unknown protocol '{name}'"))
+}
+
 /// `backing.file.filename` is relative to the working directory, not to
 /// the image as a header's backing name is.
 fn absolute(name: &str) -> String {
@@ -265,6 +311,8 @@ pub struct ImageSpec {
     pub backing_ref: Option<String>,
     /// A blkdebug node between the format and the file.
     pub blkdebug: Option<BlkdebugOptions>,
+    /// A plain name's unknown protocol prefix, refused when opening.
+    pub protocol_error: Option<String>,
 }
 
 impl ImageSpec {
@@ -301,6 +349,7 @@ impl ImageSpec {
             backing: None,
             backing_ref: None,
             blkdebug: None,
+            protocol_error: unknown_protocol(filename),
         }
     }
 
@@ -405,6 +454,7 @@ impl ImageSpec {
                 backing: None,
                 backing_ref: None,
                 blkdebug: Some(b),
+                protocol_error: None,
             });
         }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
@@ -453,6 +503,7 @@ impl ImageSpec {
             backing,
             backing_ref: get("backing"),
             blkdebug,
+            protocol_error: None,
         })
     }
 
@@ -497,7 +548,7 @@ impl ImageSpec {
                 }
             )));
         }
-        self.check_blkdebug_syntax()?;
+        self.check_name()?;
         let opts = OpenOptions {
             no_backing: opts.no_backing || self.backing_ref.is_some(),
             format: self.format.clone(),
@@ -522,8 +573,12 @@ impl ImageSpec {
         })
     }
 
-    /// A `blkdebug:` name without an image: qemu-img's words for it.
-    pub fn check_blkdebug_syntax(&self) -> Result<(), Fail> {
+    /// A name that cannot be opened at all (an unknown protocol prefix, a
+    /// `blkdebug:` name without an image): qemu-img's words for it.
+    pub fn check_name(&self) -> Result<(), Fail> {
+        if let Some(m) = &self.protocol_error {
+            return Err(Fail::Report(format!("Could not open '{}': {m}", self.arg)));
+        }
         if self.blkdebug.is_some() && self.filename.is_empty() {
             let both = self
                 .arg

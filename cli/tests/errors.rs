@@ -109,6 +109,24 @@ cases! {
     image_opts_backing_node_info: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_node_map: ["map", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_empty: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing="];
+    // A ':' before any '/' makes a protocol prefix; unknown ones are refused.
+    protocol_unknown_create: ["create", "-f", "qcow2", "a:b.qcow2", "1M"];
+    protocol_unknown_create_before_options: ["create", "-f", "raw", "-o", "foo=bar", "zz:x", "1M"];
+    protocol_unknown_create_no_size: ["create", "-f", "raw", "zz:x"];
+    protocol_unknown_create_unknown_format: ["create", "-f", "foo", "zz:x", "1M"];
+    protocol_unknown_info: ["info", "a:b.qcow2"];
+    protocol_empty_info: ["info", ":x"];
+    protocol_unknown_check: ["check", "a:b.qcow2"];
+    protocol_unknown_map: ["map", "a:b.qcow2"];
+    protocol_unknown_compare: ["compare", "good.qcow2", "a:b.qcow2"];
+    protocol_unknown_convert_source: ["convert", "-O", "raw", "a:b.qcow2", "out.raw"];
+    protocol_unknown_convert_target: ["convert", "-O", "qcow2", "good.qcow2", "a:b.qcow2"];
+    protocol_unknown_convert_existing_target: ["convert", "-n", "-O", "qcow2", "good.qcow2", "a:b.qcow2"];
+    protocol_unknown_dd_output: ["dd", "if=good.qcow2", "of=zz:x"];
+    protocol_unknown_resize: ["resize", "zz:x", "1M"];
+    protocol_format_name_is_no_protocol: ["info", "qcow2:good.qcow2"];
+    protocol_file_prefix_still_opens: ["info", "file:good.qcow2"];
+    protocol_relative_path_has_none: ["info", "./a:b.qcow2"];
 }
 
 /// Converting an image onto itself is refused (the source holds a lock the
