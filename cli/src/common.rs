@@ -2,7 +2,7 @@
 //! and opening an image with qemu-img's error text.
 
 use imgtool::format::CreateOptions;
-use imgtool::io::BlkdebugOptions;
+use imgtool::io::{BlkdebugOptions, CacheMode};
 use imgtool::{Image, OpenOptions};
 
 use crate::app::Fail;
@@ -313,6 +313,8 @@ pub struct ImageSpec {
     pub blkdebug: Option<BlkdebugOptions>,
     /// A plain name's unknown protocol prefix, refused when opening.
     pub protocol_error: Option<String>,
+    /// `cache.direct=on` (or `file.cache.direct=on`): O_DIRECT semantics.
+    pub direct: bool,
 }
 
 impl ImageSpec {
@@ -350,6 +352,7 @@ impl ImageSpec {
             backing_ref: None,
             blkdebug: None,
             protocol_error: unknown_protocol(filename),
+            direct: false,
         }
     }
 
@@ -455,6 +458,7 @@ impl ImageSpec {
                 backing_ref: None,
                 blkdebug: Some(b),
                 protocol_error: None,
+                direct: false,
             });
         }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
@@ -504,6 +508,9 @@ impl ImageSpec {
             backing_ref: get("backing"),
             blkdebug,
             protocol_error: None,
+            direct: [get("cache.direct"), get("file.cache.direct")]
+                .iter()
+                .any(|v| v.as_deref() == Some("on")),
         })
     }
 
@@ -563,6 +570,11 @@ impl ImageSpec {
                 .or_else(|| opts.backing_override.clone()),
             backing_key_secret: self.backing.as_ref().and_then(|b| b.key_secret.clone()),
             blkdebug: self.blkdebug.clone(),
+            cache: if self.direct && !opts.cache.direct() {
+                CacheMode::None
+            } else {
+                opts.cache
+            },
             ..opts.clone()
         };
         Image::open(&self.filename, &opts).map_err(|e| {

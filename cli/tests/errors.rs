@@ -106,6 +106,11 @@ cases! {
     snapshot_apply_probed_raw: ["snapshot", "-a", "s1", "plain.raw"];
     create_raw_bad_preallocation: ["create", "-f", "raw", "-o", "preallocation=bogus", "x.raw", "1M"];
     create_raw_size_rounds_past_int64: ["create", "-f", "raw", "x.raw", "9223372036854775807"];
+    create_qcow2_size_rounds_past_int64: ["create", "-f", "qcow2", "x.qcow2", "9223372036854775807"];
+    create_qcow2_size_past_max_length: ["create", "-f", "qcow2", "x.qcow2", "9223372036854775296"];
+    create_qcow2_size_just_past_max_length: ["create", "-f", "qcow2", "x.qcow2", "9223372035781033985"];
+    create_qcow2_size_past_max_length_2m: ["create", "-f", "qcow2", "-o", "cluster_size=2M", "x.qcow2", "9223372036854775296"];
+    create_qcow2_size_at_max_length: ["create", "-f", "qcow2", "x.qcow2", "9223372035781033984"];
     image_opts_backing_node_info: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_node_map: ["map", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_empty: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing="];

@@ -107,6 +107,38 @@ fn map_raw_files() {
     }
 }
 
+/// cache.direct=on (iotest 253): with O_DIRECT QEMU reports no partial
+/// blocks, so data ending at an unaligned EOF covers the whole last block;
+/// without it the last byte is a hole of its own.
+#[test]
+fn map_unaligned_raw_direct() {
+    let dir = TempDir::new("map_direct");
+    let d = dir.path();
+    let size = MIB as usize - 1;
+    qemu_img_ok(
+        d,
+        &["create", "-q", "-f", "raw", "u.raw", &size.to_string()],
+    );
+    qemu_io(d, "raw", "u.raw", &["write 983040 65535".into()]);
+    std::fs::File::options()
+        .write(true)
+        .open(d.join("u.raw"))
+        .unwrap()
+        .set_len(size as u64)
+        .unwrap();
+    for opts in [
+        "driver=raw,file.driver=file,file.filename=u.raw,cache.direct=on",
+        "driver=raw,file.filename=u.raw,file.cache.direct=on",
+        "driver=raw,file.filename=u.raw",
+    ] {
+        for out in ["--output=json", "--output=human"] {
+            same(d, &["map", out, "--image-opts", opts]);
+        }
+    }
+    let js = r#"json:{"driver":"raw","cache":{"direct":true},"file":{"filename":"u.raw"}}"#;
+    same(d, &["map", "--output=json", js]);
+}
+
 /// Preallocated qcow2: metadata preallocation makes QEMU check the host
 /// file (data + zero over holes); falloc/full do not.
 #[test]
