@@ -81,7 +81,7 @@ impl ImageInfo {
     }
 
     /// The protocol node of one host file.
-    fn protocol(filename: &str, host: &crate::io::HostFile) -> ImageInfo {
+    pub fn protocol(filename: &str, host: &crate::io::HostFile) -> ImageInfo {
         // The protocol layer reports whole sectors, as QEMU's does.
         let file_len = host.len().unwrap_or(0).next_multiple_of(512);
         let actual = host.allocated_size().ok();
@@ -124,7 +124,10 @@ impl ImageInfo {
         let mut j = Json::object();
         j.set("filename", self.filename.as_str());
         j.set("format", self.format.as_str());
-        j.set("dirty-flag", self.dirty_flag);
+        // quorum has no bdrv_get_info, so QEMU leaves the flag out.
+        if self.format != "quorum" {
+            j.set("dirty-flag", self.dirty_flag);
+        }
         if let Some(a) = self.actual_size {
             j.set("actual-size", a);
         }

@@ -1,12 +1,15 @@
 //! `info [-f FMT | --image-opts] [-b] [-U] [--object OBJDEF]
 //! [--output human|json] FILENAME`
 
+use imgtool::io::{CacheMode, HostFile};
 use imgtool::json::Json;
 use imgtool::{ImageInfo, OpenOptions};
+use std::path::Path;
 
 use crate::app::{out, CmdResult, Fail, Prog};
 use crate::common::{
-    ch, parse_object, parse_output, ImageSpec, OutputFormat, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_OUTPUT,
+    ch, parse_object, parse_output, ImageSpec, OutputFormat, Quorum, OPT_IMAGE_OPTS, OPT_OBJECT,
+    OPT_OUTPUT,
 };
 use crate::getopt::{Getopt, HasArg::*, LongOpt};
 use crate::render;
@@ -97,6 +100,49 @@ fn strong_options_name(spec: &ImageSpec, format: &str) -> Option<String> {
     Some(format!("json:{}", tree.to_compact()))
 }
 
+/// A quorum node as the file: its own node (format `quorum`) over the
+/// children, with their disk sizes summed; and
+/// no directory to resolve a backing name against.
+fn quorum_info(info: &mut ImageInfo, q: &Quorum, format: &str) {
+    info.full_backing_filename = None;
+    let tree = q.name.strip_prefix("json:").unwrap_or(&q.name);
+    info.filename = format!("json:{{\"driver\": \"{format}\", \"file\": {tree}}}");
+    let kids: Vec<ImageInfo> = q
+        .children
+        .iter()
+        .filter_map(|f| {
+            let h = HostFile::open(Path::new(f), false, CacheMode::default()).ok()?;
+            Some(ImageInfo::protocol(f, &h))
+        })
+        .collect();
+    let Some(first) = kids.first().cloned() else {
+        return;
+    };
+    let total = kids
+        .iter()
+        .try_fold(0u64, |t, k| k.actual_size.map(|a| t + a));
+    let own = info.file_child.as_ref().and_then(|c| c.actual_size);
+    // The format's disk size counts its file node's (plus any extents).
+    info.actual_size = match (info.actual_size, own, total) {
+        (Some(a), Some(o), Some(t)) => Some(a - o + t),
+        _ => None,
+    };
+    let node = ImageInfo {
+        filename: q.name.clone(),
+        format: "quorum".into(),
+        actual_size: total,
+        format_specific: None,
+        file_child: None,
+        extent_children: kids
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (format!("children.{i}"), k))
+            .collect(),
+        ..first
+    };
+    info.file_child = Some(Box::new(node));
+}
+
 /// Open each layer on its own (no backing), following the chain by the
 /// names recorded in the headers, as qemu-img's collect_image_info_list.
 fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
@@ -121,6 +167,9 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
         let mut info = ImageInfo::of(&img);
         if let Some(name) = strong_options_name(&spec, img.format()) {
             info.filename = name;
+        }
+        if let Some(q) = &spec.quorum {
+            quorum_info(&mut info, q, img.format());
         }
         drop(img);
         let next = match (&info.full_backing_filename, &info.backing_filename) {

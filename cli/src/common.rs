@@ -276,6 +276,69 @@ pub fn unknown_protocol(filename: &str) -> Option<String> {
     (!PROTOCOLS.contains(&name)).then(|| format!("Unknown protocol '{name}'"))
 }
 
+/// A quorum node's `json:` name (QEMU's key order) and its first child's
+/// file name, from the flattened `file.children.N.*` options.
+fn quorum_node(items: &[(String, String)]) -> Result<Quorum, String> {
+    let get = |key: &str| {
+        items
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let mut children = Vec::new();
+    while let Some(f) = get(&format!("file.children.{}.filename", children.len())) {
+        match get(&format!("file.children.{}.driver", children.len())).as_deref() {
+            None | Some("file") => {}
+            Some(d) => return Err(format!("Unknown protocol driver '{d}'")),
+        }
+        children.push(f);
+    }
+    if children.is_empty() {
+        return Err("Number of provided children must be 1 or more".into());
+    };
+    let Some(threshold) = get("file.vote-threshold") else {
+        return Err("Parameter 'vote-threshold' is missing".into());
+    };
+    let q = |s: &str| imgtool::json::Json::Str(s.to_string()).to_compact();
+    let list: Vec<String> = children
+        .iter()
+        .map(|f| format!("{{\"driver\": \"file\", \"filename\": {}}}", q(f)))
+        .collect();
+    let name = format!(
+        "json:{{\"children\": [{}], \"driver\": \"quorum\", \"vote-threshold\": {threshold}}}",
+        list.join(", ")
+    );
+    Ok(Quorum { name, children })
+}
+
+/// A VMDK text descriptor naming an extent by a relative path.
+fn vmdk_descriptor_has_relative_extent(path: &str) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.take(64 * 1024).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&head);
+    if !text.starts_with("# Disk DescriptorFile") && !text.starts_with("# Disk Descriptor File") {
+        return false;
+    }
+    text.lines()
+        .filter(|l| {
+            ["RW ", "RDONLY ", "NOACCESS "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .filter_map(|l| l.split('"').nth(1))
+        .any(|name| !name.starts_with('/'))
+}
+
+/// The message QEMU gives where a quorum node's directory is needed.
+pub const QUORUM_NO_DIR: &str = "Cannot generate a base directory for quorum nodes";
+
 /// `backing.file.filename` is relative to the working directory, not to
 /// the image as a header's backing name is.
 fn absolute(name: &str) -> String {
@@ -315,6 +378,18 @@ pub struct ImageSpec {
     pub protocol_error: Option<String>,
     /// `cache.direct=on` (or `file.cache.direct=on`): O_DIRECT semantics.
     pub direct: bool,
+    /// `file.driver=quorum`: QEMU's name for the quorum node; the image is
+    /// read through its first child (the children hold the same bytes).
+    pub quorum: Option<Quorum>,
+}
+
+/// A quorum node below the format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    /// QEMU's `json:` name for the node.
+    pub name: String,
+    /// The children's file names, in order.
+    pub children: Vec<String>,
 }
 
 impl ImageSpec {
@@ -353,6 +428,7 @@ impl ImageSpec {
             blkdebug: None,
             protocol_error: unknown_protocol(filename),
             direct: false,
+            quorum: None,
         }
     }
 
@@ -459,13 +535,15 @@ impl ImageSpec {
                 blkdebug: Some(b),
                 protocol_error: None,
                 direct: false,
+                quorum: None,
             });
         }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
+        let quorum = get("file.driver").as_deref() == Some("quorum");
         if let (Some(d), Some((k, _))) = (
             &driver,
             items.iter().find(|(k, _)| {
-                let below = blkdebug_below && k.starts_with("file.");
+                let below = (blkdebug_below || quorum) && k.starts_with("file.");
                 !(key_known(driver.as_deref().unwrap_or_default(), k.as_str()) || below)
             }),
         ) {
@@ -475,8 +553,14 @@ impl ImageSpec {
         }
         let mut filename = get("file.filename");
         let mut blkdebug = None;
+        let mut quorum_name = None;
         match get("file.driver").as_deref() {
             None | Some("file") => {}
+            Some("quorum") => {
+                let q = quorum_node(items).map_err(fail)?;
+                filename = q.children.first().cloned();
+                quorum_name = Some(q);
+            }
             Some("blkdebug") => {
                 let (mut b, image) = BlkdebugOptions::from_flat(items, "file.").map_err(fail)?;
                 b.name = arg.to_string();
@@ -508,6 +592,7 @@ impl ImageSpec {
             backing_ref: get("backing"),
             blkdebug,
             protocol_error: None,
+            quorum: quorum_name,
             direct: [get("cache.direct"), get("file.cache.direct")]
                 .iter()
                 .any(|v| v.as_deref() == Some("on")),
@@ -556,6 +641,9 @@ impl ImageSpec {
             )));
         }
         self.check_name()?;
+        if let Some(q) = &self.quorum {
+            return self.open_quorum(q, opts);
+        }
         let opts = OpenOptions {
             no_backing: opts.no_backing || self.backing_ref.is_some(),
             format: self.format.clone(),
@@ -583,6 +671,36 @@ impl ImageSpec {
             let inner = msg.strip_prefix(&inner_prefix).unwrap_or(msg);
             Fail::Report(format!("Could not open '{}': {inner}", self.arg))
         })
+    }
+
+    /// Below a quorum node nothing can be found relative to the image: a
+    /// VMDK descriptor's relative extents and a backing file fail to open.
+    fn open_quorum(&self, q: &Quorum, opts: &OpenOptions) -> Result<Image, Fail> {
+        let fail = |m: String| Fail::Report(format!("Could not open '{}': {m}", self.arg));
+        if matches!(self.format.as_deref(), None | Some("vmdk"))
+            && vmdk_descriptor_has_relative_extent(&self.filename)
+        {
+            return Err(fail(format!(
+                "Cannot use relative paths with VMDK descriptor file '{}': {QUORUM_NO_DIR}",
+                q.name
+            )));
+        }
+        let plain = ImageSpec {
+            quorum: None,
+            ..self.clone()
+        };
+        let img = plain.open(&OpenOptions {
+            no_backing: true,
+            ..opts.clone()
+        })?;
+        if !opts.no_backing
+            && imgtool::info::ImageInfo::of(&img)
+                .backing_filename
+                .is_some()
+        {
+            return Err(fail(QUORUM_NO_DIR.to_string()));
+        }
+        Ok(img)
     }
 
     /// A name that cannot be opened at all (an unknown protocol prefix, a
