@@ -114,6 +114,33 @@ cases! {
     image_opts_backing_node_info: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_node_map: ["map", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_empty: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing="];
+    // json: filenames go through QEMU's lexer, streamer and parser: the
+    // first error each reports is the one shown.
+    json_empty: ["info", "json:"];
+    json_blank: ["info", "json:  "];
+    json_unclosed_object: ["info", "json:{\"driver\":\"qcow2\""];
+    json_bad_keyword: ["info", "json:{\"driver\":\"qcow2\",\"file\":{\"filename\":\"good.qcow2\",\"x\":tru}}"];
+    json_bare_word: ["info", "json:x"];
+    json_stray_capital: ["info", "json:X"];
+    json_bad_unicode_escape: ["info", "json:{\"driver\":\"qcow2\",\"file\":{\"filename\":\"good.qcow2\\u00zz\"}}"];
+    json_short_unicode_escape: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\u12\"}}"];
+    json_lone_surrogate: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\ud800\\u0041\"}}"];
+    json_noncharacter_escape: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\uFFFE\"}}"];
+    json_bad_escape: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\q\"}}"];
+    json_exponent_without_digits: ["info", "json:{\"driver\":\"qcow2\",\"x\":1e}"];
+    json_lone_minus: ["info", "json:{\"driver\":\"qcow2\",\"x\":-}"];
+    json_leading_zero: ["info", "json:{\"driver\":\"qcow2\",\"x\":01}"];
+    json_trailing_comma_in_list: ["info", "json:{\"driver\":\"qcow2\",\"x\":[1,]}"];
+    json_missing_list_separator: ["info", "json:{\"driver\":\"qcow2\",\"x\":[1 2]}"];
+    json_duplicate_key: ["info", "json:{\"driver\":\"qcow2\",\"driver\":\"raw\"}"];
+    json_missing_colon: ["info", "json:{\"driver\" \"qcow2\"}"];
+    json_key_not_string: ["info", "json:{1:2}"];
+    json_missing_dict_separator: ["info", "json:{\"a\":1 \"b\":2}"];
+    json_unterminated_string: ["info", "json:{\"driver\":\"qcow2\",\"file\":{\"filename\":\"good.qcow2"];
+    json_two_values: ["info", "json:{\"driver\":\"qcow2\"} {\"driver\":\"raw\"}"];
+    json_value_then_open: ["info", "json:1 {"];
+    json_close_first: ["info", "json:} {\"driver\":\"qcow2\"}"];
+    json_too_deep: ["info", "json:[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["];
     // A ':' before any '/' makes a protocol prefix; unknown ones are refused.
     protocol_unknown_create: ["create", "-f", "qcow2", "a:b.qcow2", "1M"];
     protocol_unknown_create_before_options: ["create", "-f", "raw", "-o", "foo=bar", "zz:x", "1M"];
