@@ -205,6 +205,8 @@ impl Image {
             seen.push(id);
         }
         let (format, probed) = match &opts.format {
+            // `-f file`: the protocol driver itself, the host file as is.
+            Some(f) if f == "file" => ("file", false),
             Some(f) => {
                 let f = format::FORMATS
                     .iter()

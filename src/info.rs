@@ -33,6 +33,14 @@ impl ImageInfo {
         let d = img.driver();
         let di = d.info();
         let mut child = Self::protocol(img.filename(), d.host_file());
+        if img.format() == "file" {
+            // The protocol node is the image: no child below it.
+            return ImageInfo {
+                filename: img.display_name().to_string(),
+                virtual_size: img.size(),
+                ..child
+            };
+        }
         if img.blkdebug().is_some_and(|b| b.above.is_none()) {
             // blkdebug between format and file: its own node (which knows
             // no disk size), with the file as its `image` child.

@@ -538,6 +538,10 @@ impl ImageSpec {
                 quorum: None,
             });
         }
+        if driver.as_deref() == Some("file") {
+            // The protocol driver as the image: `filename` names the file.
+            return Self::file_node(arg, items, &get);
+        }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
         let quorum = get("file.driver").as_deref() == Some("quorum");
         if let (Some(d), Some((k, _))) = (
@@ -671,6 +675,51 @@ impl ImageSpec {
             let inner = msg.strip_prefix(&inner_prefix).unwrap_or(msg);
             Fail::Report(format!("Could not open '{}': {inner}", self.arg))
         })
+    }
+
+    /// `driver=file,filename=NAME`: the host file itself as the image.
+    fn file_node(
+        arg: &str,
+        items: &[(String, String)],
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Fail> {
+        let fail = |m: String| Fail::Report(format!("Could not open '{arg}': {m}"));
+        // file-posix's own options, besides the generic node ones.
+        const FILE_KEYS: &[&str] = &[
+            "filename",
+            "aio",
+            "aio-max-batch",
+            "locking",
+            "pr-manager",
+            "drop-cache",
+            "x-check-cache-dropped",
+        ];
+        if let Some((k, _)) = items.iter().find(|(k, _)| {
+            let node = NODE_KEYS.contains(&k.as_str()) && !k.starts_with("file.");
+            !(FILE_KEYS.contains(&k.as_str()) || node)
+        }) {
+            return Err(fail(format!(
+                "Block protocol 'file' doesn't support the option '{k}'"
+            )));
+        }
+        let Some(filename) = get("filename") else {
+            return Err(fail("The 'file' block driver requires a file name".into()));
+        };
+        Ok(ImageSpec {
+            direct: get("cache.direct").as_deref() == Some("on"),
+            ..Self::plain_file(arg, &filename)
+        })
+    }
+
+    /// A spec for the host file `filename` opened with `-f file`.
+    fn plain_file(arg: &str, filename: &str) -> Self {
+        ImageSpec {
+            arg: arg.to_string(),
+            filename: filename.to_string(),
+            format: Some("file".into()),
+            protocol_error: None,
+            ..Self::plain("", None)
+        }
     }
 
     /// Below a quorum node nothing can be found relative to the image: a

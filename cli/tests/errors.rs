@@ -141,6 +141,20 @@ cases! {
     json_value_then_open: ["info", "json:1 {"];
     json_close_first: ["info", "json:} {\"driver\":\"qcow2\"}"];
     json_too_deep: ["info", "json:[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["];
+    // The protocol driver named as the format: the host file as it is.
+    file_driver_info: ["info", "-f", "file", "good.qcow2"];
+    file_driver_info_json: ["info", "--output=json", "-f", "file", "plain.raw"];
+    file_driver_map: ["map", "-f", "file", "good.qcow2"];
+    file_driver_map_json: ["map", "--output=json", "-f", "file", "good.qcow2"];
+    file_driver_check: ["check", "-f", "file", "good.qcow2"];
+    file_driver_measure: ["measure", "-f", "file", "-O", "qcow2", "good.qcow2"];
+    file_driver_compare: ["compare", "-f", "file", "-F", "raw", "good.qcow2", "good.qcow2"];
+    file_driver_convert: ["convert", "-f", "file", "-O", "raw", "good.qcow2", "out.raw"];
+    file_driver_amend: ["amend", "-f", "file", "-o", "size=1M", "plain.raw"];
+    file_driver_image_opts: ["info", "--image-opts", "driver=file,filename=good.qcow2"];
+    file_driver_image_opts_unknown_key: ["info", "--image-opts", "driver=file,filename=good.qcow2,file.filename=x"];
+    file_driver_image_opts_no_name: ["info", "--image-opts", "driver=file"];
+    file_driver_json: ["info", "json:{\"driver\":\"file\",\"filename\":\"good.qcow2\"}"];
     // A ':' before any '/' makes a protocol prefix; unknown ones are refused.
     protocol_unknown_create: ["create", "-f", "qcow2", "a:b.qcow2", "1M"];
     protocol_unknown_create_before_options: ["create", "-f", "raw", "-o", "foo=bar", "zz:x", "1M"];

@@ -449,7 +449,7 @@ pub fn open_driver(
     opts: &DriverOpenOptions,
 ) -> Result<Box<dyn Driver>> {
     match format {
-        "raw" => Ok(Box::new(raw::Raw::open(file)?)),
+        "raw" | "file" => Ok(Box::new(raw::Raw::open(file)?)),
         "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
         "qcow" => Ok(Box::new(qcow::Qcow::open(file, opts)?)),
         "qed" => Ok(Box::new(qed::Qed::open(file, opts)?)),
@@ -505,7 +505,7 @@ pub fn errno_text(e: &Error) -> String {
 /// Options `amend` accepts for a format (None: the format cannot amend).
 pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
     match format {
-        "raw" => Ok(None),
+        "raw" | "file" => Ok(None),
         "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
         "qcow" | "qed" | "vdi" => Ok(None),
         _ => Err(Error::invalid(format!("Unknown file format '{format}'"))),
