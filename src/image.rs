@@ -43,6 +43,10 @@ pub struct OpenOptions {
     pub backing_key_secret: Option<String>,
     /// A blkdebug node between the top image's format and its file.
     pub blkdebug: Option<crate::io::BlkdebugOptions>,
+    /// raw's `offset` and `size` options: the image is that window of the
+    /// file (a `size` also makes it fixed-size).
+    pub raw_offset: Option<u64>,
+    pub raw_size: Option<u64>,
 }
 
 impl OpenOptions {
@@ -237,6 +241,8 @@ impl Image {
                 key_secret: opts.key_secret.clone(),
                 encrypt_format: opts.encrypt_format.clone(),
                 data_file: opts.data_file.clone(),
+                raw_offset: opts.raw_offset,
+                raw_size: opts.raw_size,
             },
         )?;
         if let Some(inj) = filter {

@@ -84,6 +84,21 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
 /// A key secret is one of QEMU's "strong" runtime options, which a plain
 /// filename cannot express, so QEMU names such a node by a `json:` tree.
 fn strong_options_name(spec: &ImageSpec, format: &str) -> Option<String> {
+    if let (Some((offset, size)), "raw") = (&spec.raw_window, format) {
+        // raw's offset and size are strong options too (kept as given).
+        let mut tree = Json::object();
+        if let Some(o) = offset {
+            tree.set("offset", o.clone());
+        }
+        if let Some(s) = size {
+            tree.set("size", s.clone());
+        }
+        let file = Json::object()
+            .with("driver", "file")
+            .with("filename", spec.filename.as_str());
+        let tree = tree.with("driver", format).with("file", file);
+        return Some(format!("json:{}", tree.to_compact()));
+    }
     let secret = spec.key_secret.as_deref()?;
     let key = match format {
         "qcow2" => "encrypt.key-secret",

@@ -3,6 +3,7 @@
 
 use imgtool::format::CreateOptions;
 use imgtool::io::{BlkdebugOptions, CacheMode};
+use imgtool::json::Json;
 use imgtool::{Image, OpenOptions};
 
 use crate::app::Fail;
@@ -221,7 +222,9 @@ const QCOW2_KEYS: &[&str] = &[
 ];
 
 fn key_known(driver: &str, key: &str) -> bool {
-    NODE_KEYS.contains(&key) || (driver == "qcow2" && QCOW2_KEYS.contains(&key))
+    NODE_KEYS.contains(&key)
+        || (driver == "qcow2" && QCOW2_KEYS.contains(&key))
+        || (driver == "raw" && (key == "offset" || key == "size"))
 }
 
 /// QEMU's path_has_protocol: a ':' before any '/'.
@@ -355,7 +358,7 @@ const EMPTY_BACKING_WARNING: &str =
     "Use of \"backing\": \"\" is deprecated; use \"backing\": null instead";
 
 /// What an image argument names: a file and maybe a format.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageSpec {
     /// The argument as given (used in "Could not open" messages).
     pub arg: String,
@@ -378,6 +381,9 @@ pub struct ImageSpec {
     pub protocol_error: Option<String>,
     /// `cache.direct=on` (or `file.cache.direct=on`): O_DIRECT semantics.
     pub direct: bool,
+    /// raw's `offset` and `size` options, as given (QEMU names such an
+    /// image by a `json:` tree holding them).
+    pub raw_window: Option<(Option<Json>, Option<Json>)>,
     /// `file.driver=quorum`: QEMU's name for the quorum node; the image is
     /// read through its first child (the children hold the same bytes).
     pub quorum: Option<Quorum>,
@@ -429,6 +435,7 @@ impl ImageSpec {
             protocol_error: unknown_protocol(filename),
             direct: false,
             quorum: None,
+            raw_window: None,
         }
     }
 
@@ -469,7 +476,16 @@ impl ImageSpec {
             imgtool::json::Json::Str(s) => Some(s.clone()),
             _ => None,
         });
-        Self::from_options(arg, &items, node)
+        let mut spec = Self::from_options(arg, &items, node)?;
+        // JSON numbers stay numbers in QEMU's name for the image.
+        if let Some(w) = &mut spec.raw_window {
+            for (slot, key) in [(&mut w.0, "offset"), (&mut w.1, "size")] {
+                if let Some(j @ (Json::Int(_) | Json::UInt(_))) = v.get(key) {
+                    *slot = Some(j.clone());
+                }
+            }
+        }
+        Ok(spec)
     }
 
     fn from_options(
@@ -536,6 +552,7 @@ impl ImageSpec {
                 protocol_error: None,
                 direct: false,
                 quorum: None,
+                raw_window: None,
             });
         }
         if driver.as_deref() == Some("file") {
@@ -597,6 +614,10 @@ impl ImageSpec {
             blkdebug,
             protocol_error: None,
             quorum: quorum_name,
+            raw_window: match (get("offset"), get("size")) {
+                (None, None) => None,
+                (o, s) => Some((o.map(Json::Str), s.map(Json::Str))),
+            },
             direct: [get("cache.direct"), get("file.cache.direct")]
                 .iter()
                 .any(|v| v.as_deref() == Some("on")),
@@ -667,14 +688,51 @@ impl ImageSpec {
             } else {
                 opts.cache
             },
+            raw_offset: self.raw_option(0)?,
+            raw_size: self.raw_option(1)?,
             ..opts.clone()
         };
-        Image::open(&self.filename, &opts).map_err(|e| {
+        let img = Image::open(&self.filename, &opts).map_err(|e| {
             let inner_prefix = format!("Could not open '{}': ", self.filename);
             let msg = e.message();
             let inner = msg.strip_prefix(&inner_prefix).unwrap_or(msg);
             Fail::Report(format!("Could not open '{}': {inner}", self.arg))
-        })
+        })?;
+        if self.raw_window.is_some() && img.format() != "raw" {
+            // A probed format other than raw has no such options.
+            let k = if self.raw_option(0)?.is_some() {
+                "offset"
+            } else {
+                "size"
+            };
+            return Err(Fail::Report(format!(
+                "Could not open '{}': Block format '{}' does not support the option '{k}'",
+                self.arg,
+                img.format()
+            )));
+        }
+        Ok(img)
+    }
+
+    /// raw's `offset` (0) or `size` (1) option as a number.
+    fn raw_option(&self, which: usize) -> Result<Option<u64>, Fail> {
+        let Some(w) = &self.raw_window else {
+            return Ok(None);
+        };
+        let (key, v) = if which == 0 {
+            ("offset", &w.0)
+        } else {
+            ("size", &w.1)
+        };
+        let v = match v {
+            None => return Ok(None),
+            Some(Json::Str(s)) => s.clone(),
+            Some(j) => j.to_compact(),
+        };
+        let mut o = CreateOptions::default();
+        o.set(key, &v);
+        o.get_size(key)
+            .map_err(|e| Fail::Report(format!("Could not open '{}': {}", self.arg, e.message())))
     }
 
     /// `driver=file,filename=NAME`: the host file itself as the image.
