@@ -1,7 +1,7 @@
 //! `info [-f FMT | --image-opts] [-b] [-U] [--object OBJDEF]
 //! [--output human|json] FILENAME`
 
-use imgtool::io::{CacheMode, HostFile};
+use imgtool::io::{BlkdebugOptions, CacheMode, HostFile};
 use imgtool::json::Json;
 use imgtool::{ImageInfo, OpenOptions};
 use std::path::Path;
@@ -115,6 +115,80 @@ fn strong_options_name(spec: &ImageSpec, format: &str) -> Option<String> {
     Some(format!("json:{}", tree.to_compact()))
 }
 
+/// QEMU's name for a blkdebug node over `image`: `blkdebug:CONFIG:FILE`
+/// when its options fit in that, else its `json:` tree (as a tree).
+fn blkdebug_name(b: &BlkdebugOptions, image: Json, file: &str) -> Result<String, Json> {
+    if b.rules.is_empty() && b.align == 0 {
+        return Ok(format!(
+            "blkdebug:{}:{file}",
+            b.config.as_deref().unwrap_or("")
+        ));
+    }
+    let mut tree = Json::object()
+        .with("image", image)
+        .with("driver", "blkdebug");
+    if let Some(c) = b.config.as_deref().filter(|c| !c.is_empty()) {
+        tree.set("config", c);
+    }
+    if b.align != 0 {
+        tree.set("align", b.align);
+    }
+    for (k, v) in &b.rules {
+        tree.set(k, v.as_str());
+    }
+    Err(tree)
+}
+
+fn file_tree(file: &str) -> Json {
+    Json::object().with("driver", "file").with("filename", file)
+}
+
+/// blkdebug between the format and its file: both nodes named as QEMU
+/// names them.
+fn blkdebug_below_names(info: &mut ImageInfo, b: &BlkdebugOptions, file: &str) {
+    let (node, top) = match blkdebug_name(b, file_tree(file), file) {
+        Ok(n) => (n.clone(), n),
+        Err(tree) => {
+            let top = Json::object()
+                .with("driver", info.format.as_str())
+                .with("file", tree.clone());
+            (
+                format!("json:{}", tree.to_compact()),
+                format!("json:{}", top.to_compact()),
+            )
+        }
+    };
+    info.filename = top;
+    if let Some(c) = info.file_child.as_mut().filter(|c| c.format == "blkdebug") {
+        c.filename = node;
+    }
+}
+
+/// blkdebug above a format: its own node (format `blkdebug`, no disk size
+/// of its own) with the format node as its `image` child.
+fn blkdebug_above_info(mut inner: ImageInfo, b: &BlkdebugOptions, file: &str) -> ImageInfo {
+    inner.filename = file.to_string();
+    let image = Json::object()
+        .with("driver", inner.format.as_str())
+        .with("file", file_tree(file));
+    let name =
+        blkdebug_name(b, image, file).unwrap_or_else(|tree| format!("json:{}", tree.to_compact()));
+    ImageInfo {
+        filename: name,
+        format: "blkdebug".into(),
+        actual_size: None,
+        encrypted: false,
+        backing_filename: None,
+        full_backing_filename: None,
+        backing_filename_format: None,
+        snapshots: Vec::new(),
+        format_specific: None,
+        file_child: None,
+        extent_children: vec![("image".into(), inner.clone())],
+        ..inner
+    }
+}
+
 /// A quorum node as the file: its own node (format `quorum`) over the
 /// children, with their disk sizes summed; and
 /// no directory to resolve a backing name against.
@@ -185,6 +259,11 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
         }
         if let Some(q) = &spec.quorum {
             quorum_info(&mut info, q, img.format());
+        }
+        match spec.blkdebug.as_ref() {
+            Some(b) if b.above.is_some() => info = blkdebug_above_info(info, b, &spec.filename),
+            Some(b) => blkdebug_below_names(&mut info, b, &spec.filename),
+            None => {}
         }
         drop(img);
         let next = match (&info.full_backing_filename, &info.backing_filename) {
