@@ -46,6 +46,10 @@ pub struct OpenOptions {
     /// Open a null-co node of these options instead of a file (the path
     /// is then only its name).
     pub null_co: Option<crate::format::null::NullOptions>,
+    /// raw's `offset` and `size` options: the image is that window of the
+    /// file (a `size` also makes it fixed-size).
+    pub raw_offset: Option<u64>,
+    pub raw_size: Option<u64>,
 }
 
 impl OpenOptions {
@@ -219,6 +223,8 @@ impl Image {
             seen.push(id);
         }
         let (format, probed) = match &opts.format {
+            // `-f file`: the protocol driver itself, the host file as is.
+            Some(f) if f == "file" => ("file", false),
             Some(f) => {
                 let f = format::FORMATS
                     .iter()
@@ -249,6 +255,8 @@ impl Image {
                 key_secret: opts.key_secret.clone(),
                 encrypt_format: opts.encrypt_format.clone(),
                 data_file: opts.data_file.clone(),
+                raw_offset: opts.raw_offset,
+                raw_size: opts.raw_size,
             },
         )?;
         if let Some(inj) = filter {

@@ -33,6 +33,14 @@ impl ImageInfo {
         let d = img.driver();
         let di = d.info();
         let mut child = Self::protocol(img.filename(), d.host_file());
+        if img.format() == "file" {
+            // The protocol node is the image: no child below it.
+            return ImageInfo {
+                filename: img.display_name().to_string(),
+                virtual_size: img.size(),
+                ..child
+            };
+        }
         if img.blkdebug().is_some_and(|b| b.above.is_none()) {
             // blkdebug between format and file: its own node (which knows
             // no disk size), with the file as its `image` child.
@@ -81,7 +89,7 @@ impl ImageInfo {
     }
 
     /// The protocol node of one host file.
-    fn protocol(filename: &str, host: &crate::io::HostFile) -> ImageInfo {
+    pub fn protocol(filename: &str, host: &crate::io::HostFile) -> ImageInfo {
         // The protocol layer reports whole sectors, as QEMU's does.
         let file_len = host.len().unwrap_or(0).next_multiple_of(512);
         let actual = host.allocated_size().ok();
@@ -124,7 +132,10 @@ impl ImageInfo {
         let mut j = Json::object();
         j.set("filename", self.filename.as_str());
         j.set("format", self.format.as_str());
-        j.set("dirty-flag", self.dirty_flag);
+        // quorum has no bdrv_get_info, so QEMU leaves the flag out.
+        if self.format != "quorum" {
+            j.set("dirty-flag", self.dirty_flag);
+        }
         if let Some(a) = self.actual_size {
             j.set("actual-size", a);
         }

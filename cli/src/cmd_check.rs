@@ -98,7 +98,7 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         data_file: spec.data_file.clone(),
         blkdebug: spec.blkdebug.clone(),
     };
-    spec.check_blkdebug_syntax()?;
+    spec.check_name()?;
     let human = a.output.unwrap_or(OutputFormat::Human) == OutputFormat::Human;
     let quiet = a.quiet;
     let mut log = |line: &str| eprintln!("{line}");

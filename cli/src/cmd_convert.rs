@@ -306,10 +306,17 @@ struct TargetPlan {
     backing_fmt: Option<String>,
 }
 
-fn plan_target(a: &Args, out_fmt: &str) -> Result<TargetPlan, Fail> {
+fn plan_target(a: &Args, target: &str, out_fmt: &str) -> Result<TargetPlan, Fail> {
     let create = if a.skip_create {
         None
     } else {
+        // img_convert looks up the target's protocol before its options;
+        // the error has no file name prefix.
+        if imgtool::format::is_known(out_fmt) {
+            if let Some(m) = crate::common::unknown_protocol(target) {
+                return Err(Fail::Report(m));
+            }
+        }
         Some(target_options(a, out_fmt)?)
     };
     let from_opts = |k: &str| create.as_ref().and_then(|o| o.get(k).map(str::to_string));
@@ -334,7 +341,7 @@ fn convert(
         .try_fold(0u64, |t, i| t.checked_add(i.size()))
         .ok_or_else(|| Fail::report("Total image size too large"))?;
     let out_fmt = a.out_fmt.clone().unwrap_or_else(|| "raw".into());
-    let tp = plan_target(a, &out_fmt)?;
+    let tp = plan_target(a, target, &out_fmt)?;
     check_target(
         a,
         &images,

@@ -10,7 +10,7 @@ use imgtool::ops::create::{create, CreateRequest};
 use imgtool::{Image, OpenOptions};
 
 use crate::app::{out, CmdResult, Fail, Prog};
-use crate::common::{ch, parse_object, ImageSpec, OPT_OBJECT};
+use crate::common::{ch, parse_object, unknown_protocol, ImageSpec, OPT_OBJECT};
 use crate::createopts;
 use crate::getopt::{Getopt, HasArg::*, LongOpt};
 use crate::num::cvtnum;
@@ -96,6 +96,12 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
 /// QEMU's bdrv_img_create; errors come back without the filename prefix.
 fn img_create(a: &Args, filename: &str, size: Option<u64>) -> CmdResult {
     let fmt = a.format.as_str();
+    // bdrv_img_create looks up the protocol right after the format.
+    if imgtool::format::is_known(fmt) {
+        if let Some(m) = unknown_protocol(filename) {
+            return Err(Fail::Report(m));
+        }
+    }
     let mut opts = createopts::parse_for_format(fmt, a.options.as_deref())?;
     let o_size = opts.get_size("size").map_err(Fail::from)?;
     if o_size.is_some() && size.is_some() {

@@ -94,6 +94,9 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
         ..OpenOptions::default()
     })?;
     check_out_format(&a.opts.out_format)?;
+    if let Some(m) = crate::common::unknown_protocol(output) {
+        return Err(Fail::Report(m));
+    }
     let plan = dd(&img, output, &a.opts).map_err(|e| Fail::Report(e.message(output)))?;
     if plan.skip_past_end {
         prog.error(&format!("{input}: cannot skip to specified offset"));

@@ -1,12 +1,15 @@
 //! `info [-f FMT | --image-opts] [-b] [-U] [--object OBJDEF]
 //! [--output human|json] FILENAME`
 
+use imgtool::io::{BlkdebugOptions, CacheMode, HostFile};
 use imgtool::json::Json;
 use imgtool::{ImageInfo, OpenOptions};
+use std::path::Path;
 
 use crate::app::{out, CmdResult, Fail, Prog};
 use crate::common::{
-    ch, parse_object, parse_output, ImageSpec, OutputFormat, OPT_IMAGE_OPTS, OPT_OBJECT, OPT_OUTPUT,
+    ch, parse_object, parse_output, ImageSpec, OutputFormat, Quorum, OPT_IMAGE_OPTS, OPT_OBJECT,
+    OPT_OUTPUT,
 };
 use crate::getopt::{Getopt, HasArg::*, LongOpt};
 use crate::render;
@@ -81,6 +84,21 @@ pub fn run(prog: &Prog, args: Vec<String>) -> CmdResult {
 /// A key secret is one of QEMU's "strong" runtime options, which a plain
 /// filename cannot express, so QEMU names such a node by a `json:` tree.
 fn strong_options_name(spec: &ImageSpec, format: &str) -> Option<String> {
+    if let (Some((offset, size)), "raw") = (&spec.raw_window, format) {
+        // raw's offset and size are strong options too (kept as given).
+        let mut tree = Json::object();
+        if let Some(o) = offset {
+            tree.set("offset", o.clone());
+        }
+        if let Some(s) = size {
+            tree.set("size", s.clone());
+        }
+        let file = Json::object()
+            .with("driver", "file")
+            .with("filename", spec.filename.as_str());
+        let tree = tree.with("driver", format).with("file", file);
+        return Some(format!("json:{}", tree.to_compact()));
+    }
     let secret = spec.key_secret.as_deref()?;
     let key = match format {
         "qcow2" => "encrypt.key-secret",
@@ -95,6 +113,123 @@ fn strong_options_name(spec: &ImageSpec, format: &str) -> Option<String> {
         .with("driver", format)
         .with("file", file);
     Some(format!("json:{}", tree.to_compact()))
+}
+
+/// QEMU's name for a blkdebug node over `image`: `blkdebug:CONFIG:FILE`
+/// when its options fit in that, else its `json:` tree (as a tree).
+fn blkdebug_name(b: &BlkdebugOptions, image: Json, file: &str) -> Result<String, Json> {
+    if b.rules.is_empty() && b.align == 0 {
+        return Ok(format!(
+            "blkdebug:{}:{file}",
+            b.config.as_deref().unwrap_or("")
+        ));
+    }
+    let mut tree = Json::object()
+        .with("image", image)
+        .with("driver", "blkdebug");
+    if let Some(c) = b.config.as_deref().filter(|c| !c.is_empty()) {
+        tree.set("config", c);
+    }
+    if b.align != 0 {
+        tree.set("align", b.align);
+    }
+    for (k, v) in &b.rules {
+        tree.set(k, v.as_str());
+    }
+    Err(tree)
+}
+
+fn file_tree(file: &str) -> Json {
+    Json::object().with("driver", "file").with("filename", file)
+}
+
+/// blkdebug between the format and its file: both nodes named as QEMU
+/// names them.
+fn blkdebug_below_names(info: &mut ImageInfo, b: &BlkdebugOptions, file: &str) {
+    let (node, top) = match blkdebug_name(b, file_tree(file), file) {
+        Ok(n) => (n.clone(), n),
+        Err(tree) => {
+            let top = Json::object()
+                .with("driver", info.format.as_str())
+                .with("file", tree.clone());
+            (
+                format!("json:{}", tree.to_compact()),
+                format!("json:{}", top.to_compact()),
+            )
+        }
+    };
+    info.filename = top;
+    if let Some(c) = info.file_child.as_mut().filter(|c| c.format == "blkdebug") {
+        c.filename = node;
+    }
+}
+
+/// blkdebug above a format: its own node (format `blkdebug`, no disk size
+/// of its own) with the format node as its `image` child.
+fn blkdebug_above_info(mut inner: ImageInfo, b: &BlkdebugOptions, file: &str) -> ImageInfo {
+    inner.filename = file.to_string();
+    let image = Json::object()
+        .with("driver", inner.format.as_str())
+        .with("file", file_tree(file));
+    let name =
+        blkdebug_name(b, image, file).unwrap_or_else(|tree| format!("json:{}", tree.to_compact()));
+    ImageInfo {
+        filename: name,
+        format: "blkdebug".into(),
+        actual_size: None,
+        encrypted: false,
+        backing_filename: None,
+        full_backing_filename: None,
+        backing_filename_format: None,
+        snapshots: Vec::new(),
+        format_specific: None,
+        file_child: None,
+        extent_children: vec![("image".into(), inner.clone())],
+        ..inner
+    }
+}
+
+/// A quorum node as the file: its own node (format `quorum`) over the
+/// children, with their disk sizes summed; and
+/// no directory to resolve a backing name against.
+fn quorum_info(info: &mut ImageInfo, q: &Quorum, format: &str) {
+    info.full_backing_filename = None;
+    let tree = q.name.strip_prefix("json:").unwrap_or(&q.name);
+    info.filename = format!("json:{{\"driver\": \"{format}\", \"file\": {tree}}}");
+    let kids: Vec<ImageInfo> = q
+        .children
+        .iter()
+        .filter_map(|f| {
+            let h = HostFile::open(Path::new(f), false, CacheMode::default()).ok()?;
+            Some(ImageInfo::protocol(f, &h))
+        })
+        .collect();
+    let Some(first) = kids.first().cloned() else {
+        return;
+    };
+    let total = kids
+        .iter()
+        .try_fold(0u64, |t, k| k.actual_size.map(|a| t + a));
+    let own = info.file_child.as_ref().and_then(|c| c.actual_size);
+    // The format's disk size counts its file node's (plus any extents).
+    info.actual_size = match (info.actual_size, own, total) {
+        (Some(a), Some(o), Some(t)) => Some(a - o + t),
+        _ => None,
+    };
+    let node = ImageInfo {
+        filename: q.name.clone(),
+        format: "quorum".into(),
+        actual_size: total,
+        format_specific: None,
+        file_child: None,
+        extent_children: kids
+            .into_iter()
+            .enumerate()
+            .map(|(i, k)| (format!("children.{i}"), k))
+            .collect(),
+        ..first
+    };
+    info.file_child = Some(Box::new(node));
 }
 
 /// Open each layer on its own (no backing), following the chain by the
@@ -122,11 +257,13 @@ fn collect(a: &Args) -> Result<Vec<ImageInfo>, Fail> {
         if let Some(name) = strong_options_name(&spec, img.format()) {
             info.filename = name;
         }
-        if spec.quorum {
-            // The node has no one file name: named by its options, and a
-            // relative backing name cannot be resolved against it.
-            info.filename = spec.arg.clone();
-            info.full_backing_filename = None;
+        if let Some(q) = &spec.quorum {
+            quorum_info(&mut info, q, img.format());
+        }
+        match spec.blkdebug.as_ref() {
+            Some(b) if b.above.is_some() => info = blkdebug_above_info(info, b, &spec.filename),
+            Some(b) => blkdebug_below_names(&mut info, b, &spec.filename),
+            None => {}
         }
         drop(img);
         let next = match (&info.full_backing_filename, &info.backing_filename) {

@@ -2,7 +2,8 @@
 //! and opening an image with qemu-img's error text.
 
 use imgtool::format::CreateOptions;
-use imgtool::io::BlkdebugOptions;
+use imgtool::io::{BlkdebugOptions, CacheMode};
+use imgtool::json::Json;
 use imgtool::{Image, OpenOptions};
 
 use crate::app::Fail;
@@ -221,7 +222,9 @@ const QCOW2_KEYS: &[&str] = &[
 ];
 
 fn key_known(driver: &str, key: &str) -> bool {
-    NODE_KEYS.contains(&key) || (driver == "qcow2" && QCOW2_KEYS.contains(&key))
+    NODE_KEYS.contains(&key)
+        || (driver == "qcow2" && QCOW2_KEYS.contains(&key))
+        || (driver == "raw" && (key == "offset" || key == "size"))
 }
 
 /// QEMU's path_has_protocol: a ':' before any '/'.
@@ -229,6 +232,115 @@ fn has_protocol(path: &str) -> bool {
     path.find([':', '/'])
         .is_some_and(|i| path.as_bytes()[i] == b':')
 }
+
+/// Protocol drivers qemu-img 10.0.2 has (some as modules that may be
+/// missing); any other `NAME:` prefix is refused.
+const PROTOCOLS: &[&str] = &[
+    "blkdebug",
+    "blkverify",
+    "fat",
+    "file",
+    "ftp",
+    "ftps",
+    "gluster",
+    "gluster+tcp",
+    "gluster+unix",
+    "host_cdrom",
+    "host_device",
+    "http",
+    "https",
+    "iscsi",
+    "iser",
+    "json",
+    "nbd",
+    "nbd+tcp",
+    "nbd+unix",
+    "nfs",
+    "null-aio",
+    "null-co",
+    "nvme",
+    "rbd",
+    "ssh",
+];
+
+/// bdrv_find_protocol's error for a plain file name whose prefix names no
+/// protocol driver: `Unknown protocol 'NAME'`.
+pub fn unknown_protocol(filename: &str) -> Option<String> {
+    if !has_protocol(filename) {
+        return None;
+    }
+    let name = filename.split(':').next().unwrap_or_default();
+    // QEMU copies the name into a 128-byte buffer.
+    let mut end = name.len().min(127);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let name = &name[..end];
+    (!PROTOCOLS.contains(&name)).then(|| format!("Unknown protocol '{name}'"))
+}
+
+/// A quorum node's `json:` name (QEMU's key order) and its first child's
+/// file name, from the flattened `file.children.N.*` options.
+fn quorum_node(items: &[(String, String)]) -> Result<Quorum, String> {
+    let get = |key: &str| {
+        items
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+    };
+    let mut children = Vec::new();
+    while let Some(f) = get(&format!("file.children.{}.filename", children.len())) {
+        match get(&format!("file.children.{}.driver", children.len())).as_deref() {
+            None | Some("file") => {}
+            Some(d) => return Err(format!("Unknown protocol driver '{d}'")),
+        }
+        children.push(f);
+    }
+    if children.is_empty() {
+        return Err("Number of provided children must be 1 or more".into());
+    };
+    let Some(threshold) = get("file.vote-threshold") else {
+        return Err("Parameter 'vote-threshold' is missing".into());
+    };
+    let q = |s: &str| imgtool::json::Json::Str(s.to_string()).to_compact();
+    let list: Vec<String> = children
+        .iter()
+        .map(|f| format!("{{\"driver\": \"file\", \"filename\": {}}}", q(f)))
+        .collect();
+    let name = format!(
+        "json:{{\"children\": [{}], \"driver\": \"quorum\", \"vote-threshold\": {threshold}}}",
+        list.join(", ")
+    );
+    Ok(Quorum { name, children })
+}
+
+/// A VMDK text descriptor naming an extent by a relative path.
+fn vmdk_descriptor_has_relative_extent(path: &str) -> bool {
+    use std::io::Read;
+    let mut head = Vec::new();
+    let Ok(f) = std::fs::File::open(path) else {
+        return false;
+    };
+    if f.take(64 * 1024).read_to_end(&mut head).is_err() {
+        return false;
+    }
+    let text = String::from_utf8_lossy(&head);
+    if !text.starts_with("# Disk DescriptorFile") && !text.starts_with("# Disk Descriptor File") {
+        return false;
+    }
+    text.lines()
+        .filter(|l| {
+            ["RW ", "RDONLY ", "NOACCESS "]
+                .iter()
+                .any(|p| l.starts_with(p))
+        })
+        .filter_map(|l| l.split('"').nth(1))
+        .any(|name| !name.starts_with('/'))
+}
+
+/// The message QEMU gives where a quorum node's directory is needed.
+pub const QUORUM_NO_DIR: &str = "Cannot generate a base directory for quorum nodes";
 
 /// `backing.file.filename` is relative to the working directory, not to
 /// the image as a header's backing name is.
@@ -246,7 +358,7 @@ const EMPTY_BACKING_WARNING: &str =
     "Use of \"backing\": \"\" is deprecated; use \"backing\": null instead";
 
 /// What an image argument names: a file and maybe a format.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ImageSpec {
     /// The argument as given (used in "Could not open" messages).
     pub arg: String,
@@ -265,12 +377,27 @@ pub struct ImageSpec {
     pub backing_ref: Option<String>,
     /// A blkdebug node between the format and the file.
     pub blkdebug: Option<BlkdebugOptions>,
-    /// The file is a quorum of host files (`filename` is the first). Only
-    /// `info` opens such a node: it reads metadata, where children agree;
-    /// data I/O would need quorum's voting, which imgtool does not do.
-    pub quorum: bool,
+    /// A plain name's unknown protocol prefix, refused when opening.
+    pub protocol_error: Option<String>,
+    /// `cache.direct=on` (or `file.cache.direct=on`): O_DIRECT semantics.
+    pub direct: bool,
+    /// raw's `offset` and `size` options, as given (QEMU names such an
+    /// image by a `json:` tree holding them).
+    pub raw_window: Option<(Option<Json>, Option<Json>)>,
+    /// `file.driver=quorum`: QEMU's name for the quorum node; the image is
+    /// read through its first child (the children hold the same bytes).
+    pub quorum: Option<Quorum>,
     /// A null-co node (no file): its options.
     pub null_co: Option<imgtool::format::null::NullOptions>,
+}
+
+/// A quorum node below the format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Quorum {
+    /// QEMU's `json:` name for the node.
+    pub name: String,
+    /// The children's file names, in order.
+    pub children: Vec<String>,
 }
 
 impl ImageSpec {
@@ -307,7 +434,10 @@ impl ImageSpec {
             backing: None,
             backing_ref: None,
             blkdebug: None,
-            quorum: false,
+            protocol_error: unknown_protocol(filename),
+            direct: false,
+            quorum: None,
+            raw_window: None,
             null_co: None,
         }
     }
@@ -349,7 +479,16 @@ impl ImageSpec {
             imgtool::json::Json::Str(s) => Some(s.clone()),
             _ => None,
         });
-        Self::from_options(arg, &items, node)
+        let mut spec = Self::from_options(arg, &items, node)?;
+        // JSON numbers stay numbers in QEMU's name for the image.
+        if let Some(w) = &mut spec.raw_window {
+            for (slot, key) in [(&mut w.0, "offset"), (&mut w.1, "size")] {
+                if let Some(j @ (Json::Int(_) | Json::UInt(_))) = v.get(key) {
+                    *slot = Some(j.clone());
+                }
+            }
+        }
+        Ok(spec)
     }
 
     fn from_options(
@@ -413,27 +552,26 @@ impl ImageSpec {
                 backing: None,
                 backing_ref: None,
                 blkdebug: Some(b),
-                quorum: false,
+                protocol_error: None,
+                direct: false,
+                quorum: None,
+                raw_window: None,
                 null_co: None,
             });
         }
         if driver.as_deref() == Some("null-co") {
             return Self::null_co(arg, items).map_err(fail);
         }
+        if driver.as_deref() == Some("file") {
+            // The protocol driver as the image: `filename` names the file.
+            return Self::file_node(arg, items, &get);
+        }
         let blkdebug_below = get("file.driver").as_deref() == Some("blkdebug");
         let quorum = get("file.driver").as_deref() == Some("quorum");
-        let quorum_key = |k: &str| {
-            k == "file.vote-threshold"
-                || k.strip_prefix("file.children.")
-                    .and_then(|r| r.split_once('.'))
-                    .is_some_and(|(i, key)| {
-                        i.parse::<u32>().is_ok() && matches!(key, "driver" | "filename")
-                    })
-        };
         if let (Some(d), Some((k, _))) = (
             &driver,
             items.iter().find(|(k, _)| {
-                let below = (blkdebug_below && k.starts_with("file.")) || (quorum && quorum_key(k));
+                let below = (blkdebug_below || quorum) && k.starts_with("file.");
                 !(key_known(driver.as_deref().unwrap_or_default(), k.as_str()) || below)
             }),
         ) {
@@ -443,21 +581,19 @@ impl ImageSpec {
         }
         let mut filename = get("file.filename");
         let mut blkdebug = None;
+        let mut quorum_name = None;
         match get("file.driver").as_deref() {
             None | Some("file") => {}
+            Some("quorum") => {
+                let q = quorum_node(items).map_err(fail)?;
+                filename = q.children.first().cloned();
+                quorum_name = Some(q);
+            }
             Some("blkdebug") => {
                 let (mut b, image) = BlkdebugOptions::from_flat(items, "file.").map_err(fail)?;
                 b.name = arg.to_string();
                 filename = Some(image);
                 blkdebug = Some(b);
-            }
-            Some("quorum") => {
-                for (k, v) in items {
-                    if k.starts_with("file.children.") && k.ends_with(".driver") && v != "file" {
-                        return Err(fail(format!("Unknown protocol driver '{v}'")));
-                    }
-                }
-                filename = get("file.children.0.filename");
             }
             Some(d) => return Err(fail(format!("Unknown protocol driver '{d}'"))),
         }
@@ -483,7 +619,15 @@ impl ImageSpec {
             backing,
             backing_ref: get("backing"),
             blkdebug,
-            quorum,
+            protocol_error: None,
+            quorum: quorum_name,
+            raw_window: match (get("offset"), get("size")) {
+                (None, None) => None,
+                (o, s) => Some((o.map(Json::Str), s.map(Json::Str))),
+            },
+            direct: [get("cache.direct"), get("file.cache.direct")]
+                .iter()
+                .any(|v| v.as_deref() == Some("on")),
             null_co: None,
         })
     }
@@ -565,12 +709,9 @@ impl ImageSpec {
                 }
             )));
         }
-        self.check_blkdebug_syntax()?;
-        if self.quorum && !opts.metadata_only {
-            return Err(Fail::Report(format!(
-                "Could not open '{}': Unknown protocol driver 'quorum'",
-                self.arg
-            )));
+        self.check_name()?;
+        if let Some(q) = &self.quorum {
+            return self.open_quorum(q, opts);
         }
         let opts = OpenOptions {
             no_backing: opts.no_backing || self.backing_ref.is_some(),
@@ -587,18 +728,139 @@ impl ImageSpec {
             backing_key_secret: self.backing.as_ref().and_then(|b| b.key_secret.clone()),
             blkdebug: self.blkdebug.clone(),
             null_co: self.null_co,
+            cache: if self.direct && !opts.cache.direct() {
+                CacheMode::None
+            } else {
+                opts.cache
+            },
+            raw_offset: self.raw_option(0)?,
+            raw_size: self.raw_option(1)?,
             ..opts.clone()
         };
-        Image::open(&self.filename, &opts).map_err(|e| {
+        let img = Image::open(&self.filename, &opts).map_err(|e| {
             let inner_prefix = format!("Could not open '{}': ", self.filename);
             let msg = e.message();
             let inner = msg.strip_prefix(&inner_prefix).unwrap_or(msg);
             Fail::Report(format!("Could not open '{}': {inner}", self.arg))
+        })?;
+        if self.raw_window.is_some() && img.format() != "raw" {
+            // A probed format other than raw has no such options.
+            let k = if self.raw_option(0)?.is_some() {
+                "offset"
+            } else {
+                "size"
+            };
+            return Err(Fail::Report(format!(
+                "Could not open '{}': Block format '{}' does not support the option '{k}'",
+                self.arg,
+                img.format()
+            )));
+        }
+        Ok(img)
+    }
+
+    /// raw's `offset` (0) or `size` (1) option as a number.
+    fn raw_option(&self, which: usize) -> Result<Option<u64>, Fail> {
+        let Some(w) = &self.raw_window else {
+            return Ok(None);
+        };
+        let (key, v) = if which == 0 {
+            ("offset", &w.0)
+        } else {
+            ("size", &w.1)
+        };
+        let v = match v {
+            None => return Ok(None),
+            Some(Json::Str(s)) => s.clone(),
+            Some(j) => j.to_compact(),
+        };
+        let mut o = CreateOptions::default();
+        o.set(key, &v);
+        o.get_size(key)
+            .map_err(|e| Fail::Report(format!("Could not open '{}': {}", self.arg, e.message())))
+    }
+
+    /// `driver=file,filename=NAME`: the host file itself as the image.
+    fn file_node(
+        arg: &str,
+        items: &[(String, String)],
+        get: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, Fail> {
+        let fail = |m: String| Fail::Report(format!("Could not open '{arg}': {m}"));
+        // file-posix's own options, besides the generic node ones.
+        const FILE_KEYS: &[&str] = &[
+            "filename",
+            "aio",
+            "aio-max-batch",
+            "locking",
+            "pr-manager",
+            "drop-cache",
+            "x-check-cache-dropped",
+        ];
+        if let Some((k, _)) = items.iter().find(|(k, _)| {
+            let node = NODE_KEYS.contains(&k.as_str()) && !k.starts_with("file.");
+            !(FILE_KEYS.contains(&k.as_str()) || node)
+        }) {
+            return Err(fail(format!(
+                "Block protocol 'file' doesn't support the option '{k}'"
+            )));
+        }
+        let Some(filename) = get("filename") else {
+            return Err(fail("The 'file' block driver requires a file name".into()));
+        };
+        Ok(ImageSpec {
+            direct: get("cache.direct").as_deref() == Some("on"),
+            ..Self::plain_file(arg, &filename)
         })
     }
 
-    /// A `blkdebug:` name without an image: qemu-img's words for it.
-    pub fn check_blkdebug_syntax(&self) -> Result<(), Fail> {
+    /// A spec for the host file `filename` opened with `-f file`.
+    fn plain_file(arg: &str, filename: &str) -> Self {
+        ImageSpec {
+            arg: arg.to_string(),
+            filename: filename.to_string(),
+            format: Some("file".into()),
+            protocol_error: None,
+            ..Self::plain("", None)
+        }
+    }
+
+    /// Below a quorum node nothing can be found relative to the image: a
+    /// VMDK descriptor's relative extents and a backing file fail to open.
+    fn open_quorum(&self, q: &Quorum, opts: &OpenOptions) -> Result<Image, Fail> {
+        let fail = |m: String| Fail::Report(format!("Could not open '{}': {m}", self.arg));
+        if matches!(self.format.as_deref(), None | Some("vmdk"))
+            && vmdk_descriptor_has_relative_extent(&self.filename)
+        {
+            return Err(fail(format!(
+                "Cannot use relative paths with VMDK descriptor file '{}': {QUORUM_NO_DIR}",
+                q.name
+            )));
+        }
+        let plain = ImageSpec {
+            quorum: None,
+            ..self.clone()
+        };
+        let img = plain.open(&OpenOptions {
+            no_backing: true,
+            ..opts.clone()
+        })?;
+        if !opts.no_backing
+            && imgtool::info::ImageInfo::of(&img)
+                .backing_filename
+                .is_some()
+        {
+            return Err(fail(QUORUM_NO_DIR.to_string()));
+        }
+        Ok(img)
+    }
+
+    /// A name that cannot be opened at all (an unknown protocol prefix, a
+    /// `blkdebug:` name without an image): qemu-img's words for it.
+    pub fn check_name(&self) -> Result<(), Fail> {
+        if let Some(m) = &self.protocol_error {
+            return Err(Fail::Report(format!("Could not open '{}': {m}", self.arg)));
+        }
         if self.blkdebug.is_some() && self.filename.is_empty() {
             let both = self
                 .arg

@@ -353,3 +353,38 @@ fn info_through_blkdebug() {
         }
     }
 }
+
+/// `info` names blkdebug nodes as QEMU does: `blkdebug:CONFIG:FILE` when
+/// the options fit, else a `json:` tree; above a format the node is its
+/// own (format `blkdebug`, no disk size) with the format as `image`.
+#[test]
+fn info_names_blkdebug_nodes() {
+    let dir = TempDir::new("blkdebug_info");
+    let d = dir.path();
+    qemu_img_ok(d, &["create", "-q", "-f", "qcow2", "t.qcow2", "1M"]);
+    std::fs::write(
+        d.join("bd.conf"),
+        "[inject-error]\nevent = \"read_aio\"\nerrno = \"5\"\nonce = \"on\"\n",
+    )
+    .unwrap();
+    let names = [
+        r#"json:{"driver":"qcow2","file":{"driver":"blkdebug","image":{"filename":"t.qcow2"}}}"#,
+        r#"json:{"driver":"qcow2","file":{"driver":"blkdebug","config":"bd.conf","image":{"filename":"t.qcow2"}}}"#,
+        r#"json:{"driver":"qcow2","file":{"driver":"blkdebug","inject-error":[{"event":"read_aio"}],"image":{"filename":"t.qcow2"}}}"#,
+        r#"json:{"driver":"blkdebug","config":"bd.conf","image":{"driver":"qcow2","file":{"filename":"t.qcow2"}}}"#,
+        r#"json:{"driver":"blkdebug","align":512,"image":{"driver":"qcow2","file":{"filename":"t.qcow2"}}}"#,
+        r#"json:{"driver":"blkdebug","inject-error":[{"event":"read_aio"}],"image":{"driver":"qcow2","file":{"filename":"t.qcow2"}}}"#,
+        "blkdebug:bd.conf:t.qcow2",
+    ];
+    for n in names {
+        same_as_qemu(d, &["info", n]);
+        same_as_qemu(d, &["info", "--output=json", n]);
+    }
+    for o in [
+        "driver=blkdebug,config=bd.conf,image.driver=qcow2,image.file.filename=t.qcow2",
+        "driver=blkdebug,image.driver=qcow2,image.file.filename=t.qcow2",
+        "driver=qcow2,file.driver=blkdebug,file.image.filename=t.qcow2",
+    ] {
+        same_as_qemu(d, &["info", "--image-opts", o]);
+    }
+}

@@ -398,3 +398,44 @@ fn compare_random_images() {
         }
     }
 }
+
+/// `-s` on formats whose drivers answer block status one block, cluster
+/// or grain at a time (vdi, qcow, vmdk, vpc): a run reaching the end of
+/// the image is only flagged EOF in its last unit, as in QEMU.
+#[test]
+fn compare_strict_status_per_unit_formats() {
+    let dir = TempDir::new("compare_units");
+    let d = dir.path();
+    qemu_img_ok(d, &["create", "-q", "-f", "raw", "r.raw", "4M"]);
+    qemu_io(d, "raw", "r.raw", &["write -P 1 0 64k".into()]);
+    for (fmt, opts) in [
+        ("vdi", ""),
+        ("vdi", "static=on"),
+        ("qcow", ""),
+        ("vmdk", ""),
+        ("vmdk", "subformat=twoGbMaxExtentSparse"),
+        ("vpc", ""),
+        ("qed", ""),
+        ("vhdx", ""),
+    ] {
+        let f = format!("img-{fmt}-{}.{fmt}", opts.len());
+        let mut args = vec!["create", "-q", "-f", fmt];
+        if !opts.is_empty() {
+            args.extend_from_slice(&["-o", opts]);
+        }
+        args.extend_from_slice(&[&f, "4M"]);
+        qemu_img_ok(d, &args);
+        qemu_io(
+            d,
+            fmt,
+            &f,
+            &[
+                "write -P 1 0 64k".into(),
+                "write -P 2 1M 512".into(),
+                "write -z 2M 64k".into(),
+                "write -P 3 3M 1M".into(),
+            ],
+        );
+        pair(d, &f, "r.raw");
+    }
+}

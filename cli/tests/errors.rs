@@ -106,9 +106,73 @@ cases! {
     snapshot_apply_probed_raw: ["snapshot", "-a", "s1", "plain.raw"];
     create_raw_bad_preallocation: ["create", "-f", "raw", "-o", "preallocation=bogus", "x.raw", "1M"];
     create_raw_size_rounds_past_int64: ["create", "-f", "raw", "x.raw", "9223372036854775807"];
+    create_qcow2_size_rounds_past_int64: ["create", "-f", "qcow2", "x.qcow2", "9223372036854775807"];
+    create_qcow2_size_past_max_length: ["create", "-f", "qcow2", "x.qcow2", "9223372036854775296"];
+    create_qcow2_size_just_past_max_length: ["create", "-f", "qcow2", "x.qcow2", "9223372035781033985"];
+    create_qcow2_size_past_max_length_2m: ["create", "-f", "qcow2", "-o", "cluster_size=2M", "x.qcow2", "9223372036854775296"];
+    create_qcow2_size_at_max_length: ["create", "-f", "qcow2", "x.qcow2", "9223372035781033984"];
     image_opts_backing_node_info: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_node_map: ["map", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing=foo"];
     image_opts_backing_empty: ["info", "--image-opts", "driver=qcow2,file.filename=good.qcow2,backing="];
+    // json: filenames go through QEMU's lexer, streamer and parser: the
+    // first error each reports is the one shown.
+    json_empty: ["info", "json:"];
+    json_blank: ["info", "json:  "];
+    json_unclosed_object: ["info", "json:{\"driver\":\"qcow2\""];
+    json_bad_keyword: ["info", "json:{\"driver\":\"qcow2\",\"file\":{\"filename\":\"good.qcow2\",\"x\":tru}}"];
+    json_bare_word: ["info", "json:x"];
+    json_stray_capital: ["info", "json:X"];
+    json_bad_unicode_escape: ["info", "json:{\"driver\":\"qcow2\",\"file\":{\"filename\":\"good.qcow2\\u00zz\"}}"];
+    json_short_unicode_escape: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\u12\"}}"];
+    json_lone_surrogate: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\ud800\\u0041\"}}"];
+    json_noncharacter_escape: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\uFFFE\"}}"];
+    json_bad_escape: ["info", "json:{\"file\":{\"filename\":\"good.qcow2\\q\"}}"];
+    json_exponent_without_digits: ["info", "json:{\"driver\":\"qcow2\",\"x\":1e}"];
+    json_lone_minus: ["info", "json:{\"driver\":\"qcow2\",\"x\":-}"];
+    json_leading_zero: ["info", "json:{\"driver\":\"qcow2\",\"x\":01}"];
+    json_trailing_comma_in_list: ["info", "json:{\"driver\":\"qcow2\",\"x\":[1,]}"];
+    json_missing_list_separator: ["info", "json:{\"driver\":\"qcow2\",\"x\":[1 2]}"];
+    json_duplicate_key: ["info", "json:{\"driver\":\"qcow2\",\"driver\":\"raw\"}"];
+    json_missing_colon: ["info", "json:{\"driver\" \"qcow2\"}"];
+    json_key_not_string: ["info", "json:{1:2}"];
+    json_missing_dict_separator: ["info", "json:{\"a\":1 \"b\":2}"];
+    json_unterminated_string: ["info", "json:{\"driver\":\"qcow2\",\"file\":{\"filename\":\"good.qcow2"];
+    json_two_values: ["info", "json:{\"driver\":\"qcow2\"} {\"driver\":\"raw\"}"];
+    json_value_then_open: ["info", "json:1 {"];
+    json_close_first: ["info", "json:} {\"driver\":\"qcow2\"}"];
+    json_too_deep: ["info", "json:[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["];
+    // The protocol driver named as the format: the host file as it is.
+    file_driver_info: ["info", "-f", "file", "good.qcow2"];
+    file_driver_info_json: ["info", "--output=json", "-f", "file", "plain.raw"];
+    file_driver_map: ["map", "-f", "file", "good.qcow2"];
+    file_driver_map_json: ["map", "--output=json", "-f", "file", "good.qcow2"];
+    file_driver_check: ["check", "-f", "file", "good.qcow2"];
+    file_driver_measure: ["measure", "-f", "file", "-O", "qcow2", "good.qcow2"];
+    file_driver_compare: ["compare", "-f", "file", "-F", "raw", "good.qcow2", "good.qcow2"];
+    file_driver_convert: ["convert", "-f", "file", "-O", "raw", "good.qcow2", "out.raw"];
+    file_driver_amend: ["amend", "-f", "file", "-o", "size=1M", "plain.raw"];
+    file_driver_image_opts: ["info", "--image-opts", "driver=file,filename=good.qcow2"];
+    file_driver_image_opts_unknown_key: ["info", "--image-opts", "driver=file,filename=good.qcow2,file.filename=x"];
+    file_driver_image_opts_no_name: ["info", "--image-opts", "driver=file"];
+    file_driver_json: ["info", "json:{\"driver\":\"file\",\"filename\":\"good.qcow2\"}"];
+    // A ':' before any '/' makes a protocol prefix; unknown ones are refused.
+    protocol_unknown_create: ["create", "-f", "qcow2", "a:b.qcow2", "1M"];
+    protocol_unknown_create_before_options: ["create", "-f", "raw", "-o", "foo=bar", "zz:x", "1M"];
+    protocol_unknown_create_no_size: ["create", "-f", "raw", "zz:x"];
+    protocol_unknown_create_unknown_format: ["create", "-f", "foo", "zz:x", "1M"];
+    protocol_unknown_info: ["info", "a:b.qcow2"];
+    protocol_empty_info: ["info", ":x"];
+    protocol_unknown_check: ["check", "a:b.qcow2"];
+    protocol_unknown_map: ["map", "a:b.qcow2"];
+    protocol_unknown_compare: ["compare", "good.qcow2", "a:b.qcow2"];
+    protocol_unknown_convert_source: ["convert", "-O", "raw", "a:b.qcow2", "out.raw"];
+    protocol_unknown_convert_target: ["convert", "-O", "qcow2", "good.qcow2", "a:b.qcow2"];
+    protocol_unknown_convert_existing_target: ["convert", "-n", "-O", "qcow2", "good.qcow2", "a:b.qcow2"];
+    protocol_unknown_dd_output: ["dd", "if=good.qcow2", "of=zz:x"];
+    protocol_unknown_resize: ["resize", "zz:x", "1M"];
+    protocol_format_name_is_no_protocol: ["info", "qcow2:good.qcow2"];
+    protocol_file_prefix_still_opens: ["info", "file:good.qcow2"];
+    protocol_relative_path_has_none: ["info", "./a:b.qcow2"];
 }
 
 /// Converting an image onto itself is refused (the source holds a lock the

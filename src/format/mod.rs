@@ -408,6 +408,9 @@ pub struct DriverOpenOptions {
     /// `data-file.filename` given at open: the external data file to use
     /// instead of the one the header names.
     pub data_file: Option<String>,
+    /// raw's `offset`/`size` window (see [`crate::OpenOptions`]).
+    pub raw_offset: Option<u64>,
+    pub raw_size: Option<u64>,
 }
 
 /// Formats this build knows, in the order `qemu-img --help` lists ours.
@@ -509,7 +512,12 @@ pub fn open_driver(
     opts: &DriverOpenOptions,
 ) -> Result<Box<dyn Driver>> {
     match format {
-        "raw" => Ok(Box::new(raw::Raw::open(file)?)),
+        "raw" => Ok(Box::new(raw::Raw::open_window(
+            file,
+            opts.raw_offset,
+            opts.raw_size,
+        )?)),
+        "file" => Ok(Box::new(raw::Raw::open(file)?)),
         "qcow2" => Ok(Box::new(qcow2::Qcow2::open(file, opts)?)),
         "qcow" => Ok(Box::new(qcow::Qcow::open(file, opts)?)),
         "qed" => Ok(Box::new(qed::Qed::open(file, opts)?)),
@@ -572,7 +580,7 @@ pub fn errno_text(e: &Error) -> String {
 /// Options `amend` accepts for a format (None: the format cannot amend).
 pub fn amend_options(format: &str) -> Result<Option<&'static [OptDesc]>> {
     match format {
-        "raw" => Ok(None),
+        "raw" | "file" => Ok(None),
         "qcow2" => Ok(Some(qcow2::AMEND_OPTS)),
         "luks" => Ok(Some(luks::AMEND_OPTS)),
         "qcow" | "qed" | "vdi" | "vhdx" | "vmdk" | "vpc" => Ok(None),

@@ -34,16 +34,47 @@ pub const CREATE_OPTS: &[OptDesc] = &[
 pub struct Raw {
     file: HostFile,
     size: parking_lot::RwLock<u64>,
+    /// Where the image starts in the file (the `offset` option).
+    offset: u64,
+    /// A `size` option was given: the image cannot be resized.
+    fixed: bool,
 }
 
 impl Raw {
     pub fn open(file: HostFile) -> Result<Self> {
+        Self::open_window(file, None, None)
+    }
+
+    /// The image as `size` bytes of the file from `offset` (raw's options;
+    /// checked as raw_apply_options does).
+    pub fn open_window(file: HostFile, offset: Option<u64>, size: Option<u64>) -> Result<Self> {
+        if size.is_some_and(|s| s % 512 != 0) {
+            return Err(Error::invalid("Specified size is not multiple of 512"));
+        }
         // QEMU's file layer counts whole sectors: a 1000-byte file is a
         // 1024-byte disk whose tail reads as zeros.
-        let size = file.len()?.next_multiple_of(512);
+        let real = file.len()?.next_multiple_of(512);
+        let off = offset.unwrap_or(0);
+        let fixed = size.is_some();
+        if off > real {
+            return Err(Error::invalid(format!(
+                "Offset ({off}) cannot be greater than size of the containing file ({real})"
+            )));
+        }
+        let size = match size {
+            Some(s) if s > real - off => {
+                return Err(Error::invalid(format!(
+                    "The sum of offset ({off}) and size ({s}) has to be smaller or equal to the  actual size of the containing file ({real})"
+                )));
+            }
+            Some(s) => s,
+            None => (real - off).next_multiple_of(512),
+        };
         Ok(Raw {
             file,
             size: parking_lot::RwLock::new(size),
+            offset: off,
+            fixed,
         })
     }
 }
@@ -115,19 +146,20 @@ impl Driver for Raw {
         DriverInfo::default()
     }
     fn block_status(&self, off: u64, max: u64) -> Result<Extent> {
-        let (data, len) = self.file.data_status(off, max)?;
+        let host = off + self.offset;
+        let (data, len) = self.file.data_status(host, max)?;
         Ok(Extent {
             len: len.max(1).min(max),
             status: if data { Status::Data } else { Status::Zero },
-            offset: Some(off),
+            offset: Some(host),
             compressed: false,
         })
     }
     fn read_at(&self, buf: &mut [u8], off: u64, _backing: &dyn BackingRead) -> Result<()> {
-        self.file.read_at(buf, off)
+        self.file.read_at(buf, off + self.offset)
     }
     fn write_at(&self, buf: &[u8], off: u64, _backing: &dyn BackingRead) -> Result<()> {
-        self.file.write_at(buf, off)
+        self.file.write_at(buf, off + self.offset)
     }
     fn write_zeroes(
         &self,
@@ -136,10 +168,10 @@ impl Driver for Raw {
         may_unmap: bool,
         _b: &dyn BackingRead,
     ) -> Result<()> {
-        self.file.write_zeroes(off, len, may_unmap)
+        self.file.write_zeroes(off + self.offset, len, may_unmap)
     }
     fn discard(&self, off: u64, len: u64) -> Result<()> {
-        self.file.punch_hole(off, len).map(|_| ())
+        self.file.punch_hole(off + self.offset, len).map(|_| ())
     }
     fn flush(&self) -> Result<()> {
         self.file.flush()
@@ -150,8 +182,11 @@ impl Driver for Raw {
                 "Unsupported preallocation mode: metadata",
             ));
         }
+        if self.fixed {
+            return Err(Error::unsupported("Cannot resize fixed-size raw disks"));
+        }
         let mut cur = self.size.write();
-        preallocate(&self.file, *cur, size, prealloc)?;
+        preallocate(&self.file, self.offset + *cur, self.offset + size, prealloc)?;
         *cur = size;
         Ok(())
     }

@@ -30,7 +30,8 @@ impl CacheMode {
             _ => return Err(Error::invalid(format!("Invalid cache option: {s}"))),
         })
     }
-    fn direct(self) -> bool {
+    /// O_DIRECT in QEMU (cache.direct=on).
+    pub fn direct(self) -> bool {
         matches!(self, CacheMode::None | CacheMode::Directsync)
     }
     fn ignores_flush(self) -> bool {
@@ -48,6 +49,30 @@ pub struct HostFile {
     cache: CacheMode,
     /// A blkdebug node between the format and this file (error injection).
     injector: Option<Arc<Injector>>,
+    /// QEMU's request_alignment: 1, or what O_DIRECT needs with cache.direct.
+    align: u64,
+}
+
+/// file-posix's raw_probe_alignment for an O_DIRECT file: the smallest of
+/// 1, 512, 1024, 2048, 4096 bytes that a direct read accepts (1 counts as
+/// 4096, the page). Only block status uses it (data runs that end at an
+/// unaligned EOF are rounded up, as QEMU's are).
+fn probe_alignment(path: &Path) -> u64 {
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(path)
+    else {
+        return 1;
+    };
+    let mut buf = super::AlignedBuf::with_len(4096);
+    for align in [1usize, 512, 1024, 2048, 4096] {
+        match f.read_at(&mut buf[..align], 0) {
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => continue,
+            _ => return if align == 1 { 4096 } else { align as u64 },
+        }
+    }
+    1
 }
 
 fn open_error(path: &Path, e: std::io::Error) -> Error {
@@ -83,9 +108,11 @@ impl HostFile {
                 path.display()
             )));
         }
+        let mut align = 1;
         if cache.direct() {
             // SAFETY: posix_fadvise on a valid, owned descriptor.
             unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
+            align = probe_alignment(path);
         }
         Ok(HostFile {
             file,
@@ -93,6 +120,7 @@ impl HostFile {
             writable,
             cache,
             injector: None,
+            align,
         })
     }
 
@@ -122,6 +150,7 @@ impl HostFile {
             writable: true,
             cache: CacheMode::Writeback,
             injector: None,
+            align: 1,
         };
         // Truncate only under the write lock, so an image in use (e.g. the
         // source of the same convert) is refused instead of destroyed.
@@ -138,6 +167,7 @@ impl HostFile {
             writable: false,
             cache: self.cache,
             injector: self.injector.clone(),
+            align: self.align,
         })
     }
 
@@ -387,7 +417,10 @@ impl HostFile {
                     Ok(Some(h)) => h,
                     _ => self.len()?,
                 };
-                Ok((true, (hole.max(off + 1) - off).min(max)))
+                // No partial blocks: a run ending at an unaligned EOF
+                // covers the rest of its block.
+                let n = (hole.max(off + 1) - off).next_multiple_of(self.align);
+                Ok((true, n.min(max)))
             }
         }
     }

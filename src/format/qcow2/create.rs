@@ -178,8 +178,19 @@ pub fn create(path: &Path, size: u64, opts: &CreateOptions) -> Result<()> {
     let size = size
         .checked_next_multiple_of(512)
         .ok_or_else(|| Error::invalid("Image size too large"))?;
+    // QEMU writes the empty image, then truncates it to the size, where
+    // the block layer checks the size before qcow2 sees it.
     if size > i64::MAX as u64 {
-        return Err(Error::invalid("Image size too large"));
+        return Err(Error::invalid(
+            "Could not resize image: Image size cannot be negative",
+        ));
+    }
+    // BDRV_MAX_LENGTH: INT64_MAX aligned down to the 1 GiB maximum alignment.
+    let max = i64::MAX as u64 & !((1u64 << 30) - 1);
+    if size > max {
+        return Err(Error::invalid(format!(
+            "Could not resize image: offset({size}) exceeds maximum({max})"
+        )));
     }
     create_with(path, size, &p)
 }

@@ -17,13 +17,29 @@ pub const COMPRESSED: u32 = 0x80;
 /// One image's chain, queried as QEMU queries it.
 pub struct ChainStatus<'a> {
     layers: Vec<Layer<'a>>,
+    /// Per layer, the unit one driver query covers at most (QEMU's vdi and
+    /// qcow answer per block or cluster, vmdk per grain, vpc per allocated
+    /// block), and whether only allocated runs are cut: the EOF flag
+    /// `compare -s` compares depends on it.
+    units: Vec<Option<(u64, bool)>>,
 }
 
 impl<'a> ChainStatus<'a> {
     pub fn new(img: &'a crate::image::Image) -> Self {
-        ChainStatus {
-            layers: Layer::chain(img),
-        }
+        let layers = Layer::chain(img);
+        let units = layers
+            .iter()
+            .map(|l| {
+                let img = l.image();
+                let cs = || img.driver().info().cluster_size.filter(|c| *c > 0);
+                match img.format() {
+                    "vdi" | "qcow" | "vmdk" => cs().map(|c| (c, false)),
+                    "vpc" => cs().map(|c| (c, true)),
+                    _ => None,
+                }
+            })
+            .collect();
+        ChainStatus { layers, units }
     }
 
     /// `bdrv_block_status_above(top, NULL, off, bytes)`: (flags, bytes).
@@ -70,7 +86,14 @@ impl<'a> ChainStatus<'a> {
         if let Some(cov) = layer.l2_coverage() {
             bytes = bytes.min(cov - off % cov);
         }
-        let x = img.layer_status(off, bytes)?;
+        let unit = self.units.get(d).copied().flatten();
+        if let Some((u, false)) = unit {
+            bytes = bytes.min(u - off % u);
+        }
+        let mut x = img.layer_status(off, bytes)?;
+        if let (Some((u, true)), Status::Data) = (unit, x.status) {
+            x.len = x.len.min(u - off % u);
+        }
         let mut e = MapExtent {
             start: off,
             length: x.len.clamp(1, bytes),
