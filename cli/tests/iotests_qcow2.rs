@@ -917,15 +917,18 @@ fn amend_refcount_width_progress() {
 }
 
 /// Run `steps` in turn with both tools on their own copy of `file` (made
-/// by `prep`): each step's outcome must match, and afterwards both images
+/// once by `prep`): each step's outcome must match, and afterwards both images
 /// list the same snapshots and check the same.
 fn same_steps_on_copies(dir: &Path, file: &str, prep: impl Fn(&Path, &str), steps: &[&[&str]]) {
     let q = dir.join("q");
     let o = dir.join("o");
     for d in [&q, &o] {
         std::fs::create_dir_all(d).unwrap();
-        prep(d, file);
     }
+    // One image, copied: snapshots made in different seconds would list
+    // different dates.
+    prep(&q, file);
+    std::fs::copy(q.join(file), o.join(file)).unwrap();
     for args in steps {
         assert_outcome_matches(&qemu_img(&q, args), &imgtool(&o, args));
     }
