@@ -266,7 +266,6 @@ fn usage_and_operation_errors() {
         qemu_img_ok(d, &["bitmap", "--add", "img.qcow2", "b0"]);
     });
     let f = "img.qcow2";
-    let long = "n".repeat(1024);
     let max = "m".repeat(1023);
     for args in [
         vec!["bitmap", f, "b0"],
