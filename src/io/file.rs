@@ -369,7 +369,14 @@ impl HostFile {
         {
             return Ok(());
         }
-        let chunk = vec![0u8; (len.min(1 << 20)) as usize];
+        self.write_zero_bytes(off, len)
+    }
+
+    /// Write `len` zero bytes at `off` as data (full preallocation, and
+    /// where the host cannot zero a range itself), 1 MiB per call.
+    pub fn write_zero_bytes(&self, off: u64, len: u64) -> Result<()> {
+        let chunk = super::AlignedBuf::with_len(len.min(1 << 20) as usize);
+        let end = off + len;
         let mut pos = off;
         while pos < end {
             let n = (end - pos).min(chunk.len() as u64) as usize;

@@ -316,12 +316,10 @@ impl Refcounts {
                 }
                 // QEMU takes the run first and puts each missing block at
                 // the first free cluster after it.
+                // (The search then finds the same run, now covered.)
                 if let Some(p) = self.blocks_after(file, c + n, &missing)? {
                     self.create_blocks_at(file, &missing, p)?;
-                    self.update_range(file, c, n, &|_| Ok(1))?;
-                    self.free_hint = if first_free == c { c + n } else { first_free };
-                    self.end_hint = self.end_hint.max(c + n);
-                    return Ok(c << self.cluster_bits);
+                    continue;
                 }
                 // Otherwise at the front of the run rather than each at the
                 // start of its own range: a run longer than one block's

@@ -693,15 +693,7 @@ impl Qcow2 {
         for (h, l) in ranges {
             match mode {
                 Prealloc::Falloc => data.allocate(h, l)?,
-                Prealloc::Full => {
-                    let z = vec![0u8; (l.min(1 << 20)) as usize];
-                    let mut p = 0;
-                    while p < l {
-                        let n = (l - p).min(z.len() as u64);
-                        data.write_at(&z[..n as usize], h + p)?;
-                        p += n;
-                    }
-                }
+                Prealloc::Full => data.write_zero_bytes(h, l)?,
                 _ => {}
             }
         }
@@ -752,15 +744,7 @@ impl Qcow2 {
         let cur = self.file.len()?;
         if new_len > cur {
             match mode {
-                Prealloc::Full => {
-                    let z = crate::io::AlignedBuf::with_len((new_len - cur).min(1 << 20) as usize);
-                    let mut p = cur;
-                    while p < new_len {
-                        let n = (new_len - p).min(z.len() as u64) as usize;
-                        self.file.write_at(&z[..n], p)?;
-                        p += n as u64;
-                    }
-                }
+                Prealloc::Full => self.file.write_zero_bytes(cur, new_len - cur)?,
                 _ => self.file.allocate(cur, new_len - cur)?,
             }
         }
